@@ -1,0 +1,52 @@
+"""Every constant of the MoDE method and the CLIP recipe, in one place, with its source.
+
+Code that needs one of these imports it from here; configs copy them as defaults.
+"Paper" is Ma et al., "MoDE: CLIP Data Experts via Clustering", CVPR 2024
+(arXiv 2404.16030); "reference" is the MetaCLIP repository, folder `mode/`.
+"""
+
+import math
+
+# --- CLIP recipe (paper Sec. 4.1, following OpenAI CLIP / MetaCLIP) -----------
+ADAM_B1 = 0.9                 # paper Sec. 4.1
+ADAM_B2 = 0.98                # paper Sec. 4.1 (OpenAI CLIP Sec. 2.5)
+ADAM_EPS = 1e-6               # OpenAI CLIP / MetaCLIP training code
+WEIGHT_DECAY = 0.2            # applied to weights of rank >= 2 only (MetaCLIP)
+WARMUP_STEPS = 2000           # paper Sec. 4.1
+PEAK_LR = {"B/32": 5e-4, "B/16": 5e-4, "L/14": 4e-4}   # paper Sec. 4.1
+GLOBAL_BATCH = 32768          # paper Sec. 4.1
+TOTAL_EPOCHS = 32             # paper Sec. 4.1: 12.8B seen pairs of 400M
+SEED_EPOCHS = 27              # paper Sec. 4.1: experts fork at epoch 27
+EXPERT_EPOCHS = 5             # paper Sec. 4.1: 32 - 27
+LOGIT_SCALE_INIT = math.log(1 / 0.07)   # OpenAI CLIP Sec. 2.5
+LOGIT_SCALE_MAX = math.log(100.0)       # OpenAI CLIP Sec. 2.5 (clamp at 100)
+SIGLIP_SCALE_INIT = math.log(10.0)      # SigLIP (Zhai et al. 2023) Sec. 3
+SIGLIP_BIAS_INIT = -10.0                # SigLIP Sec. 3
+RRC_SCALE = (0.9, 1.0)        # MetaCLIP RandomResizedCrop scale
+IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)   # OpenAI CLIP preprocessing
+IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)   # OpenAI CLIP preprocessing
+CONTEXT_LENGTH = 77           # OpenAI CLIP text tower
+VOCAB_SIZE = 49408            # OpenAI CLIP BPE: 256 bytes*2 + 48894 merges + 2
+QUICK_GELU_ALPHA = 1.702      # OpenAI CLIP QuickGELU: x * sigmoid(1.702 x)
+
+# --- Clustering (paper Sec. 3.2, App. E; reference mode/) ----------------------
+NUM_FINE_CLUSTERS = 1024      # m, paper Sec. 4.1 / Table 15
+FINE_ITERS_PER_FILE = 50      # reference: online balanced k-means, per file
+COARSE_ITERS = 100            # reference: balanced k-means on fine centers
+EXPERT_CHOICES = (2, 4, 8, 16, 32)   # n, paper Sec. 4
+OOC_RATIO = 0.02              # reference only: out-of-cluster pairs per expert
+
+# --- Routing (paper Eq. 5-6; reference mode/ ensemble code) --------------------
+# Reference formula (default):
+#   a   = exp(0.5 - sqrt(N)) if N < SMALL_TASK_CLASSES else 0
+#   tau = TAU_SCALE * log10(max(TAU_MIN_ARG, N - TAU_OFFSET))
+#   w   = softmax(u / ENSEMBLE_TEMPERATURE)
+SMALL_TASK_CLASSES = 10       # reference: few-class tasks get the prior a
+SMALL_TASK_SHIFT = 0.5        # reference: exp(0.5 - sqrt(N))
+TAU_SCALE = 5.0               # reference: smooth_weight[0] = 5.0
+TAU_MIN_ARG = 10.0            # reference: max(10, N - 200)
+TAU_OFFSET = 200.0            # reference: N - 200
+ENSEMBLE_TEMPERATURE = 8.0    # reference: smooth_weight[1] = 8.0
+# Paper formula (option): A_ls = exp(-||e_l - mu_s||^2 / lambda)
+PAPER_LAMBDA = 0.2            # paper Sec. 3.3
+PAPER_LARGE_TASK_CLASSES = 200   # paper: lambda / ln N when N > 200

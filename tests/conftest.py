@@ -1,0 +1,14 @@
+"""Test setup: 8 fake CPU devices so sharding tests run on any machine.
+
+Must run before JAX initialises its backends, hence at conftest import time.
+"""
+import os
+import sys
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+
+jax.config.update("jax_num_cpu_devices", 8)
