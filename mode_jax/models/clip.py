@@ -1,0 +1,154 @@
+"""CLIP: two towers, L2-normalised embeddings and a learnable logit scale.
+
+Models are chosen by name from the config ("mu/8", "Ti/16", "B/32", "L/14"),
+so trainers stay generic. A data expert in MoDE is a full CLIP of its own.
+
+Config fields (`config.model`):
+  variant         "<size>/<patch>", size in VISION_SIZES (mu is CPU-sized)
+  image_size      input resolution (224 in the paper)
+  vocab_size      49,408 for OpenAI BPE
+  context_length  77 for OpenAI CLIP
+  act             "quick_gelu" (paper) or "gelu"
+  dtype           compute dtype, "bfloat16" or "float32"; parameters stay float32
+  remat           recompute block activations in the backward pass
+  logit_bias      add SigLIP's learnable bias (used with the sigmoid loss)
+  eos_id          None: pool at argmax(token id) (OpenAI); else at that id
+  vision, text    optional overrides of width/depth/heads, e.g. vision.width=128
+  embed_dim       optional override of the joint embedding size
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from mode_jax import constants
+from mode_jax.models.text import TextTransformer
+from mode_jax.models.vit import VisionTransformer
+
+
+@dataclasses.dataclass(frozen=True)
+class TowerSize:
+  width: int
+  depth: int
+  heads: int
+
+
+# Vision tower sizes: Ti/S/B/L from ViT (Dosovitskiy et al.; Steiner et al.);
+# "mu" is a CPU-sized tower for tests and the laptop demo.
+VISION_SIZES = {
+    "mu": TowerSize(192, 6, 3),
+    "Ti": TowerSize(192, 12, 3),
+    "S": TowerSize(384, 12, 6),
+    "B": TowerSize(768, 12, 12),
+    "L": TowerSize(1024, 24, 16),
+}
+# Text towers paired with each size: B and L as OpenAI CLIP (512/12/8, 768/12/12).
+TEXT_SIZES = {
+    "mu": TowerSize(128, 4, 2),
+    "Ti": TowerSize(256, 12, 4),
+    "S": TowerSize(384, 12, 6),
+    "B": TowerSize(512, 12, 8),
+    "L": TowerSize(768, 12, 12),
+}
+EMBED_DIMS = {"mu": 128, "Ti": 256, "S": 384, "B": 512, "L": 768}
+
+
+def parse_variant(variant: str) -> tuple[str, int]:
+  """'B/32' -> ('B', 32); raises ValueError naming the field otherwise."""
+  size, _, patch = str(variant).partition("/")
+  if size not in VISION_SIZES or not patch.isdigit() or int(patch) <= 0:
+    raise ValueError(
+        f"config.model.variant={variant!r} is not '<size>/<patch>' with size in "
+        f"{sorted(VISION_SIZES)}, e.g. 'B/32'")
+  return size, int(patch)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.variant = "B/32"
+  c.image_size = 224
+  c.vocab_size = constants.VOCAB_SIZE
+  c.context_length = constants.CONTEXT_LENGTH
+  c.act = "quick_gelu"
+  c.dtype = "float32"
+  c.remat = False
+  c.logit_bias = False
+  c.eos_id = ml_collections.config_dict.placeholder(int)
+  c.embed_dim = ml_collections.config_dict.placeholder(int)
+  c.vision = ml_collections.ConfigDict({"width": 0, "depth": 0, "heads": 0})
+  c.text = ml_collections.ConfigDict({"width": 0, "depth": 0, "heads": 0})
+  return c
+
+
+def _size(table, size, override) -> TowerSize:
+  base = table[size]
+  return TowerSize(override.get("width") or base.width, override.get("depth") or base.depth,
+                   override.get("heads") or base.heads)
+
+
+def validate(cfg) -> None:
+  """Checks a model config without building anything (fails before compute)."""
+  size, patch = parse_variant(cfg.variant)
+  if cfg.image_size % patch:
+    raise ValueError(f"config.model.image_size={cfg.image_size} is not divisible by the "
+                     f"patch size {patch} of config.model.variant={cfg.variant!r}")
+  if cfg.dtype not in ("float32", "bfloat16", "float16"):
+    raise ValueError(f"config.model.dtype={cfg.dtype!r}: use float32, bfloat16 or float16")
+  from mode_jax.models.transformer import ACTIVATIONS
+  if cfg.act not in ACTIVATIONS:
+    raise ValueError(f"config.model.act={cfg.act!r}: choose from {sorted(ACTIVATIONS)}")
+  for name, table in (("vision", VISION_SIZES), ("text", TEXT_SIZES)):
+    t = _size(table, size, cfg.get(name, {}))
+    if t.width % t.heads:
+      raise ValueError(f"config.model.{name}: width {t.width} not divisible by heads {t.heads}")
+
+
+class CLIP(nnx.Module):
+
+  def __init__(self, cfg, *, rngs: nnx.Rngs):
+    validate(cfg)
+    size, patch = parse_variant(cfg.variant)
+    dtype = jnp.dtype(cfg.dtype)
+    embed_dim = cfg.get("embed_dim") or EMBED_DIMS[size]
+    v = _size(VISION_SIZES, size, cfg.get("vision", {}))
+    t = _size(TEXT_SIZES, size, cfg.get("text", {}))
+    self.visual = VisionTransformer(
+        image_size=cfg.image_size, patch_size=patch, width=v.width, depth=v.depth,
+        heads=v.heads, embed_dim=embed_dim, act=cfg.act, dtype=dtype, remat=cfg.remat,
+        rngs=rngs)
+    self.text = TextTransformer(
+        vocab_size=cfg.vocab_size, context_length=cfg.context_length, width=t.width,
+        depth=t.depth, heads=t.heads, embed_dim=embed_dim, act=cfg.act,
+        eos_id=cfg.get("eos_id"), dtype=dtype, remat=cfg.remat, rngs=rngs)
+    init_scale = constants.SIGLIP_SCALE_INIT if cfg.logit_bias else constants.LOGIT_SCALE_INIT
+    self.logit_scale = nnx.Param(jnp.asarray(init_scale, jnp.float32))
+    self.logit_bias = (nnx.Param(jnp.asarray(constants.SIGLIP_BIAS_INIT, jnp.float32))
+                       if cfg.logit_bias else None)
+
+  def encode_image(self, images):
+    return _l2_normalize(self.visual(images))
+
+  def encode_text(self, tokens):
+    return _l2_normalize(self.text(tokens))
+
+  def __call__(self, images, tokens):
+    """Returns float32 (image_emb, text_emb, logit_scale, logit_bias or None).
+
+    The scale is exp(logit_scale) with logit_scale clamped at ln 100 (OpenAI
+    CLIP); the trainer also clamps the parameter itself after each update.
+    """
+    img = self.encode_image(images)
+    txt = self.encode_text(tokens)
+    scale = jnp.exp(jnp.minimum(self.logit_scale.get_value(), constants.LOGIT_SCALE_MAX))
+    bias = None if self.logit_bias is None else self.logit_bias.get_value()
+    return img, txt, scale, bias
+
+
+def _l2_normalize(x, eps=1e-12):
+  x = x.astype(jnp.float32)
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))

@@ -1,0 +1,50 @@
+"""Text tower in the OpenAI CLIP layout.
+
+token embedding + learned positions -> causal pre-LN blocks -> ln_final ->
+the feature at the end-of-text token -> projection (no bias).
+
+Pooling: OpenAI takes the position of the largest token id (the EOT token is
+the last id of its vocabulary); `eos_id` instead pools at the first occurrence
+of that id, for vocabularies where EOT is not the largest id.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import nnx
+
+from mode_jax.models.transformer import Transformer
+
+
+class TextTransformer(nnx.Module):
+
+  def __init__(self, *, vocab_size, context_length, width, depth, heads, embed_dim,
+               mlp_ratio=4.0, act="quick_gelu", eos_id=None, dtype=jnp.float32, remat=False,
+               rngs):
+    self.context_length = context_length
+    self.eos_id = eos_id
+    self.dtype = dtype
+    # OpenAI CLIP init: token std 0.02, positions std 0.01, projection width^-0.5.
+    self.token_embedding = nnx.Embed(vocab_size, width, dtype=dtype,
+                                     embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
+    self.positional_embedding = nnx.Param(
+        nnx.initializers.normal(0.01)(rngs.params(), (context_length, width)))
+    self.transformer = Transformer(width, depth, heads, mlp_ratio=mlp_ratio, act=act,
+                                   dtype=dtype, remat=remat, rngs=rngs)
+    self.ln_final = nnx.LayerNorm(width, epsilon=1e-5, dtype=dtype, rngs=rngs)
+    self.text_projection = nnx.Param(
+        nnx.initializers.normal(width ** -0.5)(rngs.params(), (width, embed_dim)))
+
+  def __call__(self, tokens):
+    """tokens: int [B, L] with L <= context_length -> [B, embed_dim] (not normalised)."""
+    t = tokens.shape[1]
+    if t > self.context_length:
+      raise ValueError(f"{t} tokens exceed the context length {self.context_length}")
+    x = self.token_embedding(tokens) + self.positional_embedding[:t].astype(self.dtype)
+    x = self.ln_final(self.transformer(x, causal=True))
+    if self.eos_id is None:
+      pool = jnp.argmax(tokens, axis=-1)
+    else:
+      pool = jnp.argmax(tokens == self.eos_id, axis=-1)
+    x = jnp.take_along_axis(x, pool[:, None, None], axis=1)[:, 0]
+    return x @ self.text_projection.astype(x.dtype)
