@@ -1,0 +1,32 @@
+"""Defaults shared by every training config (seed, experts, demo).
+
+Experiment files in configs/ start from `train_config()` and change fields;
+`runlocal` variants shrink them to a laptop.
+"""
+
+import ml_collections
+
+from mode_jax.models import clip as clip_lib
+from mode_jax.train import optimizer
+
+
+def train_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.model = clip_lib.default_config()
+  c.optim = optimizer.default_config()
+  c.loss = "softmax"
+  c.batch_size = 32768
+  c.schedule_steps = 1000
+  c.num_steps = 1000
+  c.seed = 0
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+  # (regex over "/"-joined state paths, rule); first match wins. FSDP: [(".*", "fsdp")].
+  c.sharding_rules = [(".*", "replicate")]
+  c.distributed = "auto"
+  c.log_every = 50
+  c.ckpt_every = 1000
+  c.keep_ckpts = 2
+  c.milestones = ()
+  c.eval_every = 0
+  c.init = ml_collections.ConfigDict({"checkpoint": "", "step": -1, "pretrained": ""})
+  return c

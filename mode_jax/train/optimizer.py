@@ -1,0 +1,44 @@
+"""The CLIP optimiser: AdamW (0.9, 0.98, 1e-6), decay 0.2 on rank >= 2 weights, warmup + cosine.
+
+The schedule is a function of the optimiser's own step count over the whole
+planned run (`total_steps`), not of the current job: a run resumed or an
+expert forked from the seed at step s continues the same curve from s
+(DESIGN.md step 6).
+
+Config fields (`config.optim`): lr, warmup_steps, b1, b2, eps, weight_decay,
+end_lr_ratio (cosine floor as a fraction of lr; 0 in the paper), grad_clip
+(global norm; 0 disables; the paper uses none).
+"""
+
+import jax
+import ml_collections
+import optax
+
+from mode_jax import constants
+
+
+def default_config() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      lr=constants.PEAK_LR["B/32"], warmup_steps=constants.WARMUP_STEPS,
+      b1=constants.ADAM_B1, b2=constants.ADAM_B2, eps=constants.ADAM_EPS,
+      weight_decay=constants.WEIGHT_DECAY, end_lr_ratio=0.0, grad_clip=0.0))
+
+
+def lr_schedule(cfg, total_steps: int) -> optax.Schedule:
+  warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=cfg.lr, warmup_steps=warmup,
+      decay_steps=max(total_steps, warmup + 1), end_value=cfg.lr * cfg.end_lr_ratio)
+
+
+def decay_mask(params):
+  """Weight decay only on weights of rank >= 2 (no decay on gains, biases, logit scale)."""
+  return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
+  adamw = optax.adamw(lr_schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                      weight_decay=cfg.weight_decay, mask=decay_mask)
+  if cfg.grad_clip:
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw)
+  return adamw

@@ -1,0 +1,200 @@
+"""The CLIP trainer: one readable `train()` in sections, big_vision style.
+
+Used for the dense seed, for every data expert and for the Fashion-MNIST
+demo; what differs between them is only config and input stream.
+
+Config fields read here (see configs/ for full examples):
+  model, optim, loss ("softmax" | "sigmoid"), batch_size (global), seed
+  schedule_steps  length of the whole planned run: defines the LR curve
+  num_steps       this job trains until the global step reaches it
+  mesh.data, mesh.fsdp, sharding_rules [(regex, "replicate"|"fsdp")], distributed
+  log_every, ckpt_every, keep_ckpts, milestones, eval_every
+  init.checkpoint, init.step   fork: resume another run's full state (params,
+                               optimiser moments, step) -- how experts start
+  init.pretrained              converted public CLIP weights (params only)
+
+A run directory holds ckpt/ (Orbax), metrics.jsonl and tb/. Re-running the
+same command resumes from the newest checkpoint, data position included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import jax
+import numpy as np
+import tqdm
+
+from mode_jax.models import clip as clip_lib
+from mode_jax.train import checkpoint as ckpt_lib
+from mode_jax.train import metrics as metrics_lib
+from mode_jax.train import optimizer, sharding
+from mode_jax.train import state as state_lib
+
+
+class NonFiniteLoss(RuntimeError):
+  pass
+
+
+@dataclasses.dataclass
+class TrainResult:
+  step: int
+  state: dict
+  graphdef: object
+  history: list
+
+
+def validate(config, run_dir: str, n_devices: int | None = None) -> None:
+  """Every check that can fail before compute, each naming the config field."""
+  n_devices = n_devices or jax.device_count()
+  clip_lib.validate(config.model)
+  sharding.mesh_shape(config.mesh, n_devices)
+  if config.loss not in ("softmax", "sigmoid"):
+    raise ValueError(f"config.loss={config.loss!r}: use 'softmax' or 'sigmoid'")
+  if config.loss == "sigmoid" and not config.model.logit_bias:
+    raise ValueError("config.model.logit_bias must be True with config.loss='sigmoid'")
+  if config.batch_size <= 0 or config.batch_size % n_devices:
+    raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the "
+                     f"data-parallel size {n_devices} (devices in the mesh)")
+  if config.batch_size % jax.process_count():
+    raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the "
+                     f"{jax.process_count()} processes")
+  if not 0 < config.num_steps <= config.schedule_steps:
+    raise ValueError(f"config.num_steps={config.num_steps} must be in "
+                     f"(0, config.schedule_steps={config.schedule_steps}]")
+  for pattern, rule in config.sharding_rules:
+    if rule not in ("replicate", "fsdp"):
+      raise ValueError(f"config.sharding_rules: rule {rule!r} for {pattern!r} is not "
+                       "'replicate' or 'fsdp'")
+  try:
+    os.makedirs(run_dir, exist_ok=True)
+    probe = os.path.join(run_dir, ".write_probe")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ValueError(f"workdir {run_dir!r} is not writable: {e.strerror}") from None
+
+
+def _restore_fork(config, abstract, shardings):
+  """Full state of another run (the seed) at config.init.step: how an expert starts."""
+  ck = ckpt_lib.Checkpointer(os.path.join(config.init.checkpoint, "ckpt"))
+  step = config.init.step if config.init.get("step", -1) >= 0 else ck.latest_step()
+  if step is None or step not in ck.all_steps():
+    raise FileNotFoundError(f"config.init.checkpoint={config.init.checkpoint!r} has no step "
+                            f"{step} (has {ck.all_steps()})")
+  state, _ = ck.restore(ckpt_lib.abstract_with_shardings(abstract, shardings), step)
+  ck.close()
+  return state
+
+
+def _load_pretrained(config, state, shardings):
+  from flax import nnx
+  from mode_jax.models import convert
+  _, params = convert.load_pretrained(config.init.pretrained)
+  new = jax.tree.map(lambda x: x, state["params"])
+  nnx.replace_by_pure_dict(new, params)
+  state = dict(state, params=new)
+  return jax.device_put(state, shardings)
+
+
+def train(config, run_dir: str, *, input_fn, evaluators=(), progress: bool = True,
+          desc: str = "train") -> TrainResult:
+  """Trains until config.num_steps; returns the final state.
+
+  input_fn(config, mesh) -> iterator of per-process numpy batches
+    {"image": float32[b, H, W, 3], "tokens": int32[b, L]} with get_state() /
+    set_state(dict) so the data position is checkpointed.
+  evaluators: callables (model, step) -> dict of metrics, run every eval_every.
+  """
+  # ---- checks before any compute ------------------------------------------------
+  sharding.maybe_initialize_distributed(config.get("distributed", "auto"))
+  validate(config, run_dir)
+
+  # ---- mesh, model, optimiser, state ------------------------------------------------
+  mesh = sharding.make_mesh(config.mesh)
+  graphdef, tx, abstract, shardings, init_fn = state_lib.build(
+      config.model, config.optim, schedule_steps=config.schedule_steps, mesh=mesh,
+      rules=[tuple(r) for r in config.sharding_rules], seed=config.seed)
+  schedule = optimizer.lr_schedule(config.optim, config.schedule_steps)
+  train_step = state_lib.make_train_step(graphdef, tx, schedule, shardings, mesh, config.loss)
+
+  # ---- input --------------------------------------------------------------------
+  data = input_fn(config, mesh)
+
+  # ---- checkpoint: resume, else fork, else pretrained, else fresh --------------------
+  ck = ckpt_lib.Checkpointer(os.path.join(run_dir, "ckpt"), keep=config.keep_ckpts,
+                             milestones=tuple(config.get("milestones", ())))
+  abstract_sharded = ckpt_lib.abstract_with_shardings(abstract, shardings)
+  if ck.latest_step() is not None:
+    state, meta = ck.restore(abstract_sharded)
+    if meta.get("data") is not None:
+      data.set_state(meta["data"])
+    print(f"[{desc}] resumed from {run_dir}/ckpt step {int(state['step'])}")
+  elif config.init.get("checkpoint"):
+    state = _restore_fork(config, abstract, shardings)
+    print(f"[{desc}] forked from {config.init.checkpoint} at step {int(state['step'])}")
+  else:
+    state = init_fn()
+    if config.init.get("pretrained"):
+      state = _load_pretrained(config, state, shardings)
+
+  writer = metrics_lib.MetricWriter(run_dir)
+  start = int(state["step"])
+  history, window, wait_s, window_t0 = [], [], 0.0, time.perf_counter()
+  local_batch = config.batch_size // jax.process_count()
+  bar = tqdm.tqdm(total=config.num_steps, initial=start, desc=desc, unit="step",
+                  disable=not progress or jax.process_index() != 0, dynamic_ncols=True)
+
+  def save(step, force=False):
+    ck.save(step, state, {"data": data.get_state(), "step": step}, force=force)
+
+  # ---- loop ---------------------------------------------------------------------
+  step = start
+  try:
+    while step < config.num_steps:
+      t0 = time.perf_counter()
+      batch = next(data)
+      wait_s += time.perf_counter() - t0
+      state, m = train_step(state, sharding.global_batch(batch, mesh))
+      step += 1
+      window.append(m)
+      last = step == config.num_steps
+      # A checkpoint step also flushes the metrics, so nothing is saved unchecked.
+      if step % config.log_every == 0 or step % config.ckpt_every == 0 or last:
+        fetched = jax.device_get(window)
+        window = []
+        if not all(bool(x["finite"]) for x in fetched):
+          bad = next(x for x in fetched if not bool(x["finite"]))
+          raise NonFiniteLoss(
+              f"non-finite loss ({float(bad['loss'])}) or gradient at or before step {step}; "
+              f"stopped, last good checkpoint kept in {run_dir}/ckpt "
+              f"(step {ck.latest_step()})")
+        dt = time.perf_counter() - window_t0
+        n = len(fetched)
+        row = {k: float(np.mean([x[k] for x in fetched])) for k in fetched[-1] if k != "finite"}
+        row.update(steps_per_s=n / dt, examples_per_s=n * config.batch_size / dt,
+                   data_wait_frac=wait_s / dt)
+        history.append({"step": step, **row})
+        writer.write(step, row)
+        bar.set_postfix(loss=f"{row['loss']:.3f}", ex_s=f"{row['examples_per_s']:.0f}",
+                        wait=f"{row['data_wait_frac']:.0%}")
+        wait_s, window_t0 = 0.0, time.perf_counter()
+      bar.update(1)
+      if evaluators and config.get("eval_every") and (step % config.eval_every == 0 or last):
+        model = state_lib.model_from_state(graphdef, state)
+        ev = {}
+        for evaluator in evaluators:
+          ev.update(evaluator(model, step))
+        writer.write(step, ev)
+        history.append({"step": step, **ev})
+        bar.write(f"[{desc}] step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in ev.items()))
+      if step % config.ckpt_every == 0 or last:
+        save(step, force=last)
+  finally:
+    bar.close()
+    ck.close()
+    writer.close()
+  return TrainResult(step=step, state=state, graphdef=graphdef, history=history)
