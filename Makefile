@@ -1,0 +1,37 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PY      ?= python3.11
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+WORKDIR ?= workdirs/demo
+APT_PKGS := openclipart-svg dataset-fashion-mnist wordnet-base
+
+.PHONY: demo test bench env apt clean
+
+$(BIN)/.ok: requirements.txt requirements-test.txt requirements-data.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements-test.txt
+	$(BIN)/pip install -q --no-deps -r requirements-data.txt
+	touch $@
+
+env: $(BIN)/.ok
+
+# Debian packages with the demo's real data (needs root; skipped when present).
+apt:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
+	  else echo "missing Debian packages:$$missing (sudo apt-get install -y --no-install-recommends$$missing)"; fi; \
+	fi
+
+demo: env apt
+	$(BIN)/python launch.py train --config configs/fmnist_clip.py --workdir $(WORKDIR)
+
+test: env apt
+	$(BIN)/python -m pytest -q
+
+bench: env apt
+	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) workdirs

@@ -1,0 +1,20 @@
+"""Stage functions behind launch.py: each reads and writes the workdir."""
+
+from __future__ import annotations
+
+import os
+
+from mode_jax.data import inputs
+from mode_jax.train import trainer
+
+
+def run_train(config, workdir: str):
+  """Trains one CLIP on config.input into workdir/train (resumes if a checkpoint exists)."""
+  run_dir = os.path.join(workdir, "train")
+  trainer.validate(config, run_dir)   # before loading any data
+  input_fn, evaluators = inputs.get(config)
+  result = trainer.train(config, run_dir, input_fn=input_fn, evaluators=evaluators)
+  finals = {k: v for row in result.history for k, v in row.items() if "zeroshot" in k}
+  for k, v in finals.items():
+    print(f"{k}: {v:.4f}")
+  return result
