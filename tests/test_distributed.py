@@ -1,0 +1,42 @@
+"""A 2-process jax.distributed job on localhost CPU matches the 1-process run."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import portpicker
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(ROOT, "tests", "helpers", "distributed_worker.py")
+
+
+def _env(**kw):
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_", "SLURM_"))}
+  env.update(PYTHONPATH=ROOT, **kw)
+  return env
+
+
+def test_two_processes_match_one(tmp_path):
+  single = subprocess.run(
+      [sys.executable, WORKER, str(tmp_path / "one"), str(tmp_path / "one.npz")],
+      env=_env(LOCAL_DEVICES="4"), capture_output=True, text=True, timeout=600)
+  assert single.returncode == 0, single.stderr[-3000:]
+
+  port = portpicker.pick_unused_port()
+  procs = [subprocess.Popen(
+      [sys.executable, WORKER, str(tmp_path / "two"), str(tmp_path / "two.npz")],
+      env=_env(LOCAL_DEVICES="2", JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+               JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+
+  a, b = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
+  assert len(a["losses"]) == 3
+  np.testing.assert_allclose(a["losses"], b["losses"], atol=1e-5)
+  keys = [k for k in a.files if k.startswith("arr_")]
+  assert keys and keys == [k for k in b.files if k.startswith("arr_")]
+  for k in keys:
+    np.testing.assert_allclose(a[k], b[k], atol=1e-5)
