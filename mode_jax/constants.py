@@ -50,3 +50,10 @@ ENSEMBLE_TEMPERATURE = 8.0    # reference: smooth_weight[1] = 8.0
 # Paper formula (option): A_ls = exp(-||e_l - mu_s||^2 / lambda)
 PAPER_LAMBDA = 0.2            # paper Sec. 3.3
 PAPER_LARGE_TASK_CLASSES = 200   # paper: lambda / ln N when N > 200
+
+# --- Clustering details (reference: kernelmachine/balanced-kmeans, which ------
+# MoDE's mode/prep_hrchy.py imports as `kmeans_pytorch`) -----------------------
+KMEANS_TOL = 1e-3             # reference KMeans.fit: stop when (sum_k ||shift_k||)^2 < tol
+AUCTION_EPS_FRACTION = 1 / 50  # reference auction_lap: eps = (max - min score) / 50
+AUCTION_EPS_MIN = 1e-4        # reference auction_lap: eps.clamp_min_(1e-4)
+AUCTION_RETAIN_ROUNDS = 100   # reference auction_lap: last winners keep an eps bid for 100 rounds

@@ -8,54 +8,20 @@ Data: Debian `dataset-fashion-mnist` (gzipped IDX files).
 
 from __future__ import annotations
 
-import gzip
-import os
-
 import jax
 import numpy as np
 
 from mode_jax import constants
 
-FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
-INSTALL = "apt-get install -y --no-install-recommends dataset-fashion-mnist"
-
-# Label order of the data set; the first name of each class is the canonical one.
-CLASSNAMES = [
-    ["t-shirt", "top", "tee"], ["trousers", "pants", "jeans"],
-    ["pullover", "sweater", "jumper"], ["dress", "gown", "frock"],
-    ["coat", "jacket", "overcoat"], ["sandal", "flip-flop", "open shoe"],
-    ["shirt", "button-up shirt", "blouse"], ["sneaker", "running shoe", "trainer"],
-    ["bag", "handbag", "purse"], ["ankle boot", "boot", "bootie"],
-]
-TRAIN_TEMPLATES = [
-    "a photo of a {}.", "a product photo of a {}.", "a black and white picture of a {}.",
-    "a {} on a plain background.", "an image of the {}.", "a small photo of a {}.",
-]
-EVAL_TEMPLATES = [
-    "a picture of a {}.", "a grayscale photo of a {}.", "a low resolution photo of the {}.",
-    "a catalogue image showing a {}.",
-]
-
-
-def read_idx(path: str) -> np.ndarray:
-  """Reads a gzipped IDX file (magic 0x0000 0x08 ndim, big-endian dims, uint8 data)."""
-  with gzip.open(path, "rb") as f:
-    raw = f.read()
-  if raw[:2] != b"\x00\x00" or raw[2] != 0x08:
-    raise ValueError(f"{path}: not a uint8 IDX file")
-  ndim = raw[3]
-  dims = np.frombuffer(raw[4:4 + 4 * ndim], ">u4").astype(int)
-  return np.frombuffer(raw[4 + 4 * ndim:], np.uint8).reshape(dims)
+# Class names, templates and the IDX reader are shared with the demo corpus.
+from mode_jax.data.sources_fmnist import (  # noqa: F401
+    CLASSNAMES, EVAL_TEMPLATES, FMNIST_DIR, INSTALL, TRAIN_TEMPLATES, read_idx)
+from mode_jax.data import sources_fmnist
 
 
 def load_split(split: str, limit: int | None = None):
-  """Returns (images uint8 [N, 28, 28], labels int [N]) for 'train' or 't10k'."""
-  img_path = os.path.join(FMNIST_DIR, f"{split}-images-idx3-ubyte.gz")
-  if not os.path.exists(img_path):
-    raise FileNotFoundError(f"{img_path} missing: {INSTALL}")
-  images = read_idx(img_path)
-  labels = read_idx(os.path.join(FMNIST_DIR, f"{split}-labels-idx1-ubyte.gz")).astype(np.int32)
-  return images[:limit], labels[:limit]
+  """Returns (images uint8 [N, 28, 28], labels int32 [N]) for 'train' or 't10k'."""
+  return sources_fmnist.load_split(split, limit=limit or 0)
 
 
 def preprocess(images_u8: np.ndarray) -> np.ndarray:
