@@ -32,8 +32,12 @@ Layout and formats (all arrays little-endian numpy):
   experts/<c>/                        Orbax CheckpointManager directory
   eval/<model>/<task>.npz             logits: float32[N_img, N_cls] raw cosines
                                       (zero-shot) or float32[N_img, N_txt]
-                                      (retrieval); labels: int32[N_img]
+                                      (retrieval); labels: int32[N_img];
+                                      retrieval also has txt_to_img: int32[N_txt]
+                                      (the image of each caption; absent = one
+                                      caption per image, in order)
   eval/meta_emb/<task>.npy            float32[N_cls, D] class metadata embeddings
+                                      (retrieval: one row per caption)
   report/                             results.md, results.csv, *.png
 
 A stage whose inputs are missing raises `MissingInput`, which the launcher

@@ -1,0 +1,159 @@
+"""Routing and ensembling cost: ours (jitted JAX) vs the reference's way, in one run.
+
+1. Routing weights for one task: N classes, m fine centers, D dims (default
+   1,000 x 1,024 x 768, ImageNet with the paper's m). Ours: the jitted
+   `routing_weights`. Peers: a vectorised numpy transcription, and the
+   MetaCLIP reference's path (torch.cdist + min, then a numpy loop over
+   experts) when torch is installed. Also prints the floor: the N x m x D
+   distance matmul alone.
+2. Ensembling overhead: combining n experts' logits [n, N_img, N_cls] with
+   routing weights, as a percentage of computing those logits
+   (n matmuls image_feats [N_img, E] @ text_feats [E, N_cls]); and the fused
+   path that builds MoDE logits straight from the features.
+
+  python benchmarks/routing.py
+  python benchmarks/routing.py --classes 100 --n-img 5000
+"""
+
+import argparse
+import math
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mode_jax import constants as C
+from mode_jax.ensemble import ensemble, routing
+
+
+def unit(x):
+  return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def median_ms(fns: dict, reps: int) -> dict:
+  """Median wall time of each callable, interleaved so machine load hits all alike."""
+  times = {k: [] for k in fns}
+  for f in fns.values():
+    f()   # warm-up / compile
+  for _ in range(reps):
+    for k, f in fns.items():
+      t = time.perf_counter()
+      f()
+      times[k].append(time.perf_counter() - t)
+  return {k: 1e3 * float(np.median(v)) for k, v in times.items()}
+
+
+def numpy_routing(E, M, pi, n):
+  """The reference formula, vectorised numpy float32 (distances via the matmul expansion)."""
+  N = len(E)
+  d2 = (E * E).sum(1)[:, None] + (M * M).sum(1)[None] - 2 * (E @ M.T)
+  idx = d2.argmin(1)
+  d = np.sqrt(np.maximum(d2[np.arange(N), idx], 0))
+  a = math.exp(C.SMALL_TASK_SHIFT - math.sqrt(N)) if N < C.SMALL_TASK_CLASSES else 0.0
+  tau = C.TAU_SCALE * math.log10(max(C.TAU_MIN_ARG, N - C.TAU_OFFSET))
+  u = np.bincount(pi[idx], weights=np.exp((a - d) * tau), minlength=n)
+  z = np.exp(u / C.ENSEMBLE_TEMPERATURE - (u / C.ENSEMBLE_TEMPERATURE).max())
+  return z / z.sum()
+
+
+def torch_reference_routing(torch, E, M, pi, n):
+  """The MetaCLIP script's path: cdist + min in torch, then a loop over experts in numpy."""
+  dist, assign = torch.cdist(E, M).min(dim=-1)
+  dist, assign = dist.numpy(), assign.numpy()
+  N = len(assign)
+  c = pi[assign]
+  u = np.zeros(n)
+  a = math.exp(0.5 - math.sqrt(N)) if N < 10 else 0.0
+  tau = 5.0 * math.log10(max(10, N - 200))
+  for k in range(n):
+    if (c == k).any():
+      u[k] = np.exp((a - dist[c == k]) * tau).sum()
+  z = np.exp(u / 8 - (u / 8).max())
+  return z / z.sum()
+
+
+def bench_routing(args):
+  rng = np.random.default_rng(0)
+  M = unit(rng.normal(size=(args.centers, args.dim)))
+  pi = rng.integers(0, args.experts, args.centers).astype(np.int32)
+  E = unit(M[rng.integers(0, args.centers, args.classes)]
+           + 0.5 * rng.normal(size=(args.classes, args.dim)) / math.sqrt(args.dim))
+  Ej, Mj, pij = jnp.asarray(E), jnp.asarray(M), jnp.asarray(pi)
+  matmul = jax.jit(lambda a, b: a @ b.T)
+  fns = {
+      "ours (jax.jit)": lambda: routing.routing_weights(Ej, Mj, pij, args.experts)
+      .block_until_ready(),
+      "numpy (vectorised)": lambda: numpy_routing(E, M, pi, args.experts),
+      "floor: N x m x D matmul (jax)": lambda: matmul(Ej, Mj).block_until_ready(),
+  }
+  try:
+    import torch
+    torch.set_num_threads(os.cpu_count() or 1)
+    Et, Mt = torch.from_numpy(E), torch.from_numpy(M)
+    fns["reference (torch.cdist + loop)"] = lambda: torch_reference_routing(
+        torch, Et, Mt, pi, args.experts)
+  except ImportError:
+    print("torch not installed: skipping the reference-path peer (pip install torch)")
+  ours = np.asarray(routing.routing_weights(Ej, Mj, pij, args.experts))
+  np.testing.assert_allclose(ours, numpy_routing(E, M, pi, args.experts), rtol=1e-4)
+  t = median_ms(fns, args.reps)
+  print(f"\n== routing weights: N={args.classes} classes, m={args.centers} centers, "
+        f"D={args.dim}, n={args.experts} experts (median of {args.reps}) ==")
+  base = t["ours (jax.jit)"]
+  for k, v in t.items():
+    print(f"  {k:34s} {v:9.2f} ms   ({v / base:5.2f} x ours)")
+  print(f"  goal < 5 ms: {'met' if base < 5 else 'NOT met'}; the distance matmul alone "
+        f"({2 * args.classes * args.centers * args.dim / 1e9:.2f} GFLOP) takes "
+        f"{t['floor: N x m x D matmul (jax)']:.1f} ms here")
+
+
+def bench_ensemble(args):
+  rng = np.random.default_rng(1)
+  n, n_img, n_cls, e = args.experts, args.n_img, args.n_cls, args.embed
+  img = jnp.asarray(unit(rng.normal(size=(n, n_img, e))))
+  txt = jnp.asarray(unit(rng.normal(size=(n, n_cls, e))))
+  w = jnp.asarray(np.full(n, 1.0 / n, np.float32))
+  expert_logits = jax.jit(lambda i, t: jnp.einsum("cie,cke->cik", i, t))
+  stack = expert_logits(img, txt).block_until_ready()
+  t = median_ms({
+      "expert logits (n matmuls)": lambda: expert_logits(img, txt).block_until_ready(),
+      "ensemble.combine": lambda: ensemble.combine(stack, w).block_until_ready(),
+      "ensemble.combine_features (fused)": lambda: ensemble.combine_features(
+          img, txt, w).block_until_ready(),
+  }, args.reps)
+  print(f"\n== ensembling overhead: n={n} experts, {n_img} images x {n_cls} classes, E={e} "
+        f"(median of {args.reps}) ==")
+  for k, v in t.items():
+    print(f"  {k:34s} {v:9.2f} ms")
+  pct = 100 * t["ensemble.combine"] / t["expert logits (n matmuls)"]
+  fused = 100 * (t["ensemble.combine_features (fused)"] / t["expert logits (n matmuls)"] - 1)
+  print(f"  routed sum of stored logits: {pct:.2f}% of computing the logits "
+        f"(goal <= 2%: {'met' if pct <= 2 else 'NOT met'}; memory-bound: it reads "
+        f"{stack.nbytes / 1e6:.0f} MB)")
+  print(f"  fused from features (MoDE logits in one matmul over n*E): {fused:+.2f}% vs the n "
+        f"expert matmuls (goal <= 2%: {'met' if fused <= 2 else 'NOT met'})")
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--classes", type=int, default=1000)
+  p.add_argument("--centers", type=int, default=C.NUM_FINE_CLUSTERS)
+  p.add_argument("--dim", type=int, default=768)
+  p.add_argument("--experts", type=int, default=4)
+  p.add_argument("--n-img", type=int, default=10000)
+  p.add_argument("--n-cls", type=int, default=1000)
+  p.add_argument("--embed", type=int, default=512)
+  p.add_argument("--reps", type=int, default=20)
+  args = p.parse_args()
+  print(f"devices: {jax.devices()}  cpu threads: {os.cpu_count()}")
+  bench_routing(args)
+  bench_ensemble(args)
+
+
+if __name__ == "__main__":
+  main()

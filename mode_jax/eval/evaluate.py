@@ -1,0 +1,54 @@
+"""Glue for the evaluate stage: one model on one task -> the arrays of eval/<model>/<task>.npz.
+
+A task is described by its shards/eval/<task>.json spec ({"kind",
+"classnames", "templates"}); classnames may hold synonym lists, and a spec
+without templates uses the data set's own (CLIP benchmark) or OpenAI's 80.
+The stage that loads checkpoints and reads shards calls these with the
+model's embedders and writes the result with `files.write_task_logits`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from mode_jax.eval import features, retrieval, templates, zeroshot
+
+
+def spec_templates(task: str, spec: dict) -> list[str]:
+  return list(spec.get("templates") or templates.task_templates(task))
+
+
+def evaluate_zeroshot(embed_images: Callable, embed_texts: Callable, task: str, spec: dict,
+                      batches: Iterable, *, mesh=None) -> dict[str, np.ndarray]:
+  """{'logits' [N_img, N_cls] raw cosines, 'labels' [N_img]} of one CLIP on a zero-shot task."""
+  cls = zeroshot.class_features(embed_texts, spec["classnames"], spec_templates(task, spec))
+  logits, labels = zeroshot.zeroshot_logits(embed_images, cls, batches, mesh=mesh)
+  return {"logits": logits, "labels": labels}
+
+
+def evaluate_retrieval(embed_images: Callable, embed_texts: Callable,
+                       captions_per_image: Sequence[Sequence[str]], batches: Iterable, *,
+                       mesh=None) -> dict[str, np.ndarray]:
+  """{'logits' [N_img, N_txt], 'labels' [N_img], 'txt_to_img' [N_txt]} of one CLIP."""
+  logits, labels, txt_to_img = retrieval.retrieval_logits(
+      embed_images, embed_texts, batches, captions_per_image, mesh=mesh)
+  return {"logits": logits, "labels": labels, "txt_to_img": txt_to_img}
+
+
+def metadata_embedding(embed_sentences: Callable, task: str, spec: dict,
+                       captions_per_image: Sequence[Sequence[str]] | None = None) -> np.ndarray:
+  """eval/meta_emb/<task>.npy: e_l of DESIGN.md step 8 with the clustering's sentence encoder.
+
+  Zero-shot: per class, every (name, template) prompt normalised, averaged,
+  re-normalised. Retrieval: one normalised row per caption (the queries of
+  per-query routing; their set gives the corpus-level weights).
+  """
+  if spec.get("kind", "zeroshot") == "retrieval":
+    texts, _ = retrieval.caption_index(captions_per_image or [])
+    emb = features.embed_texts_batched(embed_sentences, texts, desc="caption metadata")
+    return np.asarray(features.l2_normalize(jnp.asarray(emb)))
+  return features.class_features(embed_sentences, spec["classnames"],
+                                 spec_templates(task, spec))

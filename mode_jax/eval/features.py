@@ -1,0 +1,101 @@
+"""Shared pieces of the evaluators: prompt pooling and (optionally sharded) cosine logits.
+
+Evaluators take plain callables (`embed_images`, `embed_texts`, see
+mode_jax/models/embedders.py), so they work for any expert, the dense seed,
+a converted checkpoint, or the sentence encoder that embeds class metadata.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm import tqdm
+
+from mode_jax.eval import templates as templates_lib
+
+EPS = 1e-12
+
+
+def l2_normalize(x, axis=-1):
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), EPS)
+
+
+@functools.partial(jax.jit, static_argnames="n_groups")
+def pool_prompts(prompt_emb, group_ids, n_groups: int):
+  """DESIGN.md step 7: normalise every prompt, average per group (class), re-normalise."""
+  e = l2_normalize(prompt_emb.astype(jnp.float32))
+  total = jax.ops.segment_sum(e, group_ids, num_segments=n_groups)
+  return l2_normalize(total)   # the mean's direction; the count cancels
+
+
+def embed_texts_batched(embed_texts: Callable, texts: Sequence[str], chunk: int = 2048,
+                        desc: str = "texts") -> np.ndarray:
+  """Embeds many strings in chunks with a progress bar -> float32 [len(texts), E]."""
+  out = []
+  for i in tqdm(range(0, len(texts), chunk), desc=desc, leave=False,
+                disable=len(texts) <= chunk):
+    out.append(np.asarray(embed_texts(list(texts[i:i + chunk])), np.float32))
+  return np.concatenate(out)
+
+
+def class_features(embed_texts: Callable, classnames, templates: Sequence[str], *,
+                   chunk: int = 2048) -> np.ndarray:
+  """Class feature per class: mean over names x templates of normalised prompt features,
+  re-normalised -> float32 [N_cls, E]. Also makes metadata embeddings e_l (step 8) when
+  `embed_texts` is the sentence encoder."""
+  prompts = templates_lib.class_prompts(classnames, templates)
+  flat = [p for ps in prompts for p in ps]
+  ids = np.repeat(np.arange(len(prompts), dtype=np.int32), [len(ps) for ps in prompts])
+  emb = embed_texts_batched(embed_texts, flat, chunk, desc="class prompts")
+  return np.asarray(pool_prompts(emb, ids, len(prompts)))
+
+
+def _cosine(image_feats, text_feats):
+  return l2_normalize(image_feats.astype(jnp.float32)) @ text_feats.astype(jnp.float32).T
+
+
+@functools.cache
+def _cosine_fn(mesh):
+  if mesh is None:
+    return jax.jit(_cosine)
+  rows = NamedSharding(mesh, P(mesh.axis_names))   # batch axis over every mesh axis
+  return jax.jit(_cosine, in_shardings=(rows, NamedSharding(mesh, P())), out_shardings=rows)
+
+
+def cosine_logits(image_feats, text_feats, mesh=None, pad_to: int | None = None) -> np.ndarray:
+  """Raw cosine similarities [B, T] (no logit scale, no softmax; DESIGN.md step 7).
+
+  With a mesh the batch axis is sharded over all its devices (padded to a
+  multiple of the mesh size, or to `pad_to` so every batch shares one compile).
+  `text_feats` are expected L2-normalised; image features are re-normalised.
+  """
+  image_feats = np.asarray(image_feats, np.float32)
+  b = len(image_feats)
+  target = max(b, pad_to or 0)
+  if mesh is not None:
+    target = -(-target // mesh.size) * mesh.size
+  if target > b:
+    pad = np.zeros((target - b, image_feats.shape[1]), np.float32)
+    pad[:, 0] = 1.0
+    image_feats = np.concatenate([image_feats, pad])
+  return np.asarray(_cosine_fn(mesh)(image_feats, jnp.asarray(text_feats, jnp.float32)))[:b]
+
+
+def image_logits(embed_images: Callable, text_feats, batches: Iterable, *, mesh=None,
+                 desc: str = "images") -> tuple[np.ndarray, np.ndarray]:
+  """Streams (images, labels) batches through `embed_images` -> (logits [N, T], labels [N])."""
+  logits, labels, pad_to = [], [], None
+  text_feats = jnp.asarray(text_feats, jnp.float32)
+  for images, y in tqdm(batches, desc=desc, leave=False):
+    feats = np.asarray(embed_images(np.asarray(images, np.float32)), np.float32)
+    pad_to = pad_to or len(feats)   # the first batch's size: one compile for all
+    logits.append(cosine_logits(feats, text_feats, mesh, pad_to))
+    labels.append(np.asarray(y, np.int32).reshape(-1))
+  if not logits:
+    raise ValueError("no image batches")
+  return np.concatenate(logits), np.concatenate(labels)

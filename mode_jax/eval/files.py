@@ -1,0 +1,73 @@
+"""Reading and writing the evaluate stage's outputs (formats in mode_jax/workdir.py).
+
+  eval/<model>/<task>.npz   logits float32 [N_img, N_cls | N_txt] raw cosines;
+                            labels int32 [N_img]; retrieval adds
+                            txt_to_img int32 [N_txt] (caption -> image row;
+                            identity when absent and N_txt == N_img)
+  eval/meta_emb/<task>.npy  float32 [N_cls, D] class metadata embeddings; for a
+                            retrieval task, one row per caption [N_txt, D]
+                            (the per-query routing of DESIGN.md step 9)
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from mode_jax import workdir as wd
+
+EVAL_STAGE = "evaluate"
+SHARDS_STAGE = "prepare"   # mode_jax/data/demo_corpus.py writes shards/eval/
+
+
+def logits_rel(model: str, task: str) -> str:
+  return os.path.join("eval", model, f"{task}.npz")
+
+
+def meta_rel(task: str) -> str:
+  return os.path.join("eval", "meta_emb", f"{task}.npy")
+
+
+def write_task_logits(workdir: str, model: str, task: str, logits, labels,
+                      txt_to_img=None) -> str:
+  """Writes eval/<model>/<task>.npz atomically; returns its path."""
+  p = wd.path(workdir, logits_rel(model, task))
+  os.makedirs(os.path.dirname(p), exist_ok=True)
+  arrays = dict(logits=np.asarray(logits, np.float32), labels=np.asarray(labels, np.int32))
+  if txt_to_img is not None:
+    arrays["txt_to_img"] = np.asarray(txt_to_img, np.int32)
+  tmp = p + ".tmp.npz"
+  np.savez(tmp, **arrays)
+  os.replace(tmp, p)
+  return p
+
+
+def read_task_logits(workdir: str, model: str, task: str) -> dict[str, np.ndarray]:
+  """{'logits', 'labels'[, 'txt_to_img']}; MissingInput naming `evaluate` when absent."""
+  p = wd.require(workdir, logits_rel(model, task), EVAL_STAGE)
+  with np.load(p) as z:
+    return {k: z[k] for k in z.files}
+
+
+def write_meta_emb(workdir: str, task: str, emb) -> str:
+  p = wd.path(workdir, meta_rel(task))
+  os.makedirs(os.path.dirname(p), exist_ok=True)
+  tmp = p + ".tmp.npy"
+  np.save(tmp, np.asarray(emb, np.float32))
+  os.replace(tmp, p)
+  return p
+
+
+def read_meta_emb(workdir: str, task: str) -> np.ndarray:
+  return np.load(wd.require(workdir, meta_rel(task), EVAL_STAGE)).astype(np.float32)
+
+
+def txt_to_img_of(arrays: dict) -> np.ndarray:
+  """The caption -> image map of a retrieval npz (identity when the file has none)."""
+  if "txt_to_img" in arrays:
+    return arrays["txt_to_img"].astype(np.int32)
+  n_img, n_txt = arrays["logits"].shape
+  if n_img != n_txt:
+    raise ValueError(f"retrieval logits {n_img}x{n_txt} need a txt_to_img map")
+  return np.arange(n_txt, dtype=np.int32)

@@ -1,0 +1,248 @@
+"""The report stage (DESIGN.md steps 8-10): route, ensemble, score, tabulate, plot.
+
+Reads eval/<model>/<task>.npz for 'dense', 'expert_0'..'expert_{n-1}' (and
+'seed' when present), eval/meta_emb/<task>.npy, shards/eval/<task>.json
+(kind), cluster/fine_centers.npy, cluster/fine_to_expert.npy and
+cluster/expert_order.json; writes report/results.{md,csv},
+report/routing_weights.{md,csv}, report/metrics.csv (every metric, long
+form) and report/routing_weights.png, report/scores.png.
+
+Score per task, in percent: zero-shot -> top-1 accuracy; retrieval -> the
+mean of image->text R@1 and text->image R@1. Columns: dense, seed, each
+expert, uniform (mean of experts), best_single (ORACLE: best expert on the
+test labels), prior (the expert with the largest routing weight, alone),
+MoDE (routed ensemble), MoDE-k (progressive: first k experts of
+expert_order.json, weights renormalised over them).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from mode_jax import workdir as wd
+from mode_jax.ensemble import ensemble, routing
+from mode_jax.eval import files, retrieval, zeroshot
+
+CLUSTER_STAGE = "cluster"
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.mode = "reference"   # routing formula: 'reference' (MetaCLIP code) or 'paper' (Eq. 5-7)
+  c.top_k = 1            # fine centers per class that vote (1 = the method as published)
+  c.tasks = ""           # comma-separated task names; "" = every eval/meta_emb/<task>.npy
+  c.plots = True         # write the PNG plots
+  return c
+
+
+# ---------------------------------------------------------------- inputs ----
+def list_tasks(cfg, workdir: str) -> list[str]:
+  if cfg.get("tasks"):
+    return [t.strip() for t in str(cfg.tasks).split(",") if t.strip()]
+  d = wd.require(workdir, os.path.join("eval", "meta_emb"), files.EVAL_STAGE)
+  tasks = sorted(f[:-4] for f in os.listdir(d) if f.endswith(".npy"))
+  if not tasks:
+    raise wd.MissingInput(os.path.join(d, "<task>.npy"), files.EVAL_STAGE)
+  return tasks
+
+
+def load_cluster(workdir: str):
+  """(fine_centers [m, D], fine_to_expert [m], expert_order list of n expert ids)."""
+  centers = np.load(wd.require(workdir, "cluster/fine_centers.npy", CLUSTER_STAGE))
+  f2e = np.load(wd.require(workdir, "cluster/fine_to_expert.npy", CLUSTER_STAGE))
+  order = [int(c) for c in wd.read_json(
+      wd.require(workdir, "cluster/expert_order.json", CLUSTER_STAGE))]
+  n = len(order)
+  if sorted(order) != list(range(n)) or (len(f2e) and int(f2e.max()) >= n):
+    raise ValueError(f"cluster/expert_order.json {order} does not match fine_to_expert")
+  return centers.astype(np.float32), f2e.astype(np.int32), order
+
+
+def task_kind(workdir: str, task: str) -> str:
+  spec = wd.read_json(wd.require(workdir, f"shards/eval/{task}.json", files.SHARDS_STAGE))
+  kind = spec.get("kind", "zeroshot")
+  if kind not in ("zeroshot", "retrieval"):
+    raise ValueError(f"shards/eval/{task}.json: unknown kind {kind!r}")
+  return kind
+
+
+# --------------------------------------------------------------- scoring ----
+def score_zeroshot(logits, labels) -> tuple[float, dict]:
+  m = zeroshot.metrics(logits, labels)
+  return 100.0 * m["top1"], m
+
+
+def score_retrieval(i2t_logits, t2i_logits, txt_to_img) -> tuple[float, dict]:
+  m = retrieval.recall(i2t_logits, txt_to_img, t2i_logits=t2i_logits)
+  return 100.0 * (m["i2t_R@1"] + m["t2i_R@1"]) / 2, m
+
+
+def evaluate_task(cfg, workdir, task, fine_centers, fine_to_expert, order) -> dict:
+  """Scores of every model and ensemble on one task, plus its routing weights."""
+  n = len(order)
+  kind = task_kind(workdir, task)
+  meta = files.read_meta_emb(workdir, task)
+  experts = [files.read_task_logits(workdir, f"expert_{c}", task) for c in range(n)]
+  stack = jnp.asarray(np.stack([e["logits"] for e in experts]), jnp.float32)
+  labels = experts[0]["labels"]
+  if stack.shape[2] != len(meta):
+    raise ValueError(f"{task}: logits have {stack.shape[2]} columns but "
+                     f"eval/meta_emb/{task}.npy has {len(meta)} rows")
+  args = (fine_centers, fine_to_expert, n, cfg.mode, int(cfg.top_k))
+  weights = np.asarray(routing.routing_weights(jnp.asarray(meta), *args))
+  row = {"task": task, "kind": kind, "n_classes": len(meta)}
+  metrics = {}
+
+  if kind == "retrieval":
+    txt_to_img = files.txt_to_img_of(experts[0])
+    qweights = routing.query_routing_weights(jnp.asarray(meta), *args)
+
+  def score(name, logits, t2i_logits=None):
+    if kind == "zeroshot":
+      row[name], metrics[name] = score_zeroshot(logits, labels)
+    else:
+      row[name], metrics[name] = score_retrieval(
+          logits, logits if t2i_logits is None else t2i_logits, txt_to_img)
+
+  baselines = ["dense"] + (["seed"] if os.path.exists(
+      wd.path(workdir, files.logits_rel("seed", task))) else [])
+  for name in baselines:
+    score(name, files.read_task_logits(workdir, name, task)["logits"])
+  for c in range(n):
+    score(f"expert_{c}", stack[c])
+  score("uniform", ensemble.uniform(stack))
+  best = ensemble.best_single([row[f"expert_{c}"] for c in range(n)])
+  row["best_single"], row["best_single_expert"] = row[f"expert_{best}"], best
+  prior = ensemble.prior_selection(weights)
+  row["prior"], row["prior_expert"] = row[f"expert_{prior}"], prior
+  if kind == "zeroshot":
+    score("MoDE", ensemble.combine(stack, weights))
+    for k, logits in ensemble.progressive(stack, order, weights):
+      score(f"MoDE-{k}", logits)
+  else:
+    score("MoDE", *ensemble.retrieval_ensemble(stack, weights, qweights))
+    for k, i2t, t2i in ensemble.progressive_retrieval(stack, order, weights, qweights):
+      score(f"MoDE-{k}", i2t, t2i)
+  return {"row": row, "weights": weights, "metrics": metrics}
+
+
+# ---------------------------------------------------------------- output ----
+def columns(rows, n) -> list[str]:
+  cols = ["dense"] + (["seed"] if any("seed" in r for r in rows) else [])
+  cols += [f"expert_{c}" for c in range(n)]
+  cols += ["uniform", "best_single", "prior", "MoDE"] + [f"MoDE-{k}" for k in range(1, n + 1)]
+  return cols
+
+
+def with_average(rows, cols):
+  avg = {"task": "average", "kind": "", "n_classes": ""}
+  for c in cols:
+    vals = [r[c] for r in rows if c in r]
+    avg[c] = float(np.mean(vals)) if len(vals) == len(rows) else ""   # only over all tasks
+  return rows + [avg]
+
+
+def write_csv(p, header, rows):
+  with open(p, "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(header)
+    for r in rows:
+      w.writerow([r.get(h, "") for h in header])
+
+
+def markdown(header, rows, fmt="{:.2f}") -> str:
+  def cell(v):
+    return fmt.format(v) if isinstance(v, float) else str(v)
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(cell(r.get(h, "")) for h in header) + " |" for r in rows]
+  return "\n".join(lines)
+
+
+def plot(out_dir, tasks, weights, rows, n):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  w = np.stack(weights)
+  fig, ax = plt.subplots(figsize=(3.0 + 0.7 * n, 1.8 + 0.45 * len(tasks)))
+  im = ax.imshow(w, cmap="viridis", aspect="auto")   # data range: reference weights are gentle
+  mid = (w.min() + w.max()) / 2
+  ax.set_xticks(range(n), [f"expert {c}" for c in range(n)], rotation=45, ha="right")
+  ax.set_yticks(range(len(tasks)), tasks)
+  for i in range(len(tasks)):
+    for j in range(n):
+      ax.text(j, i, f"{w[i, j]:.3f}", ha="center", va="center", fontsize=7,
+              color="white" if w[i, j] < mid else "black")
+  fig.colorbar(im, ax=ax, label="routing weight")
+  ax.set_title("MoDE routing weights")
+  fig.tight_layout()
+  fig.savefig(os.path.join(out_dir, "routing_weights.png"), dpi=120)
+  plt.close(fig)
+
+  models = ["dense"] + [f"expert_{c}" for c in range(n)] + ["uniform", "best_single", "MoDE"]
+  fig, ax = plt.subplots(figsize=(max(6, 1.5 * len(tasks) * len(models) / 4), 4))
+  width = 0.8 / len(models)
+  for j, m in enumerate(models):
+    ax.bar(np.arange(len(tasks)) + j * width, [r[m] for r in rows], width, label=m)
+  ax.set_xticks(np.arange(len(tasks)) + 0.4 - width / 2, tasks)
+  ax.set_ylabel("score (%)")
+  ax.legend(fontsize=7, ncols=2)
+  ax.set_title("Per-task scores (zero-shot top-1; retrieval mean R@1)")
+  fig.tight_layout()
+  fig.savefig(os.path.join(out_dir, "scores.png"), dpi=120)
+  plt.close(fig)
+
+
+def run_report(cfg, workdir: str) -> dict:
+  """Writes report/ and returns {'rows', 'weights', 'columns'}; prints the markdown table."""
+  if cfg.mode not in routing.MODES:
+    raise ValueError(f"config report.mode={cfg.mode!r}: expected one of {routing.MODES}")
+  tasks = list_tasks(cfg, workdir)
+  fine_centers, fine_to_expert, order = load_cluster(workdir)
+  n = len(order)
+  if not 1 <= int(cfg.top_k) <= len(fine_centers):
+    raise ValueError(f"config report.top_k={cfg.top_k}: must be in 1..{len(fine_centers)}")
+  results = [evaluate_task(cfg, workdir, t, jnp.asarray(fine_centers),
+                           jnp.asarray(fine_to_expert), order)
+             for t in tqdm(tasks, desc="report", leave=False)]
+  rows = [r["row"] for r in results]
+  cols = columns(rows, n)
+  table = with_average(rows, cols)
+
+  out = wd.path(workdir, "report")
+  os.makedirs(out, exist_ok=True)
+  head = ["task", "kind", "n_classes"] + cols + ["best_single_expert", "prior_expert"]
+  write_csv(os.path.join(out, "results.csv"), head, table)
+  md = markdown(["task", "kind", "n_classes"] + cols, table)
+  notes = (
+      f"Scores in %: zero-shot = top-1 accuracy; retrieval = mean of image->text R@1 and "
+      f"text->image R@1.\nRouting: {cfg.mode} formula, top_k={cfg.top_k}; image->text uses "
+      f"corpus-level weights, text->image per-query weights.\n"
+      f"best_single is an ORACLE (chosen on test labels); prior = the expert with the largest "
+      f"routing weight, alone.\nMoDE-k: first k experts of expert_order {order} (widest "
+      f"spread first), weights renormalised over them.\n")
+  with open(os.path.join(out, "results.md"), "w") as f:
+    f.write("# MoDE results\n\n" + notes + "\n" + md + "\n")
+
+  wrows = [{"task": t, "kind": r["row"]["kind"], "n_classes": r["row"]["n_classes"],
+            **{f"expert_{c}": float(r["weights"][c]) for c in range(n)}}
+           for t, r in zip(tasks, results)]
+  whead = ["task", "kind", "n_classes"] + [f"expert_{c}" for c in range(n)]
+  write_csv(os.path.join(out, "routing_weights.csv"), whead, wrows)
+  with open(os.path.join(out, "routing_weights.md"), "w") as f:
+    f.write("# Routing weights (retrieval: corpus-level, image->text)\n\n"
+            + markdown(whead, wrows, "{:.4f}") + "\n")
+
+  long = [{"task": t, "model": m, "metric": k, "value": v}
+          for t, r in zip(tasks, results) for m, d in r["metrics"].items() for k, v in d.items()]
+  write_csv(os.path.join(out, "metrics.csv"), ["task", "model", "metric", "value"], long)
+  if cfg.get("plots", True):
+    plot(out, tasks, [r["weights"] for r in results], rows, n)
+  print(md)
+  return {"rows": table, "weights": {t: r["weights"] for t, r in zip(tasks, results)},
+          "columns": cols}

@@ -1,0 +1,154 @@
+"""Zero-shot evaluation: templates from installed packages, class features, known accuracies."""
+
+import importlib.util
+
+import jax
+import numpy as np
+import pytest
+from sklearn.metrics import balanced_accuracy_score, top_k_accuracy_score
+
+from mode_jax.eval import features, templates, zeroshot
+
+
+def needs(package, install):
+  return pytest.mark.skipif(importlib.util.find_spec(package) is None,
+                            reason=f"needs {package}: {install}")
+
+
+@needs("open_clip", templates.OPEN_CLIP_INSTALL)
+def test_openai_templates_and_imagenet_names():
+  t = templates.openai_imagenet_templates()
+  assert len(t) == 80 and len(set(t)) == 80
+  assert t[0] == "a bad photo of a {c}." and all("{c}" in x for x in t)
+  names = templates.imagenet_classnames()
+  assert len(names) == 1000 and names[0] == "tench" and names[999] == "toilet paper"
+  assert templates.task_templates("imagenet1k") == t
+
+
+@needs("clip_benchmark", templates.CLIP_BENCHMARK_INSTALL)
+def test_benchmark_files():
+  assert templates.benchmark_classnames("mnist") == [str(i) for i in range(10)]
+  assert templates.task_templates("mnist") == ['a photo of the number: "{c}".']
+  assert len(templates.benchmark_classnames("pets")) == 37
+  assert templates.benchmark_templates("no-such-task") is None
+
+
+def test_missing_package_names_install():
+  with pytest.raises(FileNotFoundError, match="pip install"):
+    templates.package_file("surely_not_installed_pkg", "x.json", "pip install x")
+
+
+def test_prompts_and_synonyms():
+  assert templates.fill("a {} b", "cat") == "a cat b"
+  assert templates.fill("a {c} b", "{x}") == "a {x} b"
+  with pytest.raises(ValueError):
+    templates.fill("no slot", "cat")
+  p = templates.class_prompts([["cat", "kitty"], "dog"], ["a {c}.", "the {}"])
+  assert p == [["a cat.", "the cat", "a kitty.", "the kitty"], ["a dog.", "the dog"]]
+
+
+def toy_embed_texts(texts):
+  """A deterministic, NOT normalised text embedding (so per-prompt normalising matters)."""
+  out = []
+  for t in texts:
+    rng = np.random.default_rng(sum(ord(ch) * (i + 1) for i, ch in enumerate(t)))
+    out.append(rng.normal(size=16) * (1 + len(t) % 5))
+  return np.stack(out).astype(np.float32)
+
+
+def test_class_features_match_numpy():
+  classes, temps = [["cat", "kitty"], "dog", ["bird"]], ["a {c}.", "a photo of the {c}", "{c}!"]
+  got = zeroshot.class_features(toy_embed_texts, classes, temps)
+  want = []
+  for names in templates.as_synonyms(classes):
+    e = toy_embed_texts([t.replace("{c}", n) for n in names for t in temps]).astype(np.float64)
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    m = e.mean(0)
+    want.append(m / np.linalg.norm(m))
+  np.testing.assert_allclose(got, np.stack(want), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-6)
+
+
+# Images carry their own feature: an image is [1, 4, 3] = a 12-d vector.
+def toy_embed_images(images):
+  x = np.asarray(images).reshape(len(images), -1)
+  return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def known_case():
+  """10 images, 10 classes (one-hot features); the true class sits at a chosen rank."""
+  labels = np.array([0, 0, 0, 1, 1, 2, 3, 4, 5, 6])
+  ranks = np.array([0, 0, 0, 0, 0, 0, 0, 2, 4, 7])
+  class_feats = np.eye(10, 12, dtype=np.float32)
+  feats = np.zeros((10, 12), np.float32)
+  for i, (y, r) in enumerate(zip(labels, ranks)):
+    others = [c for c in range(10) if c != y]
+    order = others[:r] + [y] + others[r:]       # classes in descending score
+    feats[i, order] = np.linspace(1.0, 0.1, 10)
+  return feats.reshape(10, 1, 4, 3), labels, class_feats
+
+
+def batches(images, labels, size):
+  for i in range(0, len(images), size):
+    yield images[i:i + size], labels[i:i + size]
+
+
+def test_known_accuracies():
+  images, labels, class_feats = known_case()
+  logits, y = zeroshot.zeroshot_logits(toy_embed_images, class_feats, batches(images, labels, 4))
+  assert logits.shape == (10, 10) and logits.dtype == np.float32
+  np.testing.assert_array_equal(y, labels)
+  m = zeroshot.metrics(logits, y)
+  assert m["top1"] == pytest.approx(0.7)
+  assert m["top5"] == pytest.approx(0.9)
+  assert m["mean_per_class"] == pytest.approx(4 / 7)   # classes 0-3 right, 4-6 wrong
+  # raw cosines: no scale, no softmax
+  np.testing.assert_allclose(logits, toy_embed_images(images) @ class_feats.T, rtol=1e-6)
+
+
+def test_metrics_match_sklearn():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(200, 13)).astype(np.float32)
+  labels = rng.integers(0, 13, 200)
+  m = zeroshot.metrics(logits, labels)
+  cls = np.arange(13)
+  assert m["top1"] == pytest.approx(top_k_accuracy_score(labels, logits, k=1, labels=cls))
+  assert m["top5"] == pytest.approx(top_k_accuracy_score(labels, logits, k=5, labels=cls))
+  assert m["mean_per_class"] == pytest.approx(balanced_accuracy_score(labels,
+                                                                      logits.argmax(1)))
+  assert zeroshot.accuracy(logits, labels, 5) == pytest.approx(m["top5"])
+  assert zeroshot.mean_per_class_accuracy(logits, labels) == pytest.approx(m["mean_per_class"])
+
+
+def test_sharded_over_mesh_matches_single_device():
+  images, labels, class_feats = known_case()
+  mesh = jax.make_mesh((jax.device_count(),), ("data",))
+  want, _ = zeroshot.zeroshot_logits(toy_embed_images, class_feats, batches(images, labels, 3))
+  got, y = zeroshot.zeroshot_logits(toy_embed_images, class_feats, batches(images, labels, 3),
+                                    mesh=mesh)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  np.testing.assert_array_equal(y, labels)
+  out = features._cosine_fn(mesh)(np.zeros((8, 12), np.float32), class_feats)
+  assert out.sharding.spec[0] == ("data",) or out.sharding.spec[0] == "data"
+
+
+def test_evaluate_glue():
+  from mode_jax.eval import evaluate
+  images, labels, _ = known_case()
+  names = [f"c{i}" for i in range(10)]
+
+  def embed_texts(texts):   # "x cK" -> one-hot K in 12-d: the known case's class features
+    out = np.zeros((len(texts), 12), np.float32)
+    for j, t in enumerate(texts):
+      out[j, int(t.split("c")[-1].rstrip("."))] = 1.0
+    return out
+
+  spec = {"kind": "zeroshot", "classnames": names, "templates": ["a {}.", "the {c}"]}
+  out = evaluate.evaluate_zeroshot(toy_embed_images, embed_texts, "toy", spec,
+                                   batches(images, labels, 4))
+  assert zeroshot.metrics(out["logits"], out["labels"])["top1"] == pytest.approx(0.7)
+  meta = evaluate.metadata_embedding(embed_texts, "toy", spec)
+  np.testing.assert_allclose(meta, np.eye(10, 12), atol=1e-6)
+  caps = [["c1", "c2"], ["c3"]]
+  meta = evaluate.metadata_embedding(embed_texts, "r", {"kind": "retrieval"}, caps)
+  np.testing.assert_allclose(meta, np.eye(12)[[1, 2, 3]], atol=1e-6)
