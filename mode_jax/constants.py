@@ -57,3 +57,12 @@ KMEANS_TOL = 1e-3             # reference KMeans.fit: stop when (sum_k ||shift_k
 AUCTION_EPS_FRACTION = 1 / 50  # reference auction_lap: eps = (max - min score) / 50
 AUCTION_EPS_MIN = 1e-4        # reference auction_lap: eps.clamp_min_(1e-4)
 AUCTION_RETAIN_ROUNDS = 100   # reference auction_lap: last winners keep an eps bid for 100 rounds
+
+# --- Caption embeddings (paper Sec. 3.1, 4.1; DESIGN.md step 1) -----------------
+PAPER_SENTENCE_ENCODER = "princeton-nlp/sup-simcse-bert-base-uncased"  # paper: supervised SimCSE BERT-base
+PAPER_SENTENCE_POOLING = "pooler"   # SimCSE's pooler_output = tanh(W h_CLS + b), 768-d
+DEFAULT_SENTENCE_ENCODER = "minilm"  # ours, offline: all-MiniLM-L6-v2 (PyPI), 384-d
+DEFAULT_SENTENCE_POOLING = "mean"    # all-MiniLM-L6-v2's own pooling (1_Pooling/config.json)
+
+# --- Input pipeline (mode_jax/data) --------------------------------------------
+RRC_RATIO = (3 / 4, 4 / 3)    # RandomResizedCrop aspect range: torchvision default, kept by OpenCLIP/MetaCLIP

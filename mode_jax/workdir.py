@@ -15,6 +15,8 @@ Layout and formats (all arrays little-endian numpy):
   shards/eval/<task>-{00000..}.tar    evaluation sets, same member layout;
   shards/eval/<task>.json             {"kind": "zeroshot"|"retrieval",
                                        "classnames": [...], "templates": [...]}
+  index/<stem>-<hash>.npz             cached sample index of a shard (byte offsets
+                                      per sample), rebuilt when the shard changes
   embed/<shard-stem>.npz              keys: str[n]; emb: float16|float32[n, D],
                                       L2-normalised caption embeddings, one row
                                       per sample of that shard, shard order
