@@ -2,8 +2,18 @@
 
   python launch.py <stage> --config configs/x.py[:key=val,runlocal] --workdir W [--config.f=v]
 
-Stages (each reads and writes the workdir; see mode_jax/workdir.py):
-  train   train one CLIP from config.input (e.g. configs/fmnist_clip.py)
+Stages (each reads and writes the workdir; see mode_jax/workdir.py), in order:
+  prepare   build the embedded demo corpus into shards/           (configs/demo.py)
+  embed     one caption per sample -> sentence embeddings in embed/
+  cluster   fine centers (m) and coarse experts (n) in cluster/
+  assign    every sample to its fine cluster and expert in assign/
+  seed      the dense seed CLIP on all data (seed/)
+  experts   each expert forked from the seed, on its stream (experts/<c>/)
+  dense     baseline: the seed continued on all data (dense/)
+  evaluate  raw cosine logits per model and task in eval/
+  report    routed ensemble vs baselines: report/results.md, plots
+  pipeline  all of the above; re-running resumes where it stopped
+  train     train one CLIP from config.input (e.g. configs/fmnist_clip.py)
 
 A stage whose inputs are missing stops with one line naming the file and the
 stage that makes it; a bad config stops before any compute.
@@ -23,6 +33,16 @@ flags.DEFINE_string("workdir", None, "Directory every stage reads and writes.")
 
 # stage -> "module:function"; each function takes (config, workdir).
 STAGES = {
+    "prepare": "mode_jax.stages:run_prepare",
+    "embed": "mode_jax.stages:run_embed",
+    "cluster": "mode_jax.stages:run_cluster",
+    "assign": "mode_jax.stages:run_assign",
+    "seed": "mode_jax.pipeline:run_seed",
+    "experts": "mode_jax.pipeline:run_experts",
+    "dense": "mode_jax.pipeline:run_dense",
+    "evaluate": "mode_jax.pipeline:run_evaluate",
+    "report": "mode_jax.stages:run_report",
+    "pipeline": "mode_jax.pipeline:run_pipeline",
     "train": "mode_jax.stages:run_train",
 }
 
@@ -35,6 +55,11 @@ def main(argv):
   if config is None or not workdir:
     sys.exit("error: --config and --workdir are required")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+  # Experts, dense and seed share shapes: a persistent cache compiles the step once.
+  import jax
+  jax.config.update("jax_compilation_cache_dir",
+                    os.path.expanduser(os.environ.get("MODE_JAX_CACHE", "~/.cache/mode_jax/xla")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   from mode_jax.workdir import MissingInput, write_json
   module, fn = STAGES[argv[1]].split(":")
   try:

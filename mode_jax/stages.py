@@ -18,3 +18,29 @@ def run_train(config, workdir: str):
   for k, v in finals.items():
     print(f"{k}: {v:.4f}")
   return result
+
+
+def run_prepare(config, workdir: str):
+  """Builds the embedded demo corpus (training + evaluation shards) into workdir/shards."""
+  from mode_jax.data import demo_corpus
+  return demo_corpus.run_prepare(config.prepare, workdir)
+
+
+def run_embed(config, workdir: str):
+  from mode_jax.text import embed_stage
+  return embed_stage.run_embed(config.embed, workdir)
+
+
+def run_cluster(config, workdir: str):
+  from clustering import stages
+  return stages.run_cluster(config.cluster, workdir)
+
+
+def run_assign(config, workdir: str):
+  from clustering import stages
+  return stages.run_assign(config.cluster, workdir)
+
+
+def run_report(config, workdir: str):
+  from mode_jax.eval import report
+  return report.run_report(config.report, workdir)

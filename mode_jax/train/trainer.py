@@ -197,4 +197,6 @@ def train(config, run_dir: str, *, input_fn, evaluators=(), progress: bool = Tru
     bar.close()
     ck.close()
     writer.close()
+    if hasattr(data, "close"):
+      data.close()
   return TrainResult(step=step, state=state, graphdef=graphdef, history=history)

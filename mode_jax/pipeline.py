@@ -1,0 +1,267 @@
+"""MoDE stages from the seed on (DESIGN.md steps 5-8), and the whole pipeline.
+
+  seed      one dense CLIP on all data for seed_epochs of the planned
+            total_epochs (paper: 27 of 32); its last step is a milestone
+            checkpoint that clean-up never deletes.
+  experts   each expert resumes the seed's full state (params, Adam moments,
+            step) and continues the same cosine schedule on its own stream
+            (in-cluster samples + 2% out-of-cluster) for the remaining epochs,
+            where an expert "epoch" is still a full data set of samples.
+            `expert=c` trains only expert c (independent jobs; adding an
+            expert later trains only that one).
+  dense     baseline: the seed continued on all data for as many steps as one
+            expert (so it costs what an expert costs).
+  evaluate  every finished model on every evaluation task of shards/eval/ ->
+            eval/<model>/<task>.npz (raw cosine logits), plus the task
+            metadata embeddings eval/meta_emb/<task>.npy with the clustering's
+            sentence encoder; skipped per (model, task) when up to date.
+
+Step counts follow the data: steps_per_epoch = round(N / batch_size).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import ml_collections
+from flax import nnx
+
+from mode_jax import workdir as wd
+from mode_jax.data import expert_stream as expert_lib
+from mode_jax.data import loader
+from mode_jax.data import webdataset as wds
+from mode_jax.models import embedders
+from mode_jax.train import checkpoint as ckpt_lib
+from mode_jax.train import sharding
+from mode_jax.train import state as state_lib
+from mode_jax.train import trainer
+
+SEED_DIR, DENSE_DIR, EXPERTS_DIR = "seed", "dense", "experts"
+
+
+# ---- plan -----------------------------------------------------------------------------
+
+def plan(config, n_samples: int) -> dict:
+  """Step counts of the planned run: total (schedule), seed, and per expert."""
+  spe = max(1, round(n_samples / config.batch_size))
+  total = max(2, round(config.mode.total_epochs * spe))
+  seed = min(total - 1, max(1, round(config.mode.seed_epochs * spe)))
+  return {"steps_per_epoch": spe, "total": total, "seed": seed, "expert": total - seed}
+
+
+def _input_cfg(config):
+  c = ml_collections.ConfigDict(config.input.to_dict())
+  c.batch_size = config.batch_size
+  c.resolution = config.model.image_size
+  return c
+
+
+def _tokenize(config):
+  from mode_jax.text.clip_bpe import ClipTokenizer
+  return functools.partial(ClipTokenizer(), context_length=config.model.context_length)
+
+
+def _run_config(config, **fields):
+  c = ml_collections.ConfigDict(config.to_dict())
+  for k, v in fields.items():
+    if isinstance(v, dict):
+      c[k].update(v)
+    else:
+      c[k] = v
+  return c
+
+
+def _seed_step(config, workdir) -> int:
+  """The milestone step experts fork from; MissingInput when the seed has not reached it."""
+  meta = wd.require(workdir, os.path.join(SEED_DIR, "plan.json"), "seed")
+  step = wd.read_json(meta)["seed"]
+  ck = ckpt_lib.Checkpointer(wd.path(workdir, SEED_DIR, "ckpt"))
+  steps = ck.all_steps()
+  ck.close()
+  if step not in steps:
+    raise wd.MissingInput(wd.path(workdir, SEED_DIR, "ckpt", str(step)), "seed")
+  return step
+
+
+def _fit(config, workdir, run_rel, *, num_steps, schedule_steps, indices=None, index=None,
+         init=None, milestones=(), desc="train"):
+  """Trains run_rel until num_steps on all data (or `indices`), resuming if possible."""
+  c = _run_config(config, num_steps=num_steps, schedule_steps=schedule_steps,
+                  milestones=tuple(milestones))
+  if init:
+    c.init.update(init)
+  run_dir = wd.path(workdir, run_rel)
+  trainer.validate(c, run_dir)
+  tokenize = _tokenize(config)
+  in_cfg = _input_cfg(config)
+
+  def input_fn(cfg, mesh):
+    return loader.train_iterator(in_cfg, workdir, tokenize, index=index, indices=indices)
+
+  return trainer.train(c, run_dir, input_fn=input_fn, desc=desc)
+
+
+# ---- stages ---------------------------------------------------------------------------
+
+def run_seed(config, workdir: str):
+  """Dense seed on all training data until seed_epochs; the fork step is kept forever."""
+  index = loader.load_index(_input_cfg(config), workdir)
+  p = plan(config, len(index))
+  wd.write_json(wd.path(workdir, SEED_DIR, "plan.json"), dict(p, num_samples=len(index)))
+  return _fit(config, workdir, SEED_DIR, num_steps=p["seed"], schedule_steps=p["total"],
+              index=index, milestones=(p["seed"],), desc="seed")
+
+
+def expert_ids(config) -> list[int]:
+  n = config.cluster.n
+  if config.expert >= n:
+    raise ValueError(f"config.expert={config.expert} but config.cluster.n={n}")
+  return [config.expert] if config.expert >= 0 else list(range(n))
+
+
+def run_experts(config, workdir: str):
+  """Forks each expert (or only config.expert) from the seed and trains it on its stream."""
+  seed_step = _seed_step(config, workdir)
+  index = loader.load_index(_input_cfg(config), workdir)
+  p = wd.read_json(wd.path(workdir, SEED_DIR, "plan.json"))
+  results = {}
+  for c in expert_ids(config):
+    es = ml_collections.ConfigDict(config.expert_stream.to_dict())
+    es.expert = c
+    stream = expert_lib.expert_stream(es, workdir, index)
+    print(f"[expert {c}] {stream.num_in_cluster} in-cluster + {stream.num_ooc} out-of-cluster "
+          f"samples; one expert epoch = {stream.passes_per_epoch:.1f} passes over them")
+    results[c] = _fit(config, workdir, os.path.join(EXPERTS_DIR, str(c)),
+                      num_steps=seed_step + p["expert"], schedule_steps=p["total"],
+                      index=index, indices=stream.indices,
+                      init={"checkpoint": wd.path(workdir, SEED_DIR), "step": seed_step},
+                      desc=f"expert {c}")
+  return results
+
+
+def run_dense(config, workdir: str):
+  """The dense baseline: the seed continued on all data for one expert's steps."""
+  seed_step = _seed_step(config, workdir)
+  index = loader.load_index(_input_cfg(config), workdir)
+  p = wd.read_json(wd.path(workdir, SEED_DIR, "plan.json"))
+  return _fit(config, workdir, DENSE_DIR, num_steps=seed_step + p["expert"],
+              schedule_steps=p["total"], index=index,
+              init={"checkpoint": wd.path(workdir, SEED_DIR), "step": seed_step},
+              desc="dense")
+
+
+# ---- evaluation -----------------------------------------------------------------------
+
+def finished_models(config, workdir: str) -> dict[str, tuple[str, int]]:
+  """model name -> (run dir, final step) for the dense baseline and every expert."""
+  p = wd.read_json(wd.require(workdir, os.path.join(SEED_DIR, "plan.json"), "seed"))
+  want = p["seed"] + p["expert"]
+  runs = {"dense": (DENSE_DIR, "dense")}
+  runs.update({f"expert_{c}": (os.path.join(EXPERTS_DIR, str(c)), "experts")
+               for c in range(config.cluster.n)})
+  out = {}
+  for name, (rel, stage) in runs.items():
+    ck_dir = wd.path(workdir, rel, "ckpt")
+    step = ckpt_lib.Checkpointer(ck_dir).latest_step() if os.path.isdir(ck_dir) else None
+    if step != want:
+      raise wd.MissingInput(os.path.join(ck_dir, str(want)), stage)
+    out[name] = (wd.path(workdir, rel), want)
+  return out
+
+
+def load_model(config, run_dir: str, step: int):
+  """The CLIP of `run_dir` at `step`, replicated over the local devices."""
+  mesh = sharding.make_mesh({"data": -1, "fsdp": 1})
+  graphdef, _, abstract, shardings, _ = state_lib.build(
+      config.model, config.optim, schedule_steps=2, mesh=mesh, rules=[(".*", "replicate")])
+  ck = ckpt_lib.Checkpointer(os.path.join(run_dir, "ckpt"))
+  state, _ = ck.restore(ckpt_lib.abstract_with_shardings(abstract, shardings), step)
+  ck.close()
+  return nnx.merge(graphdef, state["params"])
+
+
+def eval_tasks(workdir: str) -> dict[str, dict]:
+  d = wd.require(workdir, os.path.join("shards", "eval"), "prepare")
+  tasks = {f[:-5]: wd.read_json(os.path.join(d, f)) for f in sorted(os.listdir(d))
+           if f.endswith(".json")}
+  if not tasks:
+    raise wd.MissingInput(os.path.join(d, "<task>.json"), "prepare")
+  return tasks
+
+
+def _task_pattern(workdir, task):
+  return os.path.join(workdir, "shards", "eval", f"{task}-*.tar")
+
+
+def _captions_per_image(workdir, task):
+  stats = wds.Stats()
+  out = []
+  for shard in wds.expand_shards(_task_pattern(workdir, task)):
+    out += [s["texts"] for s in wds.iter_shard(shard, with_images=False, stats=stats)]
+  return out
+
+
+def run_evaluate(config, workdir: str):
+  """Raw cosine logits of every finished model on every task, and task metadata embeddings."""
+  from mode_jax.eval import evaluate as ev
+  from mode_jax.eval import files
+  from mode_jax.text import embed_stage
+  tasks = eval_tasks(workdir)
+  models = finished_models(config, workdir)
+  in_cfg = _input_cfg(config)
+  in_cfg.num_workers = 0
+  captions = {t: _captions_per_image(workdir, t) for t, s in tasks.items()
+              if s.get("kind") == "retrieval"}
+
+  def batches(task):
+    for b in loader.eval_batches(in_cfg, workdir, _task_pattern(workdir, task),
+                                 batch_size=config.eval_batch_size):
+      yield b["image"], b["label"]
+
+  # Task metadata with the clustering's sentence encoder (DESIGN.md step 8).
+  encoder = None
+  for task, spec in tasks.items():
+    if not os.path.exists(wd.path(workdir, files.meta_rel(task))):
+      encoder = encoder or embed_stage.make_encoder(config.embed)
+      emb = ev.metadata_embedding(lambda t: encoder.encode(list(t), progress=False), task, spec,
+                                  captions.get(task))
+      files.write_meta_emb(workdir, task, emb)
+
+  tok = _tokenize(config)
+  for name, (run_dir, step) in models.items():
+    done_p = wd.path(workdir, "eval", name, "done.json")
+    done = wd.read_json(done_p) if os.path.exists(done_p) else {}
+    todo = [t for t in tasks if done.get(t) != step
+            or not os.path.exists(wd.path(workdir, files.logits_rel(name, t)))]
+    if not todo:
+      continue
+    model = load_model(config, run_dir, step)
+    embed_images, embed_texts = embedders.make_embedders(
+        model, lambda t, context_length: tok(t), context_length=config.model.context_length,
+        batch_size=config.eval_batch_size)
+    for task in todo:
+      spec = tasks[task]
+      if spec.get("kind") == "retrieval":
+        out = ev.evaluate_retrieval(embed_images, embed_texts, captions[task], batches(task))
+      else:
+        out = ev.evaluate_zeroshot(embed_images, embed_texts, task, spec, batches(task))
+      files.write_task_logits(workdir, name, task, out["logits"], out["labels"],
+                              out.get("txt_to_img"))
+      done[task] = step
+      wd.write_json(done_p, done)
+      print(f"[evaluate] {name} {task}: {out['logits'].shape[0]} images")
+
+
+# ---- everything -----------------------------------------------------------------------
+
+def run_pipeline(config, workdir: str):
+  """Every stage in order; each skips what is already done, so re-running resumes."""
+  from mode_jax import stages
+  order = [("prepare", stages.run_prepare), ("embed", stages.run_embed),
+           ("cluster", stages.run_cluster), ("assign", stages.run_assign),
+           ("seed", run_seed), ("experts", run_experts), ("dense", run_dense),
+           ("evaluate", run_evaluate), ("report", stages.run_report)]
+  for name, fn in order:
+    print(f"==== {name}", flush=True)
+    fn(config, workdir)
