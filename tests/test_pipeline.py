@@ -79,3 +79,19 @@ def test_rerun_resumes_without_recomputing(demo_workdir):
   assert r.returncode == 0, r.stderr[-3000:]
   assert "resumed" in r.stdout + r.stderr
   assert os.path.getmtime(os.path.join(w, "eval", "dense", "mnist.npz")) == before
+
+
+def test_notebook_runs_headless_on_the_demo_workdir(demo_workdir):
+  nbformat = pytest.importorskip("nbformat", reason="pip install nbformat nbclient ipykernel")
+  nbclient = pytest.importorskip("nbclient", reason="pip install nbformat nbclient ipykernel")
+  w, _ = demo_workdir
+  nb = nbformat.read(os.path.join(ROOT, "notebooks", "mode_demo.ipynb"), as_version=4)
+  os.environ["MODE_JAX_WORKDIR"] = w
+  try:
+    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": ROOT}}).execute()
+  finally:
+    del os.environ["MODE_JAX_WORKDIR"]
+  text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                 for o in c.get("outputs", []))
+  assert "routing weights:" in text and "accuracy on these 8 images" in text
