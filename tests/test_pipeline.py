@@ -95,3 +95,17 @@ def test_notebook_runs_headless_on_the_demo_workdir(demo_workdir):
   text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
                  for o in c.get("outputs", []))
   assert "routing weights:" in text and "accuracy on these 8 images" in text
+
+
+@pytest.mark.parametrize("config", ["mode_b32", "mode_b16", "mode_l14"])
+def test_paper_configs_run_shrunk(demo_workdir, tmp_path, config):
+  """`:runlocal` paper configs train their seed on the demo corpus (data stages reused)."""
+  import shutil
+  w, _ = demo_workdir
+  mine = str(tmp_path / "w")
+  shutil.copytree(w, mine, ignore=lambda d, names: [
+      n for n in names if d == w and n in ("seed", "experts", "dense", "eval", "report")])
+  r = launch("seed", "--config", f"configs/{config}.py:runlocal", "--workdir", mine)
+  assert r.returncode == 0, r.stderr[-3000:]
+  plan = json.load(open(os.path.join(mine, "seed", "plan.json")))
+  assert str(plan["seed"]) in os.listdir(os.path.join(mine, "seed", "ckpt"))
