@@ -1,0 +1,170 @@
+"""The `embed` stage: shards/train-*.tar -> embed/<stem>.npz + embed/meta.json.
+
+DESIGN.md step 1: one caption per pair (a seeded pick when a sample has
+several) is embedded with a frozen sentence encoder and L2-normalised; the
+cluster stage reads these rows. Formats: mode_jax/workdir.py.
+
+Encoders come from a small registry (`register_encoder`), so the paper's
+alternatives (Table 7: CLIP seed text tower, ...) plug in without touching
+this file; 'minilm' is the default, and any local Hugging Face BERT folder
+works (e.g. supervised SimCSE with pooling='pooler', the paper's choice).
+
+Resumable: a shard whose npz exists is skipped; npz files are written to a
+tmp name and renamed. Multi-host: process i embeds shards i::process_count,
+each over its local devices; process 0 writes meta.json.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+from typing import Callable, Protocol, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from mode_jax import constants, workdir as wd
+from mode_jax.text import captions, sentence_encoder
+
+log = logging.getLogger(__name__)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.encoder = constants.DEFAULT_SENTENCE_ENCODER   # a registered name, or an HF BERT folder
+  c.pooling = constants.DEFAULT_SENTENCE_POOLING   # 'mean' | 'cls' | 'pooler' (SimCSE, paper)
+  c.batch_size = 256            # captions per forward pass (split over local devices)
+  c.dtype = "float16"           # storage dtype of embed/*.npz: 'float16' | 'float32'
+  c.compute_dtype = "float32"   # encoder compute dtype: 'float32' | 'bfloat16'
+  c.seed = 0                    # caption pick among several: hash(seed, key)
+  c.max_length = 0              # tokens incl. specials; 0 = the encoder's default
+  c.chunk = 8192                # captions per encode call (progress-bar granularity)
+  return c
+
+
+class TextEncoder(Protocol):
+  dim: int
+
+  def encode(self, texts: Sequence[str], batch_size: int = ..., progress: bool = ...
+             ) -> np.ndarray:
+    """float32 [N, dim], rows L2-normalised."""
+
+
+_ENCODERS: dict[str, Callable[[ml_collections.ConfigDict], TextEncoder]] = {}
+
+
+def register_encoder(name: str):
+  """Decorator: `factory(cfg) -> TextEncoder` becomes cfg.encoder=name."""
+  def wrap(factory):
+    _ENCODERS[name] = factory
+    return factory
+  return wrap
+
+
+@register_encoder(sentence_encoder.MINILM)
+def _minilm(cfg):
+  return _hf_folder(cfg)
+
+
+def _hf_folder(cfg):
+  return sentence_encoder.SentenceEncoder(
+      cfg.encoder, pooling=cfg.pooling, dtype=cfg.compute_dtype,
+      max_length=cfg.max_length or None)
+
+
+def make_encoder(cfg: ml_collections.ConfigDict) -> TextEncoder:
+  if cfg.encoder in _ENCODERS:
+    return _ENCODERS[cfg.encoder](cfg)
+  if os.path.isdir(cfg.encoder):
+    return _hf_folder(cfg)
+  raise ValueError(f"embed.encoder={cfg.encoder!r} is neither a registered encoder "
+                   f"({', '.join(sorted(_ENCODERS))}) nor a model folder")
+
+
+def fingerprint(cfg: ml_collections.ConfigDict) -> str:
+  """What the embeddings depend on: the config and, for a model folder, its
+  config.json and weight-file size (cheap; no hashing of gigabytes)."""
+  model = {}
+  try:
+    folder = sentence_encoder.resolve_model_dir(cfg.encoder)
+  except FileNotFoundError:
+    folder = None
+  if folder is not None:
+    with open(os.path.join(folder, "config.json"), "rb") as f:
+      model["config"] = hashlib.sha256(f.read()).hexdigest()
+    weights = os.path.join(folder, "model.safetensors")
+    model["weights_bytes"] = os.path.getsize(weights) if os.path.exists(weights) else None
+  keys = ("encoder", "pooling", "dtype", "compute_dtype", "seed", "max_length")
+  blob = json.dumps([{k: cfg[k] for k in keys}, model], sort_keys=True)
+  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _with_defaults(cfg) -> ml_collections.ConfigDict:
+  merged = default_config()
+  for k, v in (cfg or {}).items():
+    if k not in merged:
+      raise ValueError(f"embed: unknown config field {k!r}; fields: {', '.join(merged)}")
+    merged[k] = v
+  if merged.dtype not in ("float16", "float32"):
+    raise ValueError(f"embed.dtype must be 'float16' or 'float32', not {merged.dtype!r}")
+  return merged
+
+
+def _write_npz(path: str, keys: list[str], emb: np.ndarray) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "wb") as f:   # a file object: np.savez would append '.npz' to a name
+    np.savez(f, keys=np.asarray(keys, dtype=str), emb=emb)
+  os.replace(tmp, path)
+
+
+def run_embed(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Embeds one caption per sample of every training shard; returns counts."""
+  cfg = _with_defaults(cfg)
+  shards = sorted(glob.glob(wd.path(workdir, "shards", "train-*.tar")))
+  if not shards:
+    raise wd.MissingInput(wd.path(workdir, "shards", "train-*.tar"), "prepare")
+  out_dir = wd.path(workdir, "embed")
+  os.makedirs(out_dir, exist_ok=True)
+  meta_path = os.path.join(out_dir, "meta.json")
+  fp = fingerprint(cfg)
+  if os.path.exists(meta_path) and wd.read_json(meta_path).get("fingerprint") != fp:
+    raise ValueError(f"{out_dir} holds embeddings from another embed config "
+                     f"(fingerprint {wd.read_json(meta_path).get('fingerprint')} != {fp}); "
+                     f"delete it or run with the same config")
+
+  mine = shards[jax.process_index()::jax.process_count()]
+  target = {s: os.path.join(out_dir, wd.shard_stem(s) + ".npz") for s in mine}
+  pending = [s for s in mine if not os.path.exists(target[s])]
+  stats = dict(shards=len(mine), skipped_done=len(mine) - len(pending), samples=0,
+               no_caption=0, no_image=0, truncated_shards=0)
+  encoder = make_encoder(cfg) if pending or not os.path.exists(meta_path) else None
+  if encoder is not None and jax.process_index() == 0:
+    wd.write_json(meta_path, dict(encoder=cfg.encoder, dim=int(encoder.dim), dtype=cfg.dtype,
+                                  fingerprint=fp))
+
+  bar = tqdm(desc="embed", unit="sample", disable=not pending)
+  for shard in pending:
+    caps = captions.read_shard_captions(shard)
+    if caps.truncated:
+      stats["truncated_shards"] += 1
+      log.warning("embed: %s is truncated or corrupt; kept %d samples before the break",
+                  shard, len(caps.keys))
+    texts = [captions.pick_caption(t, k, cfg.seed) for k, t in zip(caps.keys, caps.texts)]
+    emb = np.zeros((len(texts), encoder.dim), np.float32)
+    for i in range(0, len(texts), cfg.chunk):
+      emb[i:i + cfg.chunk] = encoder.encode(texts[i:i + cfg.chunk], batch_size=cfg.batch_size)
+      bar.update(min(cfg.chunk, len(texts) - i))
+    _write_npz(target[shard], caps.keys, emb.astype(cfg.dtype))
+    stats["samples"] += len(texts)
+    stats["no_caption"] += caps.no_caption
+    stats["no_image"] += caps.no_image
+  bar.close()
+  if stats["no_caption"] or stats["no_image"]:
+    log.warning("embed: skipped %d samples without a caption and %d without an image",
+                stats["no_caption"], stats["no_image"])
+  return stats
