@@ -141,8 +141,11 @@ class FakeEncoder:
   dim = 26
   calls = 0
 
+  encoded = 0
+
   def encode(self, texts, batch_size=256, progress=False):
     FakeEncoder.calls += 1
+    FakeEncoder.encoded += len(texts)
     out = np.zeros((len(texts), 26), np.float32) + 1e-3
     for i, t in enumerate(texts):
       for ch in t:
@@ -154,7 +157,7 @@ class FakeEncoder:
 @pytest.fixture
 def fake(monkeypatch):
   monkeypatch.setitem(embed_stage._ENCODERS, "fake", lambda cfg: FakeEncoder())
-  FakeEncoder.calls = 0
+  FakeEncoder.calls = FakeEncoder.encoded = 0
   return cfg_for("fake")
 
 
@@ -230,3 +233,18 @@ def test_candidate_captions_rules():
   assert captions.candidate_captions(js([1, 2]), None) == []
   assert captions.split_name("dir/abc.seg.png") == ("dir/abc", "seg.png")
   assert captions.split_name("abc.JPG") == ("abc", "jpg")
+
+
+def test_repeated_captions_are_encoded_once(tmp_path, fake):
+  """Templated and web captions repeat: distinct strings are encoded once, rows still aligned."""
+  texts = ["a photo of a cat", "a photo of a dog", "a photo of a cat"] * 4
+  for s in range(2):
+    write_shard(str(tmp_path / "shards" / f"train-0000{s}.tar"),
+                [(f"s{s}_{i:02d}", {"png": PNG, "json": js({"caption": t})})
+                 for i, t in enumerate(texts)])
+  embed_stage.run_embed(fake, str(tmp_path))
+  assert FakeEncoder.encoded == 2                     # two distinct captions in 24 samples
+  ref = FakeEncoder().encode(texts)
+  for s in range(2):
+    with np.load(tmp_path / "embed" / f"train-0000{s}.npz") as z:
+      np.testing.assert_allclose(z["emb"].astype(np.float32), ref, atol=1e-3)

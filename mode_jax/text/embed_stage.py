@@ -44,6 +44,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.seed = 0                    # caption pick among several: hash(seed, key)
   c.max_length = 0              # tokens incl. specials; 0 = the encoder's default
   c.chunk = 8192                # captions per encode call (progress-bar granularity)
+  c.cache_size = 200_000        # distinct captions remembered across shards (encoded once)
   return c
 
 
@@ -148,6 +149,7 @@ def run_embed(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                                   fingerprint=fp))
 
   bar = tqdm(desc="embed", unit="sample", disable=not pending)
+  seen, fresh = {}, {}   # caption -> embedding: across shards (bounded) / this chunk
   for shard in pending:
     caps = captions.read_shard_captions(shard)
     if caps.truncated:
@@ -155,10 +157,19 @@ def run_embed(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
       log.warning("embed: %s is truncated or corrupt; kept %d samples before the break",
                   shard, len(caps.keys))
     texts = [captions.pick_caption(t, k, cfg.seed) for k, t in zip(caps.keys, caps.texts)]
-    emb = np.zeros((len(texts), encoder.dim), np.float32)
-    for i in range(0, len(texts), cfg.chunk):
-      emb[i:i + cfg.chunk] = encoder.encode(texts[i:i + cfg.chunk], batch_size=cfg.batch_size)
-      bar.update(min(cfg.chunk, len(texts) - i))
+    # Web and templated captions repeat: each distinct string is encoded once
+    # (the encoder is deterministic, so rows are identical either way).
+    new = [t for t in dict.fromkeys(texts) if t not in seen]
+    for i in range(0, len(new), cfg.chunk):
+      chunk = new[i:i + cfg.chunk]
+      for t, e in zip(chunk, encoder.encode(chunk, batch_size=cfg.batch_size)):
+        if len(seen) < cfg.cache_size:
+          seen[t] = e
+      fresh.update(zip(chunk, [seen.get(t) for t in chunk]))
+    emb = np.stack([seen[t] if t in seen else fresh[t] for t in texts]) if texts else \
+        np.zeros((0, encoder.dim), np.float32)
+    fresh.clear()
+    bar.update(len(texts))
     _write_npz(target[shard], caps.keys, emb.astype(cfg.dtype))
     stats["samples"] += len(texts)
     stats["no_caption"] += caps.no_caption
