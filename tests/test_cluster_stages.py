@@ -1,0 +1,124 @@
+"""cluster and assign stages on a tiny synthetic workdir: outputs, skip/resume, MissingInput."""
+
+import io
+import json
+import os
+import tarfile
+
+import numpy as np
+import pytest
+
+import clustering
+from clustering import kmeans, stages
+from mode_jax import workdir as wd
+
+
+def _write_embed(root, n_files=3, rows=400, d=16, seed=0, shards=True):
+  rng = np.random.default_rng(seed)
+  topics = 8.0 * np.eye(6, d)
+  names = ["apple", "boat", "cloud", "dog", "engine", "flower"]
+  os.makedirs(os.path.join(root, "embed"), exist_ok=True)
+  for f in range(n_files):
+    stem = f"train-{f:05d}"
+    t = rng.integers(0, 6, rows)
+    emb = kmeans.normalize(topics[t] + rng.normal(0, 1.0, (rows, d))).astype(np.float16)
+    keys = np.array([f"{stem}-{i:06d}" for i in range(rows)])
+    np.savez(os.path.join(root, "embed", stem + ".npz"), keys=keys, emb=emb)
+    if shards:
+      os.makedirs(os.path.join(root, "shards"), exist_ok=True)
+      with tarfile.open(os.path.join(root, "shards", stem + ".tar"), "w") as tar:
+        for i, k in enumerate(keys):
+          if i % 2:
+            name, raw = k + ".json", json.dumps({"texts": [f"a {names[t[i]]} {i}"]}).encode()
+          else:
+            name, raw = k + ".txt", f"a {names[t[i]]} {i}".encode()
+          info = tarfile.TarInfo(name)
+          info.size = len(raw)
+          tar.addfile(info, io.BytesIO(raw))
+  wd.write_json(os.path.join(root, "embed", "meta.json"),
+                {"encoder": "synthetic", "dim": d, "dtype": "float16", "fingerprint": "e1"})
+
+
+def _cfg(**kw):
+  c = clustering.default_config()
+  c.update(dict(m=12, n=3, iters_per_file=10, coarse_iters=20, chunk_size=128,
+                min_chunk_rows=0, **kw))
+  return c
+
+
+def test_missing_embed_raises_missing_input(tmp_path):
+  with pytest.raises(wd.MissingInput) as e:
+    stages.run_cluster(_cfg(), str(tmp_path))
+  assert e.value.stage == "embed"
+  with pytest.raises(wd.MissingInput) as e:
+    stages.run_assign(_cfg(), str(tmp_path))
+  assert e.value.stage == "cluster"
+
+
+def test_unknown_config_field_is_an_error(tmp_path):
+  c = _cfg().to_dict()
+  c["bogus"] = 1
+  with pytest.raises(ValueError, match="bogus"):
+    stages.run_cluster(c, str(tmp_path))
+
+
+def test_cluster_then_assign_end_to_end(tmp_path, capsys):
+  root = str(tmp_path)
+  _write_embed(root)
+  h = stages.run_cluster(_cfg(), root)
+  for name in ("fine_centers.npy", "coarse_centers.npy", "fine_to_expert.npy",
+               "expert_order.json", "meta.json"):
+    assert os.path.exists(os.path.join(root, "cluster", name))
+  fine = np.load(os.path.join(root, "cluster", "fine_centers.npy"))
+  assert fine.shape == (12, 16) and fine.dtype == np.float32
+  meta = wd.read_json(os.path.join(root, "cluster", "meta.json"))
+  assert (meta["m"], meta["n"], meta["metric"], meta["encoder"]) == (12, 3, "euclidean",
+                                                                    "synthetic")
+  assert sorted(wd.read_json(os.path.join(root, "cluster", "expert_order.json"))) == [0, 1, 2]
+  assert (np.bincount(h.fine_to_expert, minlength=3) > 0).all()
+
+  # second run with the same inputs and config: skipped, files untouched
+  mtime = os.stat(os.path.join(root, "cluster", "fine_centers.npy")).st_mtime_ns
+  stages.run_cluster(_cfg(), root)
+  assert "skipping" in capsys.readouterr().out
+  assert os.stat(os.path.join(root, "cluster", "fine_centers.npy")).st_mtime_ns == mtime
+
+  report = stages.run_assign(_cfg(), root)
+  for f in range(3):
+    with np.load(os.path.join(root, "assign", f"train-{f:05d}.npz")) as z:
+      with np.load(os.path.join(root, "embed", f"train-{f:05d}.npz")) as e:
+        np.testing.assert_array_equal(z["keys"], e["keys"])
+        emb = e["emb"].astype(np.float32)
+      assert z["fine"].dtype == np.int32 and z["expert"].dtype == np.int32
+      d = ((emb[:, None] - fine[None]) ** 2).sum(-1)
+      np.testing.assert_array_equal(z["fine"], d.argmin(1))
+      np.testing.assert_array_equal(z["expert"], h.fine_to_expert[z["fine"]])
+  assert report["n_points"] == 1200
+  np.testing.assert_allclose(sum(report["shares"]), 1.0)
+  summ = os.path.join(root, "cluster", "summary")
+  for name in ("sizes.png", "experts.json", "experts.md", "captions.md"):
+    assert os.path.exists(os.path.join(summ, name)), name
+  caps = open(os.path.join(summ, "captions.md")).read()
+  assert "## Expert" in caps and "## Fine cluster" in caps and "(caption not found)" not in caps
+  assert caps.count("\n- a ") >= 3 * 10   # ten real captions per expert at least
+
+  # resume: existing assignments are kept, a deleted one is rebuilt
+  os.remove(os.path.join(root, "assign", "train-00001.npz"))
+  keep = os.stat(os.path.join(root, "assign", "train-00000.npz")).st_mtime_ns
+  stages.run_assign(_cfg(), root)
+  assert os.path.exists(os.path.join(root, "assign", "train-00001.npz"))
+  assert os.stat(os.path.join(root, "assign", "train-00000.npz")).st_mtime_ns == keep
+
+
+def test_changed_config_refits_and_no_shards_means_no_captions(tmp_path):
+  root = str(tmp_path)
+  _write_embed(root, n_files=2, shards=False)
+  stages.run_cluster(_cfg(), root)
+  fp1 = wd.read_json(os.path.join(root, "cluster", "meta.json"))["fingerprint"]
+  stages.run_cluster(_cfg(seed=1, metric="cosine"), root)
+  meta = wd.read_json(os.path.join(root, "cluster", "meta.json"))
+  assert meta["fingerprint"] != fp1 and meta["metric"] == "cosine"
+  report = stages.run_assign(_cfg(), root)
+  assert report["captions"] is False
+  assert os.path.exists(os.path.join(root, "cluster", "summary", "experts.md"))
+  assert not os.path.exists(os.path.join(root, "cluster", "summary", "captions.md"))
