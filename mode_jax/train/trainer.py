@@ -70,7 +70,8 @@ def validate(config, run_dir: str, n_devices: int | None = None) -> None:
                        "'replicate' or 'fsdp'")
   try:
     os.makedirs(run_dir, exist_ok=True)
-    probe = os.path.join(run_dir, ".write_probe")
+    # One probe per process: hosts share the workdir and must not remove each other's.
+    probe = os.path.join(run_dir, f".write_probe.{jax.process_index()}.{os.getpid()}")
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)
