@@ -42,12 +42,12 @@ def get_config(arg=None):
   # ---- schedule: the paper's 27 + 5 of 32 epochs, scaled down ----
   c.mode = ml_collections.ConfigDict(dict(total_epochs=3.2, seed_epochs=2.7))
 
-  # ---- model: a CPU-sized CLIP at 32 px ----
-  c.model.variant, c.model.image_size, c.model.context_length = "mu/4", 32, 32
+  # ---- model: a CPU-sized CLIP at 32 px, 4 x 4 patches (~400 examples/s on 2 cores) ----
+  c.model.variant, c.model.image_size, c.model.context_length = "mu/8", 32, 24
   c.model.vision.update(width=128, depth=4, heads=4)
   c.model.text.update(width=128, depth=3, heads=4)
   c.model.embed_dim = 128
-  c.batch_size = 128
+  c.batch_size = 256
   c.optim.lr, c.optim.warmup_steps, c.optim.weight_decay = 1e-3, 50, 0.1
   c.log_every, c.ckpt_every = 20, 100
   c.eval_batch_size = 256

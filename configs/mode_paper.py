@@ -28,7 +28,7 @@ def paper_config(variant: str, arg) -> ml_collections.ConfigDict:
   c = demo.get_config(f"n={arg.n},m={constants.NUM_FINE_CLUSTERS},expert={arg.expert},"
                       f"ablation={arg.ablation}" + (",runlocal" if arg.runlocal else ""))
   if arg.runlocal:
-    c.model.variant = variant.split("/")[0] + "/4"   # the paper's tower name, 32 px demo data
+    c.model.variant = variant.split("/")[0] + "/8"   # the paper's tower name, 32 px demo data
     c.cluster.m = 8
     return c
 

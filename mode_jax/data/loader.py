@@ -53,6 +53,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.shuffle = True                  # global per-epoch shuffle (False: shard, then tar order)
   c.num_workers = 0                 # decoding processes; 0 = in the main process
   c.read_threads = 4                # reader threads per process
+  c.prefetch = 128                  # samples read ahead (Grain scans this buffer per element)
   c.worker_buffer = 2               # batches each worker prepares ahead
   c.rrc_scale = constants.RRC_SCALE
   c.caption_keys = "texts,caption,txt"   # caption sources, in order
@@ -208,7 +209,7 @@ def train_iterator(cfg, workdir: str | None, tokenize: Tokenize, *,
   ds = ds.random_map(_TrainMap(source, cfg.resolution, cfg.rrc_scale), seed=cfg.seed)
   per_process = cfg.batch_size // pc
   ds = (ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads,
-                                             prefetch_buffer_size=4 * per_process))
+                                             prefetch_buffer_size=min(4 * per_process, cfg.prefetch)))
         .batch(per_process, drop_remainder=True))
   if cfg.num_workers > 0:
     _absl_flags_parsed()

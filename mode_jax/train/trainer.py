@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import queue
+import threading
 import time
 
 import jax
@@ -44,6 +46,53 @@ class TrainResult:
   state: dict
   graphdef: object
   history: list
+
+
+class Prefetcher:
+  """Reads and shards the next batches in a thread while the device computes.
+
+  The data position saved in checkpoints is the one after the last batch
+  the trainer consumed, not after what the thread has read ahead, so a
+  resumed run continues exactly where the trained stream stopped.
+  """
+
+  def __init__(self, data, mesh, depth: int = 2):
+    self.data, self.mesh = data, mesh
+    self.state = data.get_state()
+    self.queue = queue.Queue(maxsize=depth)
+    self.stop = threading.Event()
+    self.thread = threading.Thread(target=self._produce, daemon=True)
+    self.thread.start()
+
+  def _produce(self):
+    try:
+      while not self.stop.is_set():
+        batch = next(self.data)
+        item = (sharding.global_batch(batch, self.mesh), self.data.get_state())
+        while not self.stop.is_set():
+          try:
+            self.queue.put(item, timeout=0.1)
+            break
+          except queue.Full:
+            pass
+    except BaseException as e:  # surfaced to the trainer by the next get()
+      self.queue.put(e)
+
+  def __next__(self):
+    item = self.queue.get()
+    if isinstance(item, BaseException):
+      raise item
+    batch, self.state = item
+    return batch
+
+  def get_state(self):
+    return self.state
+
+  def close(self):
+    self.stop.set()
+    self.thread.join(timeout=5)
+    if hasattr(self.data, "close"):
+      self.data.close()
 
 
 def validate(config, run_dir: str, n_devices: int | None = None) -> None:
@@ -144,6 +193,7 @@ def train(config, run_dir: str, *, input_fn, evaluators=(), progress: bool = Tru
 
   writer = metrics_lib.MetricWriter(run_dir)
   start = int(state["step"])
+  data = Prefetcher(data, mesh) if start < config.num_steps else data
   history, window, wait_s, window_t0 = [], [], 0.0, time.perf_counter()
   local_batch = config.batch_size // jax.process_count()
   bar = tqdm.tqdm(total=config.num_steps, initial=start, desc=desc, unit="step",
@@ -157,9 +207,9 @@ def train(config, run_dir: str, *, input_fn, evaluators=(), progress: bool = Tru
   try:
     while step < config.num_steps:
       t0 = time.perf_counter()
-      batch = next(data)
+      batch = next(data)   # already global and sharded (Prefetcher)
       wait_s += time.perf_counter() - t0
-      state, m = train_step(state, sharding.global_batch(batch, mesh))
+      state, m = train_step(state, batch)
       step += 1
       window.append(m)
       last = step == config.num_steps
