@@ -190,14 +190,15 @@ def eval_tasks(workdir: str) -> dict[str, dict]:
   return tasks
 
 
-def _task_pattern(workdir, task):
-  return os.path.join(workdir, "shards", "eval", f"{task}-*.tar")
+def _task_pattern(task):
+  """Relative to the workdir (the loader resolves it there)."""
+  return os.path.join("shards", "eval", f"{task}-*.tar")
 
 
 def _captions_per_image(workdir, task):
   stats = wds.Stats()
   out = []
-  for shard in wds.expand_shards(_task_pattern(workdir, task)):
+  for shard in wds.expand_shards(os.path.join(workdir, _task_pattern(task))):
     out += [s["texts"] for s in wds.iter_shard(shard, with_images=False, stats=stats)]
   return out
 
@@ -215,7 +216,7 @@ def run_evaluate(config, workdir: str):
               if s.get("kind") == "retrieval"}
 
   def batches(task):
-    for b in loader.eval_batches(in_cfg, workdir, _task_pattern(workdir, task),
+    for b in loader.eval_batches(in_cfg, workdir, _task_pattern(task),
                                  batch_size=config.eval_batch_size):
       yield b["image"], b["label"]
 

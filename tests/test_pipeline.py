@@ -109,3 +109,15 @@ def test_paper_configs_run_shrunk(demo_workdir, tmp_path, config):
   assert r.returncode == 0, r.stderr[-3000:]
   plan = json.load(open(os.path.join(mine, "seed", "plan.json")))
   assert str(plan["seed"]) in os.listdir(os.path.join(mine, "seed", "ckpt"))
+
+
+def test_relative_workdir_evaluates(demo_workdir):
+  """Stages resolve shard patterns inside a workdir given as a relative path."""
+  w, _ = demo_workdir
+  target = os.path.join(w, "eval", "dense", "mnist.npz")
+  before = np.load(target)["logits"]
+  os.remove(target)
+  r = launch("evaluate", "--config", "configs/demo.py:runlocal",
+             "--workdir", os.path.relpath(w, ROOT))
+  assert r.returncode == 0, r.stderr[-3000:]
+  np.testing.assert_allclose(np.load(target)["logits"], before, atol=1e-5)
