@@ -33,7 +33,7 @@ demo-fmnist: env apt
 	$(BIN)/python launch.py train --config configs/fmnist_clip.py --workdir workdirs/fmnist
 
 test: env apt
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest
 
 bench: env apt
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

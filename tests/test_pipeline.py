@@ -121,3 +121,31 @@ def test_relative_workdir_evaluates(demo_workdir):
              "--workdir", os.path.relpath(w, ROOT))
   assert r.returncode == 0, r.stderr[-3000:]
   np.testing.assert_allclose(np.load(target)["logits"], before, atol=1e-5)
+
+
+def test_random_ablation_trains_experts_on_random_splits(demo_workdir, tmp_path):
+  """`:ablation=random` (paper Table 5, Random-n): same sizes, data dealt out at random."""
+  import shutil
+  from configs import demo
+  from mode_jax import pipeline
+  from mode_jax.data import expert_stream, loader
+  w, first = demo_workdir
+  cfg = demo.get_config("runlocal")
+  index = loader.load_index(pipeline._input_cfg(cfg), w, progress=False)
+  streams = {}
+  for ablation in ("", "random"):
+    es = expert_stream.default_config()
+    es.expert, es.ablation = 0, ablation
+    streams[ablation] = expert_stream.expert_stream(es, w, index)
+  assert streams[""].num_in_cluster == streams["random"].num_in_cluster
+  assert not np.array_equal(streams[""].indices, streams["random"].indices)
+
+  mine = str(tmp_path / "w")
+  shutil.copytree(w, mine, ignore=lambda d, names: [
+      n for n in names if d == w and n in ("experts", "dense", "eval", "report")])
+  r = launch("experts", "--config", "configs/demo.py:runlocal,ablation=random,expert=0",
+             "--workdir", mine)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert f"[expert 0] {streams['random'].num_in_cluster} in-cluster" in r.stdout
+  assert os.listdir(os.path.join(mine, "experts", "0", "ckpt"))
+  assert not os.path.exists(os.path.join(mine, "experts", "1"))   # expert=0 trains only one
