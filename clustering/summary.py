@@ -10,9 +10,7 @@ priority and each group keeps its lowest ones.
 
 from __future__ import annotations
 
-import json
 import os
-import tarfile
 
 import numpy as np
 
@@ -55,33 +53,12 @@ class Collector:
     return [(self.stems[i], int(j)) for i, j in zip(f[sel], r[sel])]
 
 
-def _caption(raw: bytes, ext: str) -> str | None:
-  if ext == "txt":
-    return raw.decode("utf-8", "replace").strip()
-  obj = json.loads(raw)
-  texts = obj.get("texts")
-  if texts:
-    return str(texts[0])
-  return obj.get("caption")
-
-
 def read_captions(tar_path: str, keys: set[str]) -> dict[str, str]:
-  """Captions of `keys` from a webdataset shard (json member preferred over txt)."""
-  found: dict[str, tuple[str, str]] = {}
-  with tarfile.open(tar_path) as tar:
-    for member in tar:
-      if not member.isfile():
-        continue
-      base, _, ext = member.name.rpartition(".")
-      key = base if base in keys else os.path.basename(base)
-      if key not in keys or ext not in ("json", "txt"):
-        continue
-      if ext == "txt" and key in found and found[key][0] == "json":
-        continue
-      text = _caption(tar.extractfile(member).read(), ext)
-      if text is not None:
-        found[key] = (ext, text)
-  return {k: v for k, (_, v) in found.items()}
+  """First caption of each of `keys` in a shard, read with the training reader."""
+  from mode_jax.data import webdataset as wds
+  return {s["__key__"]: s["texts"][0]
+          for s in wds.iter_shard(tar_path, with_images=False, stats=wds.Stats())
+          if s["__key__"] in keys}
 
 
 def _lookup_captions(workdir: str, wanted: list[tuple[str, int]]) -> dict | None:

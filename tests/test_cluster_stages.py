@@ -28,6 +28,9 @@ def _write_embed(root, n_files=3, rows=400, d=16, seed=0, shards=True):
       os.makedirs(os.path.join(root, "shards"), exist_ok=True)
       with tarfile.open(os.path.join(root, "shards", stem + ".tar"), "w") as tar:
         for i, k in enumerate(keys):
+          png = tarfile.TarInfo(k + ".png")   # pairs have an image (never decoded here)
+          png.size = 8
+          tar.addfile(png, io.BytesIO(b"\x89PNG\r\n\x1a\n"))
           if i % 2:
             name, raw = k + ".json", json.dumps({"texts": [f"a {names[t[i]]} {i}"]}).encode()
           else:

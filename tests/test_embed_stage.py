@@ -213,26 +213,31 @@ def test_truncated_shard(tmp_path, fake, cut):
     at = tf.getmember("s0_006.png").offset      # header of the 7th good sample
   n = {"in_data": at + 600, "in_header": at + 100, "at_boundary": at}[cut]
   p.write_bytes(raw[:n])
-  got = captions.read_shard_captions(str(p))
-  assert got.truncated
-  # The last sample read is dropped: s0_006 (cut in its image) or s0_005 (which
-  # may have had more members after the cut).
-  kept = 6 if cut == "in_data" else 5
-  assert got.keys == [f"s0_{i:03d}" for i in range(kept)]
   stats = embed_stage.run_embed(fake, str(tmp_path))
+  # The sample being read at the cut is dropped: s0_006 (cut in its image) or
+  # s0_005 (which may have had more members after the cut).
+  kept = 6 if cut == "in_data" else 5
   assert stats["truncated_shards"] == 1 and stats["samples"] == kept + 6
+  with np.load(tmp_path / "embed" / "train-00000.npz") as z:
+    assert list(z["keys"]) == [f"s0_{i:03d}" for i in range(kept)]
   p.write_bytes(b"not a tar at all")
-  assert captions.read_shard_captions(str(p)).keys == []
+  os.remove(tmp_path / "embed" / "train-00000.npz")
+  stats = embed_stage.run_embed(fake, str(tmp_path))
+  assert stats["truncated_shards"] == 1
+  with np.load(tmp_path / "embed" / "train-00000.npz") as z:
+    assert len(z["keys"]) == 0
 
 
 def test_candidate_captions_rules():
-  assert captions.candidate_captions(js({"texts": [" a ", "b", "a"], "caption": "c"}),
-                                     b"d\n") == ["a", "b", "c", "d"]
-  assert captions.candidate_captions(js({"texts": "solo"}), None) == ["solo"]
-  assert captions.candidate_captions(b"{broken", b"txt") == ["txt"]
-  assert captions.candidate_captions(js([1, 2]), None) == []
-  assert captions.split_name("dir/abc.seg.png") == ("dir/abc", "seg.png")
-  assert captions.split_name("abc.JPG") == ("abc", "jpg")
+  """The embed stage sees the training reader's caption candidates."""
+  from mode_jax.data import webdataset as wds
+  texts = lambda j, t: wds.parse_texts({"json": j, "txt": t})[0]
+  assert texts(js({"texts": [" a ", "b", "a"], "caption": "c"}), b"d\n") == ["a", "b", "c", "d"]
+  assert texts(js({"texts": "solo"}), None) == ["solo"]
+  assert texts(b"{broken", b"txt") == ["txt"]
+  assert texts(js([1, 2]), None) == []
+  assert wds.split_name("dir/abc.seg.png") == ("dir/abc", "seg.png")
+  assert wds.split_name("abc.JPG") == ("abc", "jpg")
 
 
 def test_repeated_captions_are_encoded_once(tmp_path, fake):

@@ -52,6 +52,7 @@ def test_bfloat16_compute_float32_params():
   ref = clip_lib.CLIP(tiny_config(), rngs=nnx.Rngs(0))
   x, t = jax.random.normal(jax.random.key(0), (2, 32, 32, 3)), jnp.array([[1, 5, 99]] * 2)
   np.testing.assert_allclose(m.encode_image(x), ref.encode_image(x), atol=5e-2)
+  np.testing.assert_allclose(m.encode_text(t), ref.encode_text(t), atol=5e-2)
 
 
 def test_remat_gives_same_gradients():

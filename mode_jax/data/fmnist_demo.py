@@ -15,7 +15,7 @@ from mode_jax import constants
 
 # Class names, templates and the IDX reader are shared with the demo corpus.
 from mode_jax.data.sources_fmnist import (  # noqa: F401
-    CLASSNAMES, EVAL_TEMPLATES, FMNIST_DIR, INSTALL, TRAIN_TEMPLATES, read_idx)
+    CLASSNAMES, EVAL_TEMPLATES, FMNIST_DIR, INSTALL, TRAIN_TEMPLATES)
 from mode_jax.data import sources_fmnist
 
 

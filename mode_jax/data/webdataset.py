@@ -74,7 +74,14 @@ class Stats:
 
 
 class TruncatedShard(IOError):
-  """The tar stream ended (or broke) before its end-of-archive block."""
+  """The tar stream ended (or broke) before its end-of-archive block.
+
+  `member` names the member whose data was cut when its header was intact.
+  """
+
+  def __init__(self, message: str, member: str | None = None):
+    super().__init__(message)
+    self.member = member
 
 
 # ---- shard patterns --------------------------------------------------------------
@@ -202,12 +209,15 @@ def iter_members(f: IO[bytes], *, read_data=lambda name: True, start: int = 0,
     full = (long_name or name).decode("utf-8", "replace")
     long_name = None
     if kind in _REGULAR and read_data(full):
-      data = read_exact(f, padded)[:size]
+      try:
+        data = read_exact(f, padded)[:size]
+      except TruncatedShard as e:
+        raise TruncatedShard(f"member {full!r} cut: {e}", member=full) from None
     else:
       data = None
       f.seek(padded, io.SEEK_CUR)
       if padded and stop_at is None and pos + padded > _size_hint(f):
-        raise TruncatedShard(f"member {full!r} cut at byte {pos}")
+        raise TruncatedShard(f"member {full!r} cut at byte {pos}", member=full)
     pos += padded
     if kind in _REGULAR:
       yield full, header, size, data
@@ -244,19 +254,27 @@ def iter_samples_raw(f: IO[bytes], *, with_images: bool = True, read_data=None, 
   [start, end) is the byte span of the sample's members (headers included),
   which is what the random-access index stores. On truncation the sample in
   progress is dropped (its remaining members are unknown) before TruncatedShard
-  propagates.
+  propagates, unless the cut falls in a member whose intact header already
+  names the next sample.
   """
   want = read_data or ((lambda n: True) if with_images else
                        (lambda n: split_name(n)[1] not in IMAGE_EXTS))
   key, start, end, members = None, 0, 0, {}
-  for name, header, size, data in iter_members(f, read_data=want, **kw):
-    k, ext = split_name(name)
-    if k != key:
-      if key is not None:
-        yield key, start, end, members
-      key, start, members = k, header, {}
-    members.setdefault(ext, data)
-    end = header + _BLOCK + (size + _BLOCK - 1) // _BLOCK * _BLOCK
+  try:
+    for name, header, size, data in iter_members(f, read_data=want, **kw):
+      k, ext = split_name(name)
+      if k != key:
+        if key is not None:
+          yield key, start, end, members
+        key, start, members = k, header, {}
+      members.setdefault(ext, data)
+      end = header + _BLOCK + (size + _BLOCK - 1) // _BLOCK * _BLOCK
+  except TruncatedShard as e:
+    # Cut inside a member of the NEXT sample (its header was read): the sample
+    # in progress is complete, since members of a sample are consecutive.
+    if key is not None and e.member is not None and split_name(e.member)[0] != key:
+      yield key, start, end, members
+    raise
   if key is not None:
     yield key, start, end, members
 

@@ -29,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mode_jax import constants, workdir as wd
+from mode_jax.data import webdataset as wds
 from mode_jax.text import captions, sentence_encoder
 
 log = logging.getLogger(__name__)
@@ -151,12 +152,16 @@ def run_embed(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   bar = tqdm(desc="embed", unit="sample", disable=not pending)
   seen, fresh = {}, {}   # caption -> embedding: across shards (bounded) / this chunk
   for shard in pending:
-    caps = captions.read_shard_captions(shard)
-    if caps.truncated:
+    st = wds.Stats()
+    keys, cands = [], []
+    for sample in wds.iter_shard(shard, with_images=False, stats=st):
+      keys.append(sample["__key__"])
+      cands.append(sample["texts"])
+    if st.truncated_shards or st.unreadable_shards:
       stats["truncated_shards"] += 1
       log.warning("embed: %s is truncated or corrupt; kept %d samples before the break",
-                  shard, len(caps.keys))
-    texts = [captions.pick_caption(t, k, cfg.seed) for k, t in zip(caps.keys, caps.texts)]
+                  shard, len(keys))
+    texts = [captions.pick_caption(t, k, cfg.seed) for k, t in zip(keys, cands)]
     # Web and templated captions repeat: each distinct string is encoded once
     # (the encoder is deterministic, so rows are identical either way).
     new = [t for t in dict.fromkeys(texts) if t not in seen]
@@ -170,10 +175,10 @@ def run_embed(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         np.zeros((0, encoder.dim), np.float32)
     fresh.clear()
     bar.update(len(texts))
-    _write_npz(target[shard], caps.keys, emb.astype(cfg.dtype))
+    _write_npz(target[shard], keys, emb.astype(cfg.dtype))
     stats["samples"] += len(texts)
-    stats["no_caption"] += caps.no_caption
-    stats["no_image"] += caps.no_image
+    stats["no_caption"] += st.missing_captions
+    stats["no_image"] += st.missing_images
   bar.close()
   if stats["no_caption"] or stats["no_image"]:
     log.warning("embed: skipped %d samples without a caption and %d without an image",

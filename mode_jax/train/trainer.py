@@ -195,7 +195,6 @@ def train(config, run_dir: str, *, input_fn, evaluators=(), progress: bool = Tru
   start = int(state["step"])
   data = Prefetcher(data, mesh) if start < config.num_steps else data
   history, window, wait_s, window_t0 = [], [], 0.0, time.perf_counter()
-  local_batch = config.batch_size // jax.process_count()
   bar = tqdm.tqdm(total=config.num_steps, initial=start, desc=desc, unit="step",
                   disable=not progress or jax.process_index() != 0, dynamic_ncols=True)
 
