@@ -54,14 +54,14 @@ class DemoRun:
     """Returns classify(images uint8 [B, H, W, 3]) -> (MoDE logits [B, N], weights [n])."""
     spec = self.tasks[task]
     models = pipeline.finished_models(self.config, self.workdir)
-    tok = pipeline._tokenize(self.config)
+    tok = pipeline.clip_tokenizer()
     weights = self.routing_weights(task)
     experts = []
     for c in range(self.n):
       run_dir, step = models[f"expert_{c}"]
       model = pipeline.load_model(self.config, run_dir, step)
       embed_images, embed_texts = embedders.make_embedders(
-          model, lambda t, context_length: tok(t), context_length=self.config.model.context_length)
+          model, tok, context_length=self.config.model.context_length)
       from mode_jax.eval import zeroshot
       feats = zeroshot.class_features(embed_texts, spec["classnames"],
                                       ev.spec_templates(task, spec))

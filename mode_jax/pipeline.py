@@ -57,18 +57,15 @@ def _input_cfg(config):
   return c
 
 
-def _tokenize(config):
+def clip_tokenizer():
+  """The CLIP BPE tokenizer; call as tok(texts, context_length=...)."""
   from mode_jax.text.clip_bpe import ClipTokenizer
-  return functools.partial(ClipTokenizer(), context_length=config.model.context_length)
+  return ClipTokenizer()
 
 
 def _run_config(config, **fields):
   c = ml_collections.ConfigDict(config.to_dict())
-  for k, v in fields.items():
-    if isinstance(v, dict):
-      c[k].update(v)
-    else:
-      c[k] = v
+  c.update(fields)
   return c
 
 
@@ -93,7 +90,7 @@ def _fit(config, workdir, run_rel, *, num_steps, schedule_steps, indices=None, i
     c.init.update(init)
   run_dir = wd.path(workdir, run_rel)
   trainer.validate(c, run_dir)
-  tokenize = _tokenize(config)
+  tokenize = functools.partial(clip_tokenizer(), context_length=config.model.context_length)
   in_cfg = _input_cfg(config)
 
   def input_fn(cfg, mesh):
@@ -229,7 +226,7 @@ def run_evaluate(config, workdir: str):
                                   captions.get(task))
       files.write_meta_emb(workdir, task, emb)
 
-  tok = _tokenize(config)
+  tok = clip_tokenizer()
   for name, (run_dir, step) in models.items():
     done_p = wd.path(workdir, "eval", name, "done.json")
     done = wd.read_json(done_p) if os.path.exists(done_p) else {}
@@ -239,7 +236,7 @@ def run_evaluate(config, workdir: str):
       continue
     model = load_model(config, run_dir, step)
     embed_images, embed_texts = embedders.make_embedders(
-        model, lambda t, context_length: tok(t), context_length=config.model.context_length,
+        model, tok, context_length=config.model.context_length,
         batch_size=config.eval_batch_size)
     for task in todo:
       spec = tasks[task]
