@@ -35,16 +35,25 @@ def unit(x):
   return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
-def median_ms(fns: dict, reps: int) -> dict:
-  """Median wall time of each callable, interleaved so machine load hits all alike."""
+def median_ms(fns: dict, reps: int, rounds: int = 4) -> dict:
+  """Median wall time of each callable: `rounds` rounds, each a block of reps/rounds calls per callable.
+
+  Blocks, not call-by-call interleaving: torch's OpenMP and numpy's OpenBLAS
+  threads keep spinning for a while after they return, and would slow the
+  next library's call (measured: the JAX matmul 10 ms alone, 14-17 ms right
+  after a torch call). Rounds still spread machine-load changes over all.
+  """
   times = {k: [] for k in fns}
   for f in fns.values():
     f()   # warm-up / compile
-  for _ in range(reps):
+  per = max(1, reps // rounds)
+  for _ in range(rounds):
     for k, f in fns.items():
-      t = time.perf_counter()
-      f()
-      times[k].append(time.perf_counter() - t)
+      f()   # let the previous library's worker threads go idle
+      for _ in range(per):
+        t = time.perf_counter()
+        f()
+        times[k].append(time.perf_counter() - t)
   return {k: 1e3 * float(np.median(v)) for k, v in times.items()}
 
 

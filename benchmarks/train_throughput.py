@@ -43,9 +43,10 @@ def matmul_peak_gflops(n=2048, reps=5):
   return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
 
 
-def jax_case(case, steps):
+def jax_case(case, steps, dtype="float32"):
   variant, image, v, t, embed, ctx, batch = case
   c = config_lib.train_config()
+  c.model.dtype = dtype
   c.model.variant, c.model.image_size, c.model.context_length = variant, image, ctx
   c.model.vision.update(width=v[0], depth=v[1], heads=v[2])
   c.model.text.update(width=t[0], depth=t[1], heads=t[2])
@@ -116,6 +117,7 @@ def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--only", choices=sorted(CASES), default=None)
   ap.add_argument("--steps", type=int, default=3)
+  ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   args = ap.parse_args()
   peak = matmul_peak_gflops()
   print(f"machine fp32 matmul peak (jax, 2048^2): {peak:.1f} GFLOP/s on {os.cpu_count()} cores")
@@ -123,7 +125,7 @@ def main():
         f"{'jax GFLOP/s':>11s} {'MFU':>5s}")
   for name in ([args.only] if args.only else list(CASES)):
     case = CASES[name]
-    ours, gflops = jax_case(case, args.steps)
+    ours, gflops = jax_case(case, args.steps, args.dtype)
     try:
       theirs = torch_case(case, args.steps)
     except ImportError:

@@ -177,3 +177,45 @@ def test_bad_variant_and_unwritable_workdir(tmp_path):
     ro = os.path.join(bad, "sub")
   with pytest.raises(ValueError, match="workdir"):
     trainer.validate(tiny_config(), str(ro))
+
+
+class _SlowData:
+  """Batches that take `delay` seconds each to produce."""
+
+  def __init__(self, delay):
+    self.delay, self.pos = delay, 0
+
+  def __next__(self):
+    import time
+    time.sleep(self.delay)
+    self.pos += 1
+    return {"x": np.full((8, 2), self.pos, np.float32)}
+
+  def get_state(self):
+    return {"pos": self.pos}
+
+
+def test_prefetcher_counts_only_device_idle_time_as_stall():
+  import time
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 1}, devices=jax.devices()[:1])
+  pf = trainer.Prefetcher(_SlowData(0.3), mesh)
+  try:
+    # device busy the whole time: the wait overlaps compute, no stall at all
+    t0 = time.perf_counter()
+    batch, stall = pf.next_with_stall(lambda: True)
+    waited = time.perf_counter() - t0
+    assert stall == 0.0 and waited > 0.1
+    assert float(np.asarray(batch["x"])[0, 0]) == 1
+    # device busy for the first 0.1 s of a ~0.3 s wait: only the rest is a stall
+    t0 = time.perf_counter()
+    busy_until = t0 + 0.1
+    _, stall = pf.next_with_stall(lambda: time.perf_counter() < busy_until)
+    waited = time.perf_counter() - t0
+    assert 0.0 < stall <= waited - 0.09
+    # no busy signal (first step, or just after a metrics sync): all of the wait
+    t0 = time.perf_counter()
+    _, stall = pf.next_with_stall(None)
+    assert stall == pytest.approx(time.perf_counter() - t0, abs=0.01)
+    assert pf.get_state() == {"pos": 3}
+  finally:
+    pf.close()

@@ -79,11 +79,30 @@ class Prefetcher:
       self.queue.put(e)
 
   def __next__(self):
-    item = self.queue.get()
+    return self.next_with_stall()[0]
+
+  def next_with_stall(self, device_busy=None, poll_s: float = 0.002):
+    """(next batch, seconds the device sat idle waiting for it).
+
+    Steps are dispatched asynchronously, so the trainer usually asks for the
+    next batch while the device still computes an earlier one; waiting then
+    costs nothing. Only the wait after `device_busy()` turns False (checked
+    every `poll_s`) is a stall. Without `device_busy`, all the wait counts.
+    """
+    idle_from = None if device_busy else time.perf_counter()
+    while True:
+      if idle_from is None and not device_busy():
+        idle_from = time.perf_counter()
+      try:
+        item = self.queue.get(timeout=None if idle_from is not None else poll_s)
+        break
+      except queue.Empty:
+        continue
+    stall = time.perf_counter() - idle_from if idle_from is not None else 0.0
     if isinstance(item, BaseException):
       raise item
     batch, self.state = item
-    return batch
+    return batch, stall
 
   def get_state(self):
     return self.state
@@ -205,10 +224,12 @@ def train(config, run_dir: str, *, input_fn, evaluators=(), progress: bool = Tru
   step = start
   try:
     while step < config.num_steps:
-      t0 = time.perf_counter()
-      batch = next(data)   # already global and sharded (Prefetcher)
-      wait_s += time.perf_counter() - t0
+      # already global and sharded (Prefetcher); a stall = the device idle for input
+      batch, stall = data.next_with_stall(
+          (lambda: not last_loss.is_ready()) if window else None)
+      wait_s += stall
       state, m = train_step(state, batch)
+      last_loss = m["loss"]
       step += 1
       window.append(m)
       last = step == config.num_steps
