@@ -6,10 +6,13 @@
    MetaCLIP reference's path (torch.cdist + min, then a numpy loop over
    experts) when torch is installed. Also prints the floor: the N x m x D
    distance matmul alone.
-2. Ensembling overhead: combining n experts' logits [n, N_img, N_cls] with
+2. Ensembling cost against the logits alone: combining n experts' logits [n, N_img, N_cls] with
    routing weights, as a percentage of computing those logits
    (n matmuls image_feats [N_img, E] @ text_feats [E, N_cls]); and the fused
    path that builds MoDE logits straight from the features.
+3. The goal's terms: a whole routed evaluation (n demo-size experts embed the
+   images and the class prompts) against the same experts' forward passes
+   without the ensemble step.
 
   python benchmarks/routing.py
   python benchmarks/routing.py --classes 100 --n-img 5000
@@ -148,6 +151,50 @@ def bench_ensemble(args):
         f"expert matmuls (goal <= 2%: {'met' if fused <= 2 else 'NOT met'})")
 
 
+def bench_eval(args):
+  """The goal's own terms: a routed evaluation vs the experts' forward passes alone."""
+  from flax import nnx
+  from configs import demo
+  from mode_jax.models import clip as clip_lib
+  cfg = demo.get_config().model
+  n, n_img, n_cls, prompts = args.experts, args.eval_images, args.eval_classes, 18
+  experts = [nnx.jit(lambda m, x: m.encode_image(x)) for _ in range(n)]
+  texts = [nnx.jit(lambda m, t: m.encode_text(t)) for _ in range(n)]
+  models = [clip_lib.CLIP(cfg, rngs=nnx.Rngs(i)) for i in range(n)]
+  rng = np.random.default_rng(2)
+  res, ctx = cfg.image_size, cfg.context_length
+  images = rng.normal(size=(n_img, res, res, 3)).astype(np.float32)
+  tokens = rng.integers(1, 49407, size=(n_cls * prompts, ctx)).astype(np.int32)
+  tokens[:, -1] = 49407
+  batch = 256
+
+  def forward(c):
+    """Expert c's whole part of the evaluation: image features, class features, logits."""
+    t = texts[c](models[c], tokens).reshape(n_cls, prompts, -1).mean(1)
+    t = t / jnp.linalg.norm(t, axis=-1, keepdims=True)
+    feats = [experts[c](models[c], images[i:i + batch]) for i in range(0, n_img, batch)]
+    return np.asarray(jnp.concatenate(feats) @ t.T)
+
+  M = jnp.asarray(unit(rng.normal(size=(args.eval_centers, 384))))
+  pi = jnp.asarray(rng.integers(0, n, args.eval_centers).astype(np.int32))
+  E = jnp.asarray(unit(rng.normal(size=(n_cls, 384))))
+  stack = np.stack([forward(c) for c in range(n)])
+
+  def ensemble_extra():
+    w = routing.routing_weights(E, M, pi, n)
+    return np.asarray(ensemble.combine(jnp.asarray(stack), w))
+
+  t = median_ms({"experts' forward passes": lambda: [forward(c) for c in range(n)],
+                 "routing + routed sum": ensemble_extra}, max(4, args.reps // 5), rounds=2)
+  pct = 100 * t["routing + routed sum"] / t["experts' forward passes"]
+  print(f"\n== ensembled evaluation: {n} demo-size experts ({res} px), {n_img} images, "
+        f"{n_cls} classes x {prompts} prompts, m={args.eval_centers} ==")
+  for k, v in t.items():
+    print(f"  {k:34s} {v:9.2f} ms")
+  print(f"  ensembling adds {pct:.2f}% to the experts' forward passes "
+        f"(goal <= 2%: {'met' if pct <= 2 else 'NOT met'})")
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--classes", type=int, default=1000)
@@ -158,10 +205,14 @@ def main():
   p.add_argument("--n-cls", type=int, default=1000)
   p.add_argument("--embed", type=int, default=512)
   p.add_argument("--reps", type=int, default=20)
+  p.add_argument("--eval-images", type=int, default=2000)
+  p.add_argument("--eval-classes", type=int, default=10)
+  p.add_argument("--eval-centers", type=int, default=64)
   args = p.parse_args()
   print(f"devices: {jax.devices()}  cpu threads: {os.cpu_count()}")
   bench_routing(args)
   bench_ensemble(args)
+  bench_eval(args)
 
 
 if __name__ == "__main__":

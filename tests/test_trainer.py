@@ -195,6 +195,17 @@ class _SlowData:
     return {"pos": self.pos}
 
 
+class _FakeClock:
+  """DeviceClock stand-in: the device finishes its last step at `done_at`."""
+
+  def __init__(self, done_at):
+    self.done_at = done_at
+
+  def idle_since(self):
+    import time
+    return self.done_at if time.perf_counter() >= self.done_at else None
+
+
 def test_prefetcher_counts_only_device_idle_time_as_stall():
   import time
   mesh = sharding.make_mesh({"data": 1, "fsdp": 1}, devices=jax.devices()[:1])
@@ -202,20 +213,45 @@ def test_prefetcher_counts_only_device_idle_time_as_stall():
   try:
     # device busy the whole time: the wait overlaps compute, no stall at all
     t0 = time.perf_counter()
-    batch, stall = pf.next_with_stall(lambda: True)
-    waited = time.perf_counter() - t0
-    assert stall == 0.0 and waited > 0.1
+    batch, stall = pf.next_with_stall(_FakeClock(time.perf_counter() + 60))
+    assert stall == 0.0 and time.perf_counter() - t0 > 0.1
     assert float(np.asarray(batch["x"])[0, 0]) == 1
-    # device busy for the first 0.1 s of a ~0.3 s wait: only the rest is a stall
+    # device done 0.1 s into a ~0.3 s wait: only the rest is a stall
     t0 = time.perf_counter()
-    busy_until = t0 + 0.1
-    _, stall = pf.next_with_stall(lambda: time.perf_counter() < busy_until)
+    _, stall = pf.next_with_stall(_FakeClock(t0 + 0.1))
     waited = time.perf_counter() - t0
-    assert 0.0 < stall <= waited - 0.09
-    # no busy signal (first step, or just after a metrics sync): all of the wait
+    assert stall == pytest.approx(waited - 0.1, abs=0.01)
+    # device idle before the wait began, or no clock: all of the wait
     t0 = time.perf_counter()
-    _, stall = pf.next_with_stall(None)
+    _, stall = pf.next_with_stall(_FakeClock(t0 - 5))
     assert stall == pytest.approx(time.perf_counter() - t0, abs=0.01)
     assert pf.get_state() == {"pos": 3}
   finally:
     pf.close()
+
+
+def test_device_clock_stamps_the_end_of_the_last_dispatched_step():
+  import time
+  clock = trainer.DeviceClock()
+  try:
+    x = jax.numpy.ones((256, 256))
+    f = jax.jit(lambda a: (a @ a).sum())
+    before = time.perf_counter()
+    clock.dispatched(f(x))
+    for _ in range(500):   # the watcher thread stamps it once the result exists
+      if clock.idle_since() is not None:
+        break
+      time.sleep(0.01)
+    assert before <= clock.idle_since() <= time.perf_counter()
+    long = jax.jit(lambda a: jax.lax.fori_loop(0, 300, lambda i, b: jax.numpy.tanh(b @ a), a))
+    t_dispatch = time.perf_counter()
+    clock.dispatched(long(jax.numpy.eye(512) * 0.5))   # returns before it is computed
+    assert clock.idle_since() is None   # the last dispatched step still runs
+    jax.block_until_ready(long(jax.numpy.eye(512)))
+    for _ in range(500):
+      if clock.idle_since() is not None:
+        break
+      time.sleep(0.01)
+    assert clock.idle_since() > t_dispatch
+  finally:
+    clock.close()

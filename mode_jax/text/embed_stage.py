@@ -4,10 +4,10 @@ DESIGN.md step 1: one caption per pair (a seeded pick when a sample has
 several) is embedded with a frozen sentence encoder and L2-normalised; the
 cluster stage reads these rows. Formats: mode_jax/workdir.py.
 
-Encoders come from a small registry (`register_encoder`), so the paper's
-alternatives (Table 7: CLIP seed text tower, ...) plug in without touching
-this file; 'minilm' is the default, and any local Hugging Face BERT folder
-works (e.g. supervised SimCSE with pooling='pooler', the paper's choice).
+Encoders: 'minilm' (default) and other names from a small registry
+(`register_encoder`); any local Hugging Face BERT folder (e.g. supervised
+SimCSE with pooling='pooler', the paper's choice); or 'clip:<weights>', the
+text tower of public CLIP weights (paper Table 7, clip_text_encoder.py).
 
 Resumable: a shard whose npz exists is skipped; npz files are written to a
 tmp name and renamed. Multi-host: process i embeds shards i::process_count,
@@ -30,14 +30,14 @@ from tqdm import tqdm
 
 from mode_jax import constants, workdir as wd
 from mode_jax.data import webdataset as wds
-from mode_jax.text import captions, sentence_encoder
+from mode_jax.text import captions, clip_text_encoder, sentence_encoder
 
 log = logging.getLogger(__name__)
 
 
 def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.encoder = constants.DEFAULT_SENTENCE_ENCODER   # a registered name, or an HF BERT folder
+  c.encoder = constants.DEFAULT_SENTENCE_ENCODER   # registered name, HF BERT folder, 'clip:<weights>'
   c.pooling = constants.DEFAULT_SENTENCE_POOLING   # 'mean' | 'cls' | 'pooler' (SimCSE, paper)
   c.batch_size = 256            # captions per forward pass (split over local devices)
   c.dtype = "float16"           # storage dtype of embed/*.npz: 'float16' | 'float32'
@@ -82,20 +82,32 @@ def _hf_folder(cfg):
 def make_encoder(cfg: ml_collections.ConfigDict) -> TextEncoder:
   if cfg.encoder in _ENCODERS:
     return _ENCODERS[cfg.encoder](cfg)
+  if cfg.encoder.startswith(clip_text_encoder.PREFIX):   # Table 7: a CLIP text tower
+    return clip_text_encoder.ClipTextEncoder(
+        clip_text_encoder.weights_path(cfg.encoder), dtype=cfg.compute_dtype,
+        max_length=cfg.max_length or None)
   if os.path.isdir(cfg.encoder):
     return _hf_folder(cfg)
   raise ValueError(f"embed.encoder={cfg.encoder!r} is neither a registered encoder "
-                   f"({', '.join(sorted(_ENCODERS))}) nor a model folder")
+                   f"({', '.join(sorted(_ENCODERS))}), 'clip:<CLIP weights>' nor a model folder")
 
 
 def fingerprint(cfg: ml_collections.ConfigDict) -> str:
   """What the embeddings depend on: the config and, for a model folder, its
   config.json and weight-file size (cheap; no hashing of gigabytes)."""
   model = {}
-  try:
-    folder = sentence_encoder.resolve_model_dir(cfg.encoder)
-  except FileNotFoundError:
-    folder = None
+  folder = None
+  if cfg.encoder.startswith(clip_text_encoder.PREFIX):
+    path = clip_text_encoder.weights_path(cfg.encoder)
+    if os.path.isfile(path):
+      model["weights_bytes"] = os.path.getsize(path)
+    else:
+      folder = path if os.path.isdir(path) else None
+  else:
+    try:
+      folder = sentence_encoder.resolve_model_dir(cfg.encoder)
+    except FileNotFoundError:
+      pass
   if folder is not None:
     with open(os.path.join(folder, "config.json"), "rb") as f:
       model["config"] = hashlib.sha256(f.read()).hexdigest()

@@ -81,28 +81,24 @@ class Prefetcher:
   def __next__(self):
     return self.next_with_stall()[0]
 
-  def next_with_stall(self, device_busy=None, poll_s: float = 0.002):
+  def next_with_stall(self, clock: "DeviceClock | None" = None):
     """(next batch, seconds the device sat idle waiting for it).
 
     Steps are dispatched asynchronously, so the trainer usually asks for the
-    next batch while the device still computes an earlier one; waiting then
-    costs nothing. Only the wait after `device_busy()` turns False (checked
-    every `poll_s`) is a stall. Without `device_busy`, all the wait counts.
+    next batch while the device still computes earlier ones; that wait costs
+    nothing. Only the part after the device finished its last dispatched step
+    (`clock`) is a stall. Without a clock, all of the wait counts.
     """
-    idle_from = None if device_busy else time.perf_counter()
-    while True:
-      if idle_from is None and not device_busy():
-        idle_from = time.perf_counter()
-      try:
-        item = self.queue.get(timeout=None if idle_from is not None else poll_s)
-        break
-      except queue.Empty:
-        continue
-    stall = time.perf_counter() - idle_from if idle_from is not None else 0.0
+    t0 = time.perf_counter()
+    item = self.queue.get()
+    t1 = time.perf_counter()
     if isinstance(item, BaseException):
       raise item
     batch, self.state = item
-    return batch, stall
+    if clock is None:
+      return batch, t1 - t0
+    done = clock.idle_since()
+    return batch, 0.0 if done is None else max(0.0, t1 - max(t0, done))
 
   def get_state(self):
     return self.state
@@ -112,6 +108,50 @@ class Prefetcher:
     self.thread.join(timeout=5)
     if hasattr(self.data, "close"):
       self.data.close()
+
+
+class DeviceClock:
+  """When did the device finish the last step dispatched to it?
+
+  A thread blocks on each dispatched step's output (no polling, the GIL is
+  released while it waits) and stamps the time it completes.
+  """
+
+  def __init__(self):
+    self._pending: queue.Queue = queue.Queue()
+    self._lock = threading.Lock()
+    self._last = self._finished = 0
+    self._finished_at = time.perf_counter()
+    self._thread = threading.Thread(target=self._watch, daemon=True)
+    self._thread.start()
+
+  def dispatched(self, output) -> None:
+    """Call right after dispatching a step, with one of its outputs."""
+    with self._lock:
+      self._last += 1
+      self._pending.put((self._last, output))
+
+  def idle_since(self) -> float | None:
+    """perf_counter() time the last dispatched step finished; None while it runs."""
+    with self._lock:
+      return self._finished_at if self._finished == self._last else None
+
+  def _watch(self):
+    while True:
+      item = self._pending.get()
+      if item is None:
+        return
+      seq, output = item
+      try:
+        jax.block_until_ready(output)
+      except Exception:  # the trainer sees the failure itself
+        pass
+      with self._lock:
+        self._finished, self._finished_at = seq, time.perf_counter()
+
+  def close(self):
+    self._pending.put(None)
+    self._thread.join(timeout=5)
 
 
 def validate(config, run_dir: str, n_devices: int | None = None) -> None:
@@ -213,6 +253,7 @@ def train(config, run_dir: str, *, input_fn, evaluators=(), progress: bool = Tru
   writer = metrics_lib.MetricWriter(run_dir)
   start = int(state["step"])
   data = Prefetcher(data, mesh) if start < config.num_steps else data
+  clock = DeviceClock()
   history, window, wait_s, window_t0 = [], [], 0.0, time.perf_counter()
   bar = tqdm.tqdm(total=config.num_steps, initial=start, desc=desc, unit="step",
                   disable=not progress or jax.process_index() != 0, dynamic_ncols=True)
@@ -225,11 +266,10 @@ def train(config, run_dir: str, *, input_fn, evaluators=(), progress: bool = Tru
   try:
     while step < config.num_steps:
       # already global and sharded (Prefetcher); a stall = the device idle for input
-      batch, stall = data.next_with_stall(
-          (lambda: not last_loss.is_ready()) if window else None)
+      batch, stall = data.next_with_stall(clock)
       wait_s += stall
       state, m = train_step(state, batch)
-      last_loss = m["loss"]
+      clock.dispatched(m["loss"])
       step += 1
       window.append(m)
       last = step == config.num_steps
@@ -265,6 +305,7 @@ def train(config, run_dir: str, *, input_fn, evaluators=(), progress: bool = Tru
       if step % config.ckpt_every == 0 or last:
         save(step, force=last)
   finally:
+    clock.close()
     bar.close()
     ck.close()
     writer.close()
