@@ -144,11 +144,11 @@ def bench_ensemble(args):
     print(f"  {k:34s} {v:9.2f} ms")
   pct = 100 * t["ensemble.combine"] / t["expert logits (n matmuls)"]
   fused = 100 * (t["ensemble.combine_features (fused)"] / t["expert logits (n matmuls)"] - 1)
-  print(f"  routed sum of stored logits: {pct:.2f}% of computing the logits "
-        f"(goal <= 2%: {'met' if pct <= 2 else 'NOT met'}; memory-bound: it reads "
-        f"{stack.nbytes / 1e6:.0f} MB)")
+  print(f"  routed sum of stored logits: {pct:.2f}% of computing the logits alone "
+        f"(memory-bound: it reads {stack.nbytes / 1e6:.0f} MB)")
   print(f"  fused from features (MoDE logits in one matmul over n*E): {fused:+.2f}% vs the n "
-        f"expert matmuls (goal <= 2%: {'met' if fused <= 2 else 'NOT met'})")
+        f"expert matmuls")
+  print("  (the goal is stated against the experts' forward passes: next section)")
 
 
 def bench_eval(args):
