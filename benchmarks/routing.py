@@ -152,32 +152,42 @@ def bench_ensemble(args):
 
 
 def bench_eval(args):
-  """The goal's own terms: a routed evaluation vs the experts' forward passes alone."""
+  """The goal's own terms: a routed evaluation vs the experts' forward passes alone.
+
+  Each expert runs the evaluator's own path (models/embedders.py,
+  eval/features.py): class features from names x templates, then image
+  features and cosine logits batch by batch.
+  """
   from flax import nnx
   from configs import demo
+  from mode_jax.eval import features, templates
   from mode_jax.models import clip as clip_lib
+  from mode_jax.models import embedders
+  from mode_jax.text.clip_bpe import ClipTokenizer
   cfg = demo.get_config().model
-  n, n_img, n_cls, prompts = args.experts, args.eval_images, args.eval_classes, 18
-  experts = [nnx.jit(lambda m, x: m.encode_image(x)) for _ in range(n)]
-  texts = [nnx.jit(lambda m, t: m.encode_text(t)) for _ in range(n)]
-  models = [clip_lib.CLIP(cfg, rngs=nnx.Rngs(i)) for i in range(n)]
+  n, n_img, batch = args.experts, args.eval_images, 256
+  classnames = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
+                "sneaker", "bag", "ankle boot"]
+  prompts = templates.task_templates("fashion_mnist")
+  tokenizer = ClipTokenizer()
+  pairs = [embedders.make_embedders(clip_lib.CLIP(cfg, rngs=nnx.Rngs(i)), tokenizer,
+                                    context_length=cfg.context_length, batch_size=batch)
+           for i in range(n)]
   rng = np.random.default_rng(2)
-  res, ctx = cfg.image_size, cfg.context_length
+  res = cfg.image_size
   images = rng.normal(size=(n_img, res, res, 3)).astype(np.float32)
-  tokens = rng.integers(1, 49407, size=(n_cls * prompts, ctx)).astype(np.int32)
-  tokens[:, -1] = 49407
-  batch = 256
+  labels = np.zeros(n_img, np.int32)
 
   def forward(c):
-    """Expert c's whole part of the evaluation: image features, class features, logits."""
-    t = texts[c](models[c], tokens).reshape(n_cls, prompts, -1).mean(1)
-    t = t / jnp.linalg.norm(t, axis=-1, keepdims=True)
-    feats = [experts[c](models[c], images[i:i + batch]) for i in range(0, n_img, batch)]
-    return np.asarray(jnp.concatenate(feats) @ t.T)
+    """Expert c's whole part of the evaluation: class features, then image logits."""
+    embed_images, embed_texts = pairs[c]
+    text_feats = features.class_features(embed_texts, classnames, prompts)
+    batches = ((images[i:i + batch], labels[i:i + batch]) for i in range(0, n_img, batch))
+    return features.image_logits(embed_images, text_feats, batches)[0]
 
   M = jnp.asarray(unit(rng.normal(size=(args.eval_centers, 384))))
   pi = jnp.asarray(rng.integers(0, n, args.eval_centers).astype(np.int32))
-  E = jnp.asarray(unit(rng.normal(size=(n_cls, 384))))
+  E = jnp.asarray(unit(rng.normal(size=(len(classnames), 384))))
   stack = np.stack([forward(c) for c in range(n)])
 
   def ensemble_extra():
@@ -188,7 +198,7 @@ def bench_eval(args):
                  "routing + routed sum": ensemble_extra}, max(4, args.reps // 5), rounds=2)
   pct = 100 * t["routing + routed sum"] / t["experts' forward passes"]
   print(f"\n== ensembled evaluation: {n} demo-size experts ({res} px), {n_img} images, "
-        f"{n_cls} classes x {prompts} prompts, m={args.eval_centers} ==")
+        f"{len(classnames)} classes x {len(prompts)} prompts, m={args.eval_centers} ==")
   for k, v in t.items():
     print(f"  {k:34s} {v:9.2f} ms")
   print(f"  ensembling adds {pct:.2f}% to the experts' forward passes "
@@ -206,7 +216,6 @@ def main():
   p.add_argument("--embed", type=int, default=512)
   p.add_argument("--reps", type=int, default=20)
   p.add_argument("--eval-images", type=int, default=2000)
-  p.add_argument("--eval-classes", type=int, default=10)
   p.add_argument("--eval-centers", type=int, default=64)
   args = p.parse_args()
   print(f"devices: {jax.devices()}  cpu threads: {os.cpu_count()}")

@@ -119,6 +119,6 @@ def test_min_argmin_rows_equals_numpy_including_ties():
   rng = np.random.default_rng(0)
   s = rng.integers(0, 5, (300, 37)).astype(np.float32)   # many ties per row
   s[7] = 2.0                                              # a whole row tied
-  best, idx = jax.jit(kmeans._min_argmin_rows)(s)
+  best, idx = jax.jit(kmeans.min_argmin_rows)(s)
   np.testing.assert_array_equal(np.asarray(idx), s.argmin(1))
   np.testing.assert_array_equal(np.asarray(best), s.min(1))

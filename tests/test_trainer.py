@@ -1,6 +1,7 @@
 """Trainer: sharded step equals one device, kill-and-resume, cross-mesh restore, NaN stop."""
 
 import os
+import time
 
 import jax
 import numpy as np
@@ -186,7 +187,6 @@ class _SlowData:
     self.delay, self.pos = delay, 0
 
   def __next__(self):
-    import time
     time.sleep(self.delay)
     self.pos += 1
     return {"x": np.full((8, 2), self.pos, np.float32)}
@@ -202,12 +202,10 @@ class _FakeClock:
     self.done_at = done_at
 
   def idle_since(self):
-    import time
     return self.done_at if time.perf_counter() >= self.done_at else None
 
 
 def test_prefetcher_counts_only_device_idle_time_as_stall():
-  import time
   mesh = sharding.make_mesh({"data": 1, "fsdp": 1}, devices=jax.devices()[:1])
   pf = trainer.Prefetcher(_SlowData(0.3), mesh)
   try:
@@ -231,7 +229,6 @@ def test_prefetcher_counts_only_device_idle_time_as_stall():
 
 
 def test_device_clock_stamps_the_end_of_the_last_dispatched_step():
-  import time
   clock = trainer.DeviceClock()
   try:
     x = jax.numpy.ones((256, 256))

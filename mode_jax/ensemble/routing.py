@@ -37,6 +37,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from clustering import kmeans
 from mode_jax import constants as C
 
 MODES = ("reference", "paper")
@@ -68,11 +69,9 @@ def nearest_centers(class_emb, fine_centers, top_k: int = 1):
   dot = jnp.matmul(e, mu.T, precision=jax.lax.Precision.HIGHEST)
   d2 = jnp.sum(e * e, -1, keepdims=True) + jnp.sum(mu * mu, -1)[None, :] - 2.0 * dot
   d2 = jnp.maximum(d2, 0.0)
-  if top_k == 1:   # min + first index reaching it: ~10x faster than argmin on XLA:CPU
-    best = jnp.min(d2, axis=1, keepdims=True)
-    ids = jnp.arange(d2.shape[1], dtype=jnp.int32)[None, :]
-    idx = jnp.min(jnp.where(d2 == best, ids, d2.shape[1]), axis=1, keepdims=True)
-    return best, idx
+  if top_k == 1:
+    best, idx = kmeans.min_argmin_rows(d2)
+    return best[:, None], idx[:, None]
   neg, idx = jax.lax.top_k(-d2, top_k)
   return -neg, idx
 

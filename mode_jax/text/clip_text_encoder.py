@@ -33,6 +33,7 @@ class ClipTextEncoder:
 
   def __init__(self, path: str, *, dtype: str = "float32", max_length: int | None = None,
                devices: Sequence[jax.Device] | None = None):
+    from mode_jax.eval.features import l2_normalize
     from mode_jax.models import clip as clip_lib
     from mode_jax.models import convert
     from mode_jax.text.clip_bpe import ClipTokenizer
@@ -53,8 +54,7 @@ class ClipTextEncoder:
     self._state = jax.device_put(state, replicated)
 
     def forward(state, tokens):
-      e = nnx.merge(graphdef, state)(tokens).astype(np.float32)
-      return e / jax.numpy.maximum(jax.numpy.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
+      return l2_normalize(nnx.merge(graphdef, state)(tokens).astype(np.float32))
 
     self._fn = jax.jit(forward, in_shardings=(replicated, self._rows), out_shardings=self._rows)
 
