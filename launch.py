@@ -55,18 +55,28 @@ def main(argv):
   if config is None or not workdir:
     sys.exit("error: --config and --workdir are required")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
-  # Experts, dense and seed share shapes: a persistent cache compiles the step once.
+  # Distributed first: jax.distributed.initialize() must precede every JAX call.
+  from mode_jax import distributed
+  try:
+    distributed.initialize(config)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
   import jax
+  # Experts, dense and seed share shapes: a persistent cache compiles the step once.
   jax.config.update("jax_compilation_cache_dir",
                     os.path.expanduser(os.environ.get("MODE_JAX_CACHE", "~/.cache/mode_jax/xla")))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-  from mode_jax.workdir import MissingInput, write_json
-  module, fn = STAGES[argv[1]].split(":")
+  from mode_jax import workdir as wd
+  stage = argv[1]
+  module, fn = STAGES[stage].split(":")
+  workdir = wd.resolve(workdir)
   try:
-    os.makedirs(workdir, exist_ok=True)
-    write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
-    getattr(importlib.import_module(module), fn)(config, workdir)
-  except (MissingInput, ValueError, FileNotFoundError) as e:
+    wd.makedirs(workdir)
+    distributed.on_primary("config.json", lambda: wd.write_json(
+        wd.path(workdir, "config.json"), json.loads(config.to_json_best_effort())))
+    with wd.io_stage(stage):
+      getattr(importlib.import_module(module), fn)(config, workdir)
+  except (wd.MissingInput, ValueError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
 
 

@@ -3,7 +3,9 @@
 Every process passes only the rows it holds (`jax.make_array_from_process_local_data`),
 so one code path serves one CPU, eight fake devices and a multi-host pod. Each
 process pads its rows to the same length (a multiple of devices x chunk) and a
-0/1 weight marks the padding, so padded rows never count.
+0/1 weight marks the padding, so padded rows never count. A mesh of this
+process's devices only (`local_mesh`) makes the same code a per-host job
+(the assign stage; the coarse clustering on one device).
 """
 
 from __future__ import annotations
@@ -28,6 +30,16 @@ def data_mesh(devices=None) -> Mesh:
   devices = list(jax.devices() if devices is None else devices)
   return jax.make_mesh((len(devices),), (AXIS,), axis_types=(AxisType.Auto,),
                        devices=devices)
+
+
+def local_mesh(n: int | None = None) -> Mesh:
+  """A "data" mesh over this process's first n devices (all when None)."""
+  devices = jax.local_devices()
+  return data_mesh(devices[:n] if n else devices)
+
+
+def spans_processes(mesh: Mesh) -> bool:
+  return len({d.process_index for d in mesh.devices.flat}) > 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +76,8 @@ class ShardedPoints:
       if start not in seen:
         seen.add(start)
         parts.append(np.asarray(s.data))
-    return np.concatenate(parts)[:self.local_counts[jax.process_index()]]
+    mine = jax.process_index() if spans_processes(self.mesh) else 0
+    return np.concatenate(parts)[:self.local_counts[mine]]
 
 
 def shard_points(x_local: np.ndarray, mesh: Mesh | None = None,
@@ -75,7 +88,7 @@ def shard_points(x_local: np.ndarray, mesh: Mesh | None = None,
   if x_local.ndim != 2:
     raise ValueError(f"points must be [n, D], got shape {x_local.shape}")
   n_local = len(x_local)
-  if jax.process_count() > 1:
+  if spans_processes(mesh):
     from jax.experimental import multihost_utils
     counts = tuple(int(c) for c in np.ravel(
         multihost_utils.process_allgather(np.array([n_local], np.int64))))

@@ -14,7 +14,6 @@ widest first (paper Sec. 4.4, progressive experts).
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import numpy as np
 
@@ -98,27 +97,20 @@ def build(fine_centers: np.ndarray, n: int, *, metric: str = "euclidean",
   return Hierarchy(fine, coarse, pi, expert_order(spreads), info)
 
 
-def _save_npy(p: str, arr: np.ndarray) -> None:
-  tmp = p + ".tmp.npy"
-  np.save(tmp, arr)
-  os.replace(tmp, p)
-
-
 def save(h: Hierarchy, workdir: str) -> None:
   """Writes cluster/*.npy, expert_order.json, then meta.json (its presence marks completion)."""
   root = wd.path(workdir, "cluster")
-  os.makedirs(root, exist_ok=True)
-  _save_npy(os.path.join(root, "fine_centers.npy"), h.fine_centers.astype(np.float32))
-  _save_npy(os.path.join(root, "coarse_centers.npy"), h.coarse_centers.astype(np.float32))
-  _save_npy(os.path.join(root, "fine_to_expert.npy"), h.fine_to_expert.astype(np.int32))
-  wd.write_json(os.path.join(root, "expert_order.json"), list(h.expert_order))
-  wd.write_json(os.path.join(root, "meta.json"), h.meta)
+  wd.save_npy(wd.path(root, "fine_centers.npy"), h.fine_centers.astype(np.float32))
+  wd.save_npy(wd.path(root, "coarse_centers.npy"), h.coarse_centers.astype(np.float32))
+  wd.save_npy(wd.path(root, "fine_to_expert.npy"), h.fine_to_expert.astype(np.int32))
+  wd.write_json(wd.path(root, "expert_order.json"), list(h.expert_order))
+  wd.write_json(wd.path(root, "meta.json"), h.meta)
 
 
 def load(workdir: str) -> Hierarchy:
   """Reads cluster/ (MissingInput -> stage 'cluster')."""
-  get = lambda name: wd.require(workdir, os.path.join("cluster", name), "cluster")
+  get = lambda name: wd.require(workdir, f"cluster/{name}", "cluster")
   meta = wd.read_json(get("meta.json"))
-  return Hierarchy(np.load(get("fine_centers.npy")), np.load(get("coarse_centers.npy")),
-                   np.load(get("fine_to_expert.npy")).astype(np.int32),
+  return Hierarchy(wd.load_npy(get("fine_centers.npy")), wd.load_npy(get("coarse_centers.npy")),
+                   wd.load_npy(get("fine_to_expert.npy")).astype(np.int32),
                    [int(i) for i in wd.read_json(get("expert_order.json"))], meta)

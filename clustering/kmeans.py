@@ -1,6 +1,8 @@
 """Data-parallel k-means in JAX: chunked distances with a fused argmin, psum'd center sums.
 
-Points are sharded over the "data" mesh axis, centers replicated. Each device
+Points are sharded over the "data" mesh axis (all devices of all hosts, or
+one host's), centers replicated; a whole fit is one device program (a
+while loop over iterations, no host round-trip). Each device
 scans its rows chunk by chunk: one [chunk, K] score block (||c||^2 - 2 x.c,
 or -x.c for the spherical metric), its argmin, and a segment sum into
 [K, D] center sums, so memory is bounded by chunk x K, never N x K. Sums and
@@ -25,10 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec as P
-from tqdm import tqdm
 
 from clustering import balanced as balanced_lib
-from clustering.distributed import AXIS, ShardedPoints, shard_points
+from clustering.distributed import AXIS, ShardedPoints, shard_points, spans_processes
 from mode_jax import constants
 
 METRICS = ("euclidean", "cosine")
@@ -195,13 +196,6 @@ def _gather_fn(mesh):
   return jax.jit(lambda x, idx: x[idx].astype(jnp.float32), out_shardings=_replicated(mesh))
 
 
-@functools.lru_cache(maxsize=None)
-def _farthest_fn(mesh, k):
-  """Global rows farthest from their centers, farthest first (padding excluded)."""
-  return jax.jit(lambda d, w: lax.top_k(jnp.where(w > 0, d, -jnp.inf), k)[1],
-                 out_shardings=_replicated(mesh))
-
-
 # -------------------------------------------------------------------- init --
 
 def _kmeans_pp(sample, k, key, metric):
@@ -262,39 +256,85 @@ class FitResult:
   reseeded: int                  # empty clusters re-seeded over the whole fit
 
 
-def _balanced_assign(points, centers, metric, k, method, candidates):
-  """Balanced labels and distances for all (padded) rows."""
-  if method == "auction":
-    if jax.process_count() > 1:
-      raise ValueError("balanced_method='auction' is the dense single-process reference")
-    ids, dists = _candidates_fn(points.mesh, metric, points.chunk, k)(
-        points.x, points.w, jnp.asarray(centers))
+def _balanced_labels(x, w, centers, *, mesh, metric, chunk, k, method, candidates, n_real):
+  """Balanced labels and distances for all (padded) rows, traced inside the fit loop."""
+  if method == "auction":   # the reference's dense auction: single process, all N x K
+    ids, dists = _candidates_fn(mesh, metric, chunk, k)(x, w, centers)
     order = jnp.argsort(ids, axis=1)   # back to cluster order: dense [N, K]
     dense = jnp.take_along_axis(dists, order, axis=1)
-    n = points.n
-    labels, _ = balanced_lib.reference_auction(dense[:n])
-    labels = jnp.concatenate([labels, jnp.zeros((dense.shape[0] - n,), jnp.int32)])
-    labels = jax.device_put(labels, points.x.sharding)
-    dist = jnp.take_along_axis(dense, labels[:, None], axis=1)[:, 0]
-    return labels, jax.device_put(dist, points.x.sharding)
+    labels, _ = balanced_lib.reference_auction(dense[:n_real])
+    labels = jnp.concatenate([labels, jnp.zeros((dense.shape[0] - n_real,), jnp.int32)])
+    labels = lax.with_sharding_constraint(labels, NamedSharding(mesh, P(AXIS)))
+    return labels, jnp.take_along_axis(dense, labels[:, None], axis=1)[:, 0]
   t = min(int(candidates), k)
-  ids, dists = _candidates_fn(points.mesh, metric, points.chunk, t)(
-      points.x, points.w, jnp.asarray(centers))
-  cap = -(-points.n // k)
-  labels, _, _, _ = balanced_lib.price_balance(ids, dists, points.w, k=k, cap=cap)
+  ids, dists = _candidates_fn(mesh, metric, chunk, t)(x, w, centers)
+  cap = -(-n_real // k)
+  labels, _, _, _ = balanced_lib.price_balance(ids, dists, w, k=k, cap=cap)
   pick = jnp.argmax(ids == labels[:, None], axis=1)
-  dist = jnp.take_along_axis(dists, pick[:, None], axis=1)[:, 0]
-  return labels, dist
+  return labels, jnp.take_along_axis(dists, pick[:, None], axis=1)[:, 0]
 
 
-def _assign_and_stats(points, centers, metric, balanced, method, candidates):
+def _assign_stats(x, w, centers, *, mesh, metric, chunk, balanced, method, candidates, n_real):
+  """(center sums, counts, inertia, labels, distances) of one assignment, traced."""
   k = centers.shape[0]
   if not balanced:
-    return _nearest_fn(points.mesh, metric, points.chunk, True)(
-        points.x, points.w, jnp.asarray(centers))
-  labels, dists = _balanced_assign(points, centers, metric, k, method, candidates)
-  sums, counts, inertia = _label_stats_fn(points.mesh, k)(points.x, points.w, labels, dists)
+    return _nearest_fn(mesh, metric, chunk, True)(x, w, centers)
+  labels, dists = _balanced_labels(x, w, centers, mesh=mesh, metric=metric, chunk=chunk, k=k,
+                                   method=method, candidates=candidates, n_real=n_real)
+  sums, counts, inertia = _label_stats_fn(mesh, k)(x, w, labels, dists)
   return sums, counts, inertia, labels, dists
+
+
+def _reseed(x, w, centers, dists, empty, metric):
+  """Empty cluster j (ascending) takes the j-th farthest point from its center."""
+  kk = min(x.shape[0], centers.shape[0])
+  far = lax.top_k(jnp.where(w > 0, dists, -jnp.inf), kk)[1]
+  rank = jnp.clip(jnp.cumsum(empty) - 1, 0, kk - 1)
+  rows = x[far[rank]].astype(jnp.float32)
+  if metric == "cosine":
+    rows = rows / jnp.maximum(jnp.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+  return jnp.where(empty[:, None], rows, centers)
+
+
+@functools.lru_cache(maxsize=None)
+def _fit_loop_fn(mesh, metric, chunk, balanced, method, candidates, n_real, iters, tol):
+  """All iterations in one device program: no host round-trip per iteration.
+
+  Each iteration: assignment and psum'd statistics, the mean update, empty
+  clusters re-seeded, stop when (sum_k ||shift_k||)^2 < tol with none empty.
+  Returns (centers, counts, inertia of the last assignment, iterations, re-seeded).
+  """
+  kw = dict(mesh=mesh, metric=metric, chunk=chunk, balanced=balanced, method=method,
+            candidates=candidates, n_real=n_real)
+
+  def run(x, w, centers):
+    def body(s):
+      i, c, _, _, _, reseeded = s
+      sums, counts, inertia, _, dists = _assign_stats(x, w, c, **kw)
+      new, shift = _update_centers(c, sums, counts, metric)
+      empty = counts == 0
+      n_empty = jnp.sum(empty).astype(jnp.int32)
+      new = lax.cond(n_empty > 0, lambda: _reseed(x, w, new, dists, empty, metric),
+                     lambda: new)
+      done = (shift ** 2 < tol) & (n_empty == 0)
+      return i + 1, new, done, counts, inertia, reseeded + n_empty
+
+    k = centers.shape[0]
+    init = (jnp.int32(0), centers, jnp.bool_(False), jnp.zeros((k,), jnp.float32),
+            jnp.float32(0), jnp.int32(0))
+    i, c, _, counts, inertia, reseeded = lax.while_loop(
+        lambda s: (s[0] < iters) & ~s[2], body, init)
+    return c, counts, inertia, i, reseeded
+
+  rep = _replicated(mesh)
+  return jax.jit(run, out_shardings=(rep, rep, rep, rep, rep))
+
+
+@functools.lru_cache(maxsize=None)
+def _assign_fn(mesh, metric, chunk, balanced, method, candidates, n_real):
+  kw = dict(mesh=mesh, metric=metric, chunk=chunk, balanced=balanced, method=method,
+            candidates=candidates, n_real=n_real)
+  return jax.jit(lambda x, w, c: _assign_stats(x, w, c, **kw))
 
 
 def fit(points, k: int, *, metric: str = "euclidean", iters: int = 50,
@@ -307,9 +347,10 @@ def fit(points, k: int, *, metric: str = "euclidean", iters: int = 50,
 
   `centers` warm-starts the fit (online fitting); otherwise `init` seeds it.
   Stops after `iters` iterations or when (sum_k ||shift_k||)^2 < tol
-  (reference criterion; tol=0 always runs `iters`). The returned labels come
-  from one more assignment with the final centers (as scikit-learn does).
-  chunk_size None/0 picks `auto_chunk(k)`.
+  (reference criterion; tol=0 always runs `iters`). All iterations run in one
+  device program (`_fit_loop_fn`). The returned labels come from one more
+  assignment with the final centers (as scikit-learn does). chunk_size
+  None/0 picks `auto_chunk(k)`. `progress` prints the fit's summary line.
   """
   check_metric(metric)
   if balanced and balanced_method not in BALANCED_METHODS:
@@ -319,6 +360,8 @@ def fit(points, k: int, *, metric: str = "euclidean", iters: int = 50,
     if metric == "cosine":
       x = normalize(x)
     points = shard_points(x, mesh, chunk_size or auto_chunk(k))
+  if balanced and balanced_method == "auction" and spans_processes(points.mesh):
+    raise ValueError("balanced_method='auction' is the dense single-process reference")
   if centers is None:
     centers = init_centers(points, k, method=init, seed=seed, metric=metric)
   centers = np.asarray(centers, np.float32)
@@ -327,43 +370,20 @@ def fit(points, k: int, *, metric: str = "euclidean", iters: int = 50,
   if centers.shape != (k, points.dim):
     raise ValueError(f"centers must be [{k}, {points.dim}], got {centers.shape}")
   centers = jax.device_put(centers, _replicated(points.mesh))
-  reseeded, n_iter = 0, 0
-  counts = inertia = None
-  bar = tqdm(range(iters), desc=f"k-means K={k}", disable=not progress, leave=False)
-  for n_iter in range(1, iters + 1):
-    sums, counts, inertia, _, dists = _assign_and_stats(
-        points, centers, metric, balanced, balanced_method, candidates)
-    new, shift = _update_centers(centers, sums, counts, metric)
-    empty = np.flatnonzero(np.asarray(counts) == 0)
-    if empty.size:
-      new = _reseed(points, new, dists, empty, metric)
-      reseeded += empty.size
-    centers = new
-    bar.update(1)
-    bar.set_postfix(inertia=f"{float(inertia):.4g}", shift=f"{float(shift):.3g}")
-    if float(shift) ** 2 < tol and not empty.size:
-      break
-  bar.close()
+  static = (points.mesh, metric, points.chunk, bool(balanced), balanced_method,
+            int(candidates), points.n)
+  centers, counts, inertia, n_iter, reseeded = _fit_loop_fn(*static, int(iters), float(tol))(
+      points.x, points.w, centers)
   labels = None
   if return_labels:
-    _, counts, inertia, labels, _ = _assign_and_stats(
-        points, centers, metric, balanced, balanced_method, candidates)
+    _, counts, inertia, labels, _ = _assign_fn(*static)(points.x, points.w, centers)
     labels = points.local(labels)
+  if progress:
+    print(f"k-means K={k}: {int(n_iter)} iterations, inertia {float(inertia):.6g}, "
+          f"{int(reseeded)} empty clusters re-seeded")
   return FitResult(np.asarray(centers, np.float32), labels,
-                   np.rint(np.asarray(counts)).astype(np.int64), float(inertia), n_iter,
-                   reseeded)
-
-
-def _reseed(points, centers, dists, empty, metric):
-  """Empty cluster j (ascending) takes the j-th farthest point from its center."""
-  kk = int(min(points.x.shape[0], 1 << int(np.ceil(np.log2(empty.size)))))
-  far = _farthest_fn(points.mesh, kk)(dists, points.w)[:empty.size]
-  rows = np.asarray(_gather_fn(points.mesh)(points.x, far))
-  if metric == "cosine":
-    rows = normalize(rows)
-  centers = np.array(centers)
-  centers[empty] = rows
-  return jax.device_put(centers, _replicated(points.mesh))
+                   np.rint(np.asarray(counts)).astype(np.int64), float(inertia), int(n_iter),
+                   int(reseeded))
 
 
 def assign(points, centers: np.ndarray, *, metric: str = "euclidean",

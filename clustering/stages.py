@@ -2,21 +2,31 @@
 
 Both take the clustering ConfigDict sub-tree (fields and defaults in
 `clustering.default_config()`; unknown fields are an error) and a workdir.
+
+Hosts. `cluster`: the embed files are grouped into chunks as on one process
+(row counts read by each host for its share of the files, then exchanged);
+each host reads only its contiguous block of every chunk's files, and the
+k-means iterations run on all devices of all hosts with psum'd statistics
+(clustering/kmeans.py), one device program per chunk. Process 0 writes
+cluster/. `assign`: each host assigns its round-robin share of the files on
+its local devices and writes their assign/ files; process 0 merges the
+hosts' summary parts into cluster/summary/. Each host records what it read
+in <stage dir>/hosts/process-<i>-of-<n>.json.
 """
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
-import os
 import zipfile
 
 import numpy as np
 from tqdm import tqdm
 
+from clustering import distributed as points_lib
 from clustering import hierarchy, kmeans, streaming, summary
 from clustering.config import default_config
+from mode_jax import distributed
 from mode_jax import workdir as wd
 
 _SUMMARY_ONLY = ("summary_captions", "summary_fine_clusters")
@@ -35,8 +45,8 @@ def resolve_config(cfg):
 
 def embed_inputs(workdir: str) -> tuple[list[str], dict]:
   """Sorted embed/*.npz and embed/meta.json (MissingInput -> stage 'embed')."""
-  meta = wd.read_json(wd.require(workdir, os.path.join("embed", "meta.json"), "embed"))
-  files = sorted(glob.glob(wd.path(workdir, "embed", "*.npz")))
+  meta = wd.read_json(wd.require(workdir, "embed/meta.json", "embed"))
+  files = wd.glob(wd.path(workdir, "embed", "*.npz"))
   if not files:
     raise wd.MissingInput(wd.path(workdir, "embed", "*.npz"), "embed")
   return files, meta
@@ -46,8 +56,7 @@ def fingerprint(files: list[str], embed_meta: dict, cfg) -> str:
   """Hash of the embed files' names, sizes and mtimes, embed meta and the fit config."""
   h = hashlib.sha256()
   for f in files:
-    st = os.stat(f)
-    h.update(f"{os.path.basename(f)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    h.update(f"{wd.basename(f)}:{wd.signature(f)};".encode())
   fit_cfg = {k: v for k, v in cfg.to_dict().items() if k not in _SUMMARY_ONLY}
   h.update(json.dumps([embed_meta, fit_cfg], sort_keys=True, default=str).encode())
   return h.hexdigest()[:16]
@@ -55,7 +64,7 @@ def fingerprint(files: list[str], embed_meta: dict, cfg) -> str:
 
 def _rows(npz_path: str) -> int:
   """Rows of an embed file's `emb` array, read from the .npy header only."""
-  with zipfile.ZipFile(npz_path) as z, z.open("emb.npy") as f:
+  with wd.open(npz_path, "rb") as raw, zipfile.ZipFile(raw) as z, z.open("emb.npy") as f:
     major, _ = np.lib.format.read_magic(f)
     read = (np.lib.format.read_array_header_1_0 if major == 1
             else np.lib.format.read_array_header_2_0)
@@ -63,15 +72,25 @@ def _rows(npz_path: str) -> int:
   return int(shape[0])
 
 
-def _groups(files: list[str], min_rows: int) -> list[list[str]]:
-  """Consecutive files grouped so each group has >= min_rows rows (a short tail joins the last)."""
-  groups, cur, rows = [], [], 0
-  for f in files:
-    cur.append(f)
-    rows += _rows(f)
-    if rows >= min_rows:
+def row_counts(files: list[str]) -> np.ndarray:
+  """int64[len(files)]: each host reads the headers of its share, then all exchange them."""
+  counts = np.zeros(len(files), np.int64)
+  mine = range(distributed.process_index(), len(files), distributed.process_count())
+  for i in mine:
+    counts[i] = _rows(files[i])
+  return distributed.allgather(counts).sum(0)
+
+
+def _groups(files: list[str], rows: np.ndarray, min_rows: int) -> list[list[int]]:
+  """Consecutive file indices grouped so each group has >= min_rows rows (a short tail
+  joins the last)."""
+  groups, cur, total = [], [], 0
+  for i, _ in enumerate(files):
+    cur.append(i)
+    total += int(rows[i])
+    if total >= min_rows:
       groups.append(cur)
-      cur, rows = [], 0
+      cur, total = [], 0
   if cur:
     if groups:
       groups[-1].extend(cur)
@@ -80,12 +99,17 @@ def _groups(files: list[str], min_rows: int) -> list[list[str]]:
   return groups
 
 
-def _load_emb(files: list[str]) -> np.ndarray:
-  parts = []
-  for f in files:
-    with np.load(f, allow_pickle=False) as z:
-      parts.append(z["emb"])
+def _load_emb(files: list[str], dim: int, dtype: str) -> np.ndarray:
+  parts = [wd.load_npz(f)["emb"] for f in files]
+  if not parts:   # a host with no file in this chunk still joins the collective fit
+    return np.zeros((0, dim), dtype)
   return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _host_report(workdir: str, stage_dir: str, **info) -> None:
+  p, n = distributed.process_index(), distributed.process_count()
+  wd.write_json(wd.path(workdir, stage_dir, "hosts", f"process-{p}-of-{n}.json"),
+                dict(info, process=p, processes=n))
 
 
 def run_cluster(cfg, workdir: str) -> hierarchy.Hierarchy:
@@ -94,75 +118,110 @@ def run_cluster(cfg, workdir: str) -> hierarchy.Hierarchy:
   files, embed_meta = embed_inputs(workdir)
   fp = fingerprint(files, embed_meta, cfg)
   meta_path = wd.path(workdir, "cluster", "meta.json")
-  if os.path.exists(meta_path) and wd.read_json(meta_path).get("fingerprint") == fp:
-    print(f"cluster: up to date ({meta_path}, fingerprint {fp}); skipping")
+  if wd.exists(meta_path) and wd.read_json(meta_path).get("fingerprint") == fp:
+    if distributed.is_primary():
+      print(f"cluster: up to date ({meta_path}, fingerprint {fp}); skipping")
     return hierarchy.load(workdir)
-  order = list(files)
+  order = list(range(len(files)))
   if cfg.shuffle_files:
     np.random.default_rng(cfg.seed).shuffle(order)
-  groups = _groups(order, max(cfg.min_chunk_rows or 4 * cfg.m, cfg.m))
-  total = sum(_rows(f) for f in files)
+  files_in_order = [files[i] for i in order]
+  rows = row_counts(files_in_order)
+  total = int(rows.sum())
   if total < cfg.m:
     raise ValueError(f"cluster: {total} embeddings cannot make m={cfg.m} fine clusters")
+  groups = _groups(files_in_order, rows, max(cfg.min_chunk_rows or 4 * cfg.m, cfg.m))
+  dim = int(embed_meta.get("dim") or 0)
+  read = {"files": [], "rows": 0}
+
+  def chunks():   # this host's block of each group's files
+    for g in groups:
+      lo, hi = distributed.block(len(g))
+      mine = [files_in_order[i] for i in g[lo:hi]]
+      read["files"] += [wd.basename(f) for f in mine]
+      read["rows"] += int(sum(rows[i] for i in g[lo:hi]))
+      yield _load_emb(mine, dim, embed_meta.get("dtype", "float16"))
+
   fit_kw = dict(metric=cfg.metric, balanced=cfg.balanced_fine,
                 balanced_method=cfg.balanced_method, candidates=cfg.candidates,
                 init=cfg.init, seed=cfg.seed,
                 chunk_size=cfg.chunk_size, tol=cfg.tol)
-  fine = streaming.fit_stream((_load_emb(g) for g in groups), cfg.m,
-                              iters_per_chunk=cfg.iters_per_file, **fit_kw)
+  fine = streaming.fit_stream(chunks(), cfg.m, iters_per_chunk=cfg.iters_per_file,
+                              progress=distributed.is_primary(), **fit_kw)
   meta = dict(encoder=embed_meta.get("encoder"), embed_fingerprint=embed_meta.get("fingerprint"),
               fingerprint=fp, dim=int(fine.centers.shape[1]), n_points=int(fine.n_seen),
               n_files=len(files), fine_balanced=bool(cfg.balanced_fine),
               balanced_method=cfg.balanced_method, iters_per_chunk=fine.iters,
               config=cfg.to_dict())
+  # The coarse step clusters m points: one device, the same on every host and topology.
   h = hierarchy.build(fine.centers, cfg.n, metric=cfg.metric, iters=cfg.coarse_iters,
-                      init=cfg.init, seed=cfg.seed, balanced=cfg.balanced_coarse, meta=meta)
-  hierarchy.save(h, workdir)
-  print(f"cluster: m={h.m} fine -> n={h.n} experts, fine per expert "
-        f"{h.meta['fine_per_expert']}, order {h.expert_order}")
+                      init=cfg.init, seed=cfg.seed, balanced=cfg.balanced_coarse,
+                      mesh=points_lib.local_mesh(1), meta=meta)
+  _host_report(workdir, "cluster", read=read["files"], rows=read["rows"])
+  distributed.on_primary("cluster", lambda: hierarchy.save(h, workdir))
+  if distributed.is_primary():
+    print(f"cluster: m={h.m} fine -> n={h.n} experts, fine per expert "
+          f"{h.meta['fine_per_expert']}, order {h.expert_order}")
   return h
 
 
-def _save_npz(p: str, **arrays) -> None:
-  tmp = p + ".tmp"
-  with open(tmp, "wb") as f:
-    np.savez(f, **arrays)
-  os.replace(tmp, p)
+def _assign_file(f: str, h, metric: str, chunk_size: int, mesh) -> tuple:
+  z = wd.load_npz(f)
+  fine, _ = kmeans.assign(z["emb"], h.fine_centers, metric=metric, chunk_size=chunk_size,
+                          mesh=mesh)
+  fine = fine.astype(np.int32)
+  return z["keys"], fine, h.fine_to_expert[fine].astype(np.int32)
 
 
-def run_assign(cfg, workdir: str) -> dict:
-  """Writes assign/<stem>.npz for every embed file (resumable) and cluster/summary/."""
+def run_assign(cfg, workdir: str, shards=None) -> dict | None:
+  """Writes assign/<stem>.npz for every embed file (resumable) and cluster/summary/.
+
+  An assign file carries the fingerprint of the clustering it came from, so
+  a re-run keeps the files of the same clustering and redoes the others.
+  `shards` (config.input.shards) lets the summary quote sample captions.
+  Returns the expert-share report on process 0 (None on the others).
+  """
   cfg = resolve_config(cfg)
   h = hierarchy.load(workdir)
   files, _ = embed_inputs(workdir)
   metric = h.meta.get("metric", cfg.metric)
-  state_path = wd.path(workdir, "cluster", "summary", "assign_state.json")
-  state = wd.read_json(state_path) if os.path.exists(state_path) else {}
-  if state.get("cluster_fingerprint") != h.meta.get("fingerprint"):
-    state = {"cluster_fingerprint": h.meta.get("fingerprint"), "done": []}
-  done = set(state["done"])
-  os.makedirs(wd.path(workdir, "assign"), exist_ok=True)
+  cluster_fp = str(h.meta.get("fingerprint"))
+  mesh = points_lib.local_mesh()
   stats = summary.Collector(h.m, h.n, cfg.summary_captions, cfg.seed)
-  skipped = 0
-  for i, f in enumerate(tqdm(files, desc="assign", unit="file")):
-    stem = os.path.basename(f)[:-4]
+  skipped, read = 0, []
+  mine = list(range(distributed.process_index(), len(files), distributed.process_count()))
+  for i in tqdm(mine, desc="assign", unit="file", disable=not distributed.is_primary()):
+    f = files[i]
+    stem = wd.basename(f)[:-4]
     out = wd.path(workdir, "assign", stem + ".npz")
-    if stem in done and os.path.exists(out):
-      with np.load(out, allow_pickle=False) as z:
-        keys, fine, expert = z["keys"], z["fine"], z["expert"]
+    z = wd.load_npz(out) if wd.exists(out) else {}
+    if str(z.get("cluster_fingerprint", "")) == cluster_fp:
+      keys, fine, expert = z["keys"], z["fine"], z["expert"]
       skipped += 1
     else:
-      with np.load(f, allow_pickle=False) as z:
-        keys, emb = z["keys"], z["emb"]
-      fine, _ = kmeans.assign(emb, h.fine_centers, metric=metric, chunk_size=cfg.chunk_size)
-      fine = fine.astype(np.int32)
-      expert = h.fine_to_expert[fine].astype(np.int32)
-      _save_npz(out, keys=keys, fine=fine, expert=expert)
-      done.add(stem)
-      state["done"] = sorted(done)
-      wd.write_json(state_path, state)
+      keys, fine, expert = _assign_file(f, h, metric, cfg.chunk_size, mesh)
+      read.append(wd.basename(f))
+      wd.save_npz(out, keys=keys, fine=fine, expert=expert,
+                  cluster_fingerprint=np.asarray(cluster_fp))
     stats.add(i, stem, fine, expert)
-  report = summary.write(workdir, h, stats, largest=cfg.summary_fine_clusters)
-  print(f"assign: {len(files)} files ({skipped} already done); expert shares "
-        f"{[round(s, 3) for s in report['shares']]}")
-  return report
+  _host_report(workdir, "assign", read=read, kept=skipped)
+  p, n = distributed.process_index(), distributed.process_count()
+  part = wd.path(workdir, "cluster", "summary", "hosts", f"process-{p}-of-{n}.npz")
+  if n > 1:
+    stats.save(part)
+  distributed.barrier("assign")
+
+  def merge_and_write():
+    total = stats
+    if n > 1:
+      total = summary.Collector(h.m, h.n, cfg.summary_captions, cfg.seed)
+      for q in range(n):
+        total.merge(summary.Collector.load(
+            wd.path(workdir, "cluster", "summary", "hosts", f"process-{q}-of-{n}.npz")))
+    report = summary.write(workdir, h, total, largest=cfg.summary_fine_clusters,
+                           shards=shards)
+    print(f"assign: {len(files)} files ({skipped} kept on this host); expert shares "
+          f"{[round(s, 3) for s in report['shares']]}")
+    return report
+
+  return distributed.on_primary("assign summary", merge_and_write)

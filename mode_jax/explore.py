@@ -8,14 +8,12 @@ weights (computed from the class names alone, DESIGN.md step 8).
 
 from __future__ import annotations
 
-import os
-
 import ml_collections
 import numpy as np
 
 from mode_jax import pipeline
 from mode_jax import workdir as wd
-from mode_jax.data import preprocess, webdataset as wds
+from mode_jax.data import loader, preprocess, webdataset as wds
 from mode_jax.ensemble import routing
 from mode_jax.eval import evaluate as ev
 from mode_jax.eval import files, report
@@ -35,10 +33,10 @@ class DemoRun:
   def samples_per_expert(self, k: int = 6, seed: int = 0):
     """{expert: [(image uint8, caption), ...]}: k training samples of each expert."""
     out, rng = {c: [] for c in range(self.n)}, np.random.default_rng(seed)
-    shards = wds.expand_shards(os.path.join(self.workdir, "shards", "train-*.tar"))
+    shards = loader.shard_paths(self.config.input.shards, self.workdir)
     for shard in rng.permutation(shards)[:3]:
-      with np.load(wd.path(self.workdir, "assign", wd.shard_stem(shard) + ".npz")) as z:
-        expert_of = dict(zip(z["keys"].astype(str), z["expert"].astype(int)))
+      z = wd.load_npz(wd.path(self.workdir, "assign", wd.shard_stem(shard) + ".npz"))
+      expert_of = dict(zip(z["keys"].astype(str), z["expert"].astype(int)))
       for s in wds.iter_shard(shard):
         c = expert_of.get(s["__key__"], -1)
         if c >= 0 and len(out[c]) < k and s["image"] is not None:
@@ -58,8 +56,8 @@ class DemoRun:
     weights = self.routing_weights(task)
     experts = []
     for c in range(self.n):
-      run_dir, step = models[f"expert_{c}"]
-      model = pipeline.load_model(self.config, run_dir, step)
+      ck_dir, step = models[f"expert_{c}"]
+      model = pipeline.load_model(self.config, ck_dir, step)
       embed_images, embed_texts = embedders.make_embedders(
           model, tok, context_length=self.config.model.context_length)
       from mode_jax.eval import zeroshot

@@ -17,16 +17,23 @@
             sentence encoder; skipped per (model, task) when up to date.
 
 Step counts follow the data: steps_per_epoch = round(N / batch_size).
+
+Every host runs every stage (the same command everywhere): training and
+evaluation split each global batch over all devices of all hosts; shared
+files (plan.json, eval/) are written by process 0. Checkpoints live in
+<workdir>/<run>/ckpt, or under config.checkpoint_root when the workdir is on
+a store Orbax cannot write (s3://, see train/checkpoint.py).
 """
 
 from __future__ import annotations
 
 import functools
-import os
 
 import ml_collections
+import numpy as np
 from flax import nnx
 
+from mode_jax import distributed
 from mode_jax import workdir as wd
 from mode_jax.data import expert_stream as expert_lib
 from mode_jax.data import loader
@@ -69,15 +76,21 @@ def _run_config(config, **fields):
   return c
 
 
+def ckpt_dir(config, workdir: str, run_rel: str) -> str:
+  """Checkpoint directory of a run: <checkpoint_root or workdir>/<run_rel>/ckpt."""
+  root = config.get("checkpoint_root", "") or workdir
+  return wd.path(root, *run_rel.split("/"), "ckpt")
+
+
 def _seed_step(config, workdir) -> int:
   """The milestone step experts fork from; MissingInput when the seed has not reached it."""
-  meta = wd.require(workdir, os.path.join(SEED_DIR, "plan.json"), "seed")
+  meta = wd.require(workdir, wd.path(SEED_DIR, "plan.json"), "seed")
   step = wd.read_json(meta)["seed"]
-  ck = ckpt_lib.Checkpointer(wd.path(workdir, SEED_DIR, "ckpt"))
+  ck = ckpt_lib.Checkpointer(ckpt_dir(config, workdir, SEED_DIR))
   steps = ck.all_steps()
   ck.close()
   if step not in steps:
-    raise wd.MissingInput(wd.path(workdir, SEED_DIR, "ckpt", str(step)), "seed")
+    raise wd.MissingInput(wd.path(ck.directory, str(step)), "seed")
   return step
 
 
@@ -85,10 +98,10 @@ def _fit(config, workdir, run_rel, *, num_steps, schedule_steps, indices=None, i
          init=None, milestones=(), desc="train"):
   """Trains run_rel until num_steps on all data (or `indices`), resuming if possible."""
   c = _run_config(config, num_steps=num_steps, schedule_steps=schedule_steps,
-                  milestones=tuple(milestones))
+                  milestones=tuple(milestones), ckpt_dir=ckpt_dir(config, workdir, run_rel))
   if init:
     c.init.update(init)
-  run_dir = wd.path(workdir, run_rel)
+  run_dir = wd.path(workdir, *run_rel.split("/"))
   trainer.validate(c, run_dir)
   tokenize = functools.partial(clip_tokenizer(), context_length=config.model.context_length)
   in_cfg = _input_cfg(config)
@@ -105,7 +118,8 @@ def run_seed(config, workdir: str):
   """Dense seed on all training data until seed_epochs; the fork step is kept forever."""
   index = loader.load_index(_input_cfg(config), workdir)
   p = plan(config, len(index))
-  wd.write_json(wd.path(workdir, SEED_DIR, "plan.json"), dict(p, num_samples=len(index)))
+  distributed.on_primary("seed plan", lambda: wd.write_json(
+      wd.path(workdir, SEED_DIR, "plan.json"), dict(p, num_samples=len(index))))
   return _fit(config, workdir, SEED_DIR, num_steps=p["seed"], schedule_steps=p["total"],
               index=index, milestones=(p["seed"],), desc="seed")
 
@@ -115,6 +129,10 @@ def expert_ids(config) -> list[int]:
   if config.expert >= n:
     raise ValueError(f"config.expert={config.expert} but config.cluster.n={n}")
   return [config.expert] if config.expert >= 0 else list(range(n))
+
+
+def _fork(config, workdir, seed_step, **extra) -> dict:
+  return {"checkpoint": ckpt_dir(config, workdir, SEED_DIR), "step": seed_step, **extra}
 
 
 def run_experts(config, workdir: str):
@@ -129,126 +147,150 @@ def run_experts(config, workdir: str):
     stream = expert_lib.expert_stream(es, workdir, index)
     print(f"[expert {c}] {stream.num_in_cluster} in-cluster + {stream.num_ooc} out-of-cluster "
           f"samples; one expert epoch = {stream.passes_per_epoch:.1f} passes over them")
-    results[c] = _fit(config, workdir, os.path.join(EXPERTS_DIR, str(c)),
+    results[c] = _fit(config, workdir, f"{EXPERTS_DIR}/{c}",
                       num_steps=seed_step + p["expert"], schedule_steps=p["total"],
                       index=index, indices=stream.indices,
-                      init={"checkpoint": wd.path(workdir, SEED_DIR), "step": seed_step},
-                      desc=f"expert {c}")
+                      init=_fork(config, workdir, seed_step), desc=f"expert {c}")
   return results
 
 
 def run_dense(config, workdir: str):
-  """The dense baseline: the seed continued on all data for one expert's steps."""
+  """The dense baseline: the seed continued on all data for one expert's steps.
+
+  It continues the seed's data stream where the seed stopped (position from
+  the seed's milestone checkpoint), exactly as one uninterrupted run would:
+  a fresh stream would replay the seed's first epochs (same order, crops
+  and captions).
+  """
   seed_step = _seed_step(config, workdir)
   index = loader.load_index(_input_cfg(config), workdir)
   p = wd.read_json(wd.path(workdir, SEED_DIR, "plan.json"))
   return _fit(config, workdir, DENSE_DIR, num_steps=seed_step + p["expert"],
               schedule_steps=p["total"], index=index,
-              init={"checkpoint": wd.path(workdir, SEED_DIR), "step": seed_step},
-              desc="dense")
+              init=_fork(config, workdir, seed_step, continue_data=True), desc="dense")
 
 
 # ---- evaluation -----------------------------------------------------------------------
 
 def finished_models(config, workdir: str) -> dict[str, tuple[str, int]]:
-  """model name -> (run dir, final step) for the dense baseline and every expert."""
-  p = wd.read_json(wd.require(workdir, os.path.join(SEED_DIR, "plan.json"), "seed"))
+  """model name -> (checkpoint dir, final step) for the dense baseline and every expert."""
+  p = wd.read_json(wd.require(workdir, wd.path(SEED_DIR, "plan.json"), "seed"))
   want = p["seed"] + p["expert"]
   runs = {"dense": (DENSE_DIR, "dense")}
-  runs.update({f"expert_{c}": (os.path.join(EXPERTS_DIR, str(c)), "experts")
+  runs.update({f"expert_{c}": (f"{EXPERTS_DIR}/{c}", "experts")
                for c in range(config.cluster.n)})
   out = {}
   for name, (rel, stage) in runs.items():
-    ck_dir = wd.path(workdir, rel, "ckpt")
-    step = ckpt_lib.Checkpointer(ck_dir).latest_step() if os.path.isdir(ck_dir) else None
+    ck_dir = ckpt_dir(config, workdir, rel)
+    step = ckpt_lib.Checkpointer(ck_dir).latest_step() if wd.isdir(ck_dir) else None
     if step != want:
-      raise wd.MissingInput(os.path.join(ck_dir, str(want)), stage)
-    out[name] = (wd.path(workdir, rel), want)
+      raise wd.MissingInput(wd.path(ck_dir, str(want)), stage)
+    out[name] = (ck_dir, want)
   return out
 
 
-def load_model(config, run_dir: str, step: int):
-  """The CLIP of `run_dir` at `step`, replicated over the local devices."""
-  mesh = sharding.make_mesh({"data": -1, "fsdp": 1})
+def eval_mesh():
+  """Every device of every host on one axis: evaluation splits its batches over all."""
+  return sharding.make_mesh({"data": -1, "fsdp": 1})
+
+
+def load_model(config, ck_dir: str, step: int, mesh=None):
+  """The CLIP of checkpoint dir `ck_dir` at `step`, parameters only, replicated on `mesh`."""
+  mesh = mesh or eval_mesh()
   graphdef, _, abstract, shardings, _ = state_lib.build(
       config.model, config.optim, schedule_steps=2, mesh=mesh, rules=[(".*", "replicate")])
-  ck = ckpt_lib.Checkpointer(os.path.join(run_dir, "ckpt"))
-  state, _ = ck.restore(ckpt_lib.abstract_with_shardings(abstract, shardings), step)
+  ck = ckpt_lib.Checkpointer(ck_dir)
+  params = ck.restore_params(ckpt_lib.abstract_with_shardings(abstract, shardings), step)
   ck.close()
-  return nnx.merge(graphdef, state["params"])
+  return nnx.merge(graphdef, params)
 
 
 def eval_tasks(workdir: str) -> dict[str, dict]:
-  d = wd.require(workdir, os.path.join("shards", "eval"), "prepare")
-  tasks = {f[:-5]: wd.read_json(os.path.join(d, f)) for f in sorted(os.listdir(d))
-           if f.endswith(".json")}
+  d = wd.require(workdir, wd.path("shards", "eval"), "prepare")
+  tasks = {f[:-5]: wd.read_json(wd.path(d, f)) for f in wd.listdir(d) if f.endswith(".json")}
   if not tasks:
-    raise wd.MissingInput(os.path.join(d, "<task>.json"), "prepare")
+    raise wd.MissingInput(wd.path(d, "<task>.json"), "prepare")
   return tasks
 
 
 def _task_pattern(task):
   """Relative to the workdir (the loader resolves it there)."""
-  return os.path.join("shards", "eval", f"{task}-*.tar")
+  return wd.path("shards", "eval", f"{task}-*.tar")
 
 
 def _captions_per_image(workdir, task):
   stats = wds.Stats()
   out = []
-  for shard in wds.expand_shards(os.path.join(workdir, _task_pattern(task))):
+  for shard in wds.expand_shards(wd.path(workdir, _task_pattern(task))):
     out += [s["texts"] for s in wds.iter_shard(shard, with_images=False, stats=stats)]
   return out
 
 
-def run_evaluate(config, workdir: str):
-  """Raw cosine logits of every finished model on every task, and task metadata embeddings."""
+def _write_meta_embeddings(config, workdir, tasks, captions):
+  """eval/meta_emb/<task>.npy with the clustering's sentence encoder (DESIGN.md step 8)."""
   from mode_jax.eval import evaluate as ev
   from mode_jax.eval import files
   from mode_jax.text import embed_stage
+  encoder = None
+  for task, spec in tasks.items():
+    if not wd.exists(wd.path(workdir, files.meta_rel(task))):
+      encoder = encoder or embed_stage.make_encoder(config.embed)
+      emb = ev.metadata_embedding(lambda t: encoder.encode(list(t), progress=False), task, spec,
+                                  captions.get(task))
+      files.write_meta_emb(workdir, task, emb)
+
+
+def run_evaluate(config, workdir: str):
+  """Raw cosine logits of every finished model on every task, and task metadata embeddings.
+
+  Images are split over all devices of all hosts (each host reads its block
+  of every batch) and class prompts likewise; process 0 writes eval/.
+  """
+  from mode_jax.eval import evaluate as ev
+  from mode_jax.eval import files
   tasks = eval_tasks(workdir)
   models = finished_models(config, workdir)
   in_cfg = _input_cfg(config)
   in_cfg.num_workers = 0
   captions = {t: _captions_per_image(workdir, t) for t, s in tasks.items()
               if s.get("kind") == "retrieval"}
+  distributed.on_primary("meta embeddings",
+                         lambda: _write_meta_embeddings(config, workdir, tasks, captions))
 
   def batches(task):
     for b in loader.eval_batches(in_cfg, workdir, _task_pattern(task),
                                  batch_size=config.eval_batch_size):
-      yield b["image"], b["label"]
-
-  # Task metadata with the clustering's sentence encoder (DESIGN.md step 8).
-  encoder = None
-  for task, spec in tasks.items():
-    if not os.path.exists(wd.path(workdir, files.meta_rel(task))):
-      encoder = encoder or embed_stage.make_encoder(config.embed)
-      emb = ev.metadata_embedding(lambda t: encoder.encode(list(t), progress=False), task, spec,
-                                  captions.get(task))
-      files.write_meta_emb(workdir, task, emb)
+      yield b["image"], b["label"], np.where(b["valid"], b["index"], -1)
 
   tok = clip_tokenizer()
-  for name, (run_dir, step) in models.items():
+  mesh = eval_mesh()
+  for name, (ck_dir, step) in models.items():
     done_p = wd.path(workdir, "eval", name, "done.json")
-    done = wd.read_json(done_p) if os.path.exists(done_p) else {}
+    done = wd.read_json(done_p) if wd.exists(done_p) else {}
     todo = [t for t in tasks if done.get(t) != step
-            or not os.path.exists(wd.path(workdir, files.logits_rel(name, t)))]
+            or not wd.exists(wd.path(workdir, files.logits_rel(name, t)))]
     if not todo:
       continue
-    model = load_model(config, run_dir, step)
+    model = load_model(config, ck_dir, step, mesh)
     embed_images, embed_texts = embedders.make_embedders(
         model, tok, context_length=config.model.context_length,
-        batch_size=config.eval_batch_size)
+        batch_size=config.eval_batch_size, mesh=mesh)
     for task in todo:
       spec = tasks[task]
       if spec.get("kind") == "retrieval":
         out = ev.evaluate_retrieval(embed_images, embed_texts, captions[task], batches(task))
       else:
         out = ev.evaluate_zeroshot(embed_images, embed_texts, task, spec, batches(task))
-      files.write_task_logits(workdir, name, task, out["logits"], out["labels"],
-                              out.get("txt_to_img"))
       done[task] = step
-      wd.write_json(done_p, done)
-      print(f"[evaluate] {name} {task}: {out['logits'].shape[0]} images")
+
+      def write(out=out, task=task):
+        files.write_task_logits(workdir, name, task, out["logits"], out["labels"],
+                                out.get("txt_to_img"))
+        wd.write_json(done_p, done)
+
+      distributed.on_primary(f"eval {name} {task}", write)
+      if distributed.is_primary():
+        print(f"[evaluate] {name} {task}: {out['logits'].shape[0]} images")
 
 
 # ---- everything -----------------------------------------------------------------------
@@ -261,5 +303,7 @@ def run_pipeline(config, workdir: str):
            ("seed", run_seed), ("experts", run_experts), ("dense", run_dense),
            ("evaluate", run_evaluate), ("report", stages.run_report)]
   for name, fn in order:
-    print(f"==== {name}", flush=True)
-    fn(config, workdir)
+    if distributed.is_primary():
+      print(f"==== {name}", flush=True)
+    with wd.io_stage(name):
+      fn(config, workdir)

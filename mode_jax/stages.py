@@ -1,16 +1,29 @@
-"""Stage functions behind launch.py: each reads and writes the workdir."""
+"""Stage functions behind launch.py: each reads and writes the workdir.
+
+Every host runs every stage; each stage splits its own work over hosts
+(see mode_jax/distributed.py), and `prepare` builds the demo corpus on
+process 0 while the others wait.
+"""
 
 from __future__ import annotations
 
-import os
-
+from mode_jax import distributed
+from mode_jax import workdir as wd
 from mode_jax.data import inputs
 from mode_jax.train import trainer
 
 
+def _shards(config):
+  return config.input.shards if "input" in config else "shards/train-*.tar"
+
+
 def run_train(config, workdir: str):
   """Trains one CLIP on config.input into workdir/train (resumes if a checkpoint exists)."""
-  run_dir = os.path.join(workdir, "train")
+  run_dir = wd.path(workdir, "train")
+  if config.get("checkpoint_root"):
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+      config.ckpt_dir = wd.path(config.checkpoint_root, "train", "ckpt")
   trainer.validate(config, run_dir)   # before loading any data
   input_fn, evaluators = inputs.get(config)
   result = trainer.train(config, run_dir, input_fn=input_fn, evaluators=evaluators)
@@ -23,12 +36,13 @@ def run_train(config, workdir: str):
 def run_prepare(config, workdir: str):
   """Builds the embedded demo corpus (training + evaluation shards) into workdir/shards."""
   from mode_jax.data import demo_corpus
-  return demo_corpus.run_prepare(config.prepare, workdir)
+  return distributed.on_primary("prepare", lambda: demo_corpus.run_prepare(config.prepare,
+                                                                           workdir))
 
 
 def run_embed(config, workdir: str):
   from mode_jax.text import embed_stage
-  return embed_stage.run_embed(config.embed, workdir)
+  return embed_stage.run_embed(config.embed, workdir, _shards(config))
 
 
 def run_cluster(config, workdir: str):
@@ -38,7 +52,7 @@ def run_cluster(config, workdir: str):
 
 def run_assign(config, workdir: str):
   from clustering import stages
-  return stages.run_assign(config.cluster, workdir)
+  return stages.run_assign(config.cluster, workdir, _shards(config))
 
 
 def run_report(config, workdir: str):

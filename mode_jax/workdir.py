@@ -44,13 +44,40 @@ Layout and formats (all arrays little-endian numpy):
 
 A stage whose inputs are missing raises `MissingInput`, which the launcher
 prints as one line naming the file and the command that makes it.
+
+Filesystem. A workdir is a local folder, a shared filesystem or an object
+store prefix (gs://bucket/w, s3://bucket/w); every stage opens its files
+through the functions below and never calls os, open or glob on a workdir
+path itself. Local paths go to the os module; URLs go to fsspec (gcsfs,
+s3fs). Why fsspec rather than etils epath: the shard reader needs ranged
+reads with no read-ahead cache (a 5 MB block per random sample otherwise),
+protocol options (an S3 endpoint, a GCS emulator) come from fsspec's
+FSSPEC_<PROTOCOL>_<KWARG> environment variables, and epath's gs:// and s3://
+backends are fsspec anyway when TensorFlow is absent. Orbax gets the same
+URL strings (its arrays go through TensorStore, which writes local paths and
+gs:// but not s3://: see train/checkpoint.py).
+
+Writes are atomic: locally a uniquely named tmp file and os.replace; on an
+object store a single upload, which becomes visible whole or not at all.
+Hosts of a pod share the workdir: a shared file is written by process 0
+(`distributed.on_primary`, others wait at a barrier), per-host work goes to files
+whose names no other host writes. MODE_JAX_IO_LOG=<local dir> appends every
+read and write of this process to <dir>/io-<pid>.jsonl (tests use it to
+check that each file has one writer and each host reads only its share).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
-from typing import Any
+import posixpath
+import threading
+import uuid
+from typing import IO, Any, Iterator
+
+import numpy as np
 
 
 class MissingInput(RuntimeError):
@@ -63,33 +90,302 @@ class MissingInput(RuntimeError):
         f"--workdir ...` first")
 
 
+# ---- paths ------------------------------------------------------------------------------
+
+def is_remote(p: str) -> bool:
+  """True for URLs (gs://, s3://, memory://, ...); file:// counts as local."""
+  return "://" in str(p) and not str(p).startswith("file://")
+
+
+def _local(p: str) -> str:
+  return os.path.expanduser(str(p).removeprefix("file://"))
+
+
+def resolve(workdir: str) -> str:
+  """The canonical workdir: local paths absolute (Orbax needs them so), URLs unchanged."""
+  workdir = str(workdir)
+  if is_remote(workdir):
+    return workdir.rstrip("/")
+  return os.path.abspath(_local(workdir))
+
+
 def path(workdir: str, *parts: str) -> str:
+  """workdir/part/...: '/'-joined for URLs, os.path for local folders."""
+  if is_remote(workdir):
+    return posixpath.join(str(workdir), *parts)
   return os.path.join(workdir, *parts)
+
+
+def join(base: str, *parts: str) -> str:
+  return path(base, *parts)
+
+
+def basename(p: str) -> str:
+  return posixpath.basename(str(p).rstrip("/"))
+
+
+def dirname(p: str) -> str:
+  return posixpath.dirname(str(p)) if is_remote(p) else os.path.dirname(p)
+
+
+def shard_stem(shard_path: str) -> str:
+  """'/w/shards/train-00003.tar' -> 'train-00003' (names embed/ and assign/ files)."""
+  base = basename(shard_path)
+  return base[:-4] if base.endswith(".tar") else base
+
+
+def _fs(p: str):
+  import fsspec
+  fs, rel = fsspec.core.url_to_fs(str(p))
+  return fs, rel
+
+
+def _url(p: str, found: str) -> str:
+  """fsspec returns paths without the protocol; give URLs back as they came."""
+  proto = str(p).split("://", 1)[0]
+  return found if "://" in found else f"{proto}://{found}"
+
+
+# ---- I/O log ----------------------------------------------------------------------------
+
+_log_lock = threading.Lock()
+_stage = threading.local()
+
+
+@contextlib.contextmanager
+def io_stage(name: str):
+  """Tags this thread's I/O log lines with a stage name."""
+  old = getattr(_stage, "name", "")
+  _stage.name = name
+  try:
+    yield
+  finally:
+    _stage.name = old
+
+
+def log_io(op: str, p: str) -> None:
+  """Appends one line to this process's I/O log when MODE_JAX_IO_LOG is set."""
+  d = os.environ.get("MODE_JAX_IO_LOG")
+  if not d:
+    return
+  line = json.dumps({"pid": os.getpid(), "op": op, "path": str(p),
+                     "stage": getattr(_stage, "name", "")})
+  with _log_lock:
+    os.makedirs(d, exist_ok=True)
+    with io.open(os.path.join(d, f"io-{os.getpid()}.jsonl"), "a") as f:   # not wd.open
+      f.write(line + "\n")
+
+
+# ---- queries ----------------------------------------------------------------------------
+
+def exists(p: str) -> bool:
+  if not is_remote(p):
+    return os.path.exists(_local(p))
+  fs, rel = _fs(p)
+  return fs.exists(rel)
+
+
+def isdir(p: str) -> bool:
+  if not is_remote(p):
+    return os.path.isdir(_local(p))
+  fs, rel = _fs(p)
+  return fs.isdir(rel)
+
+
+def isfile(p: str) -> bool:
+  if not is_remote(p):
+    return os.path.isfile(_local(p))
+  fs, rel = _fs(p)
+  return fs.isfile(rel)
+
+
+def listdir(p: str) -> list[str]:
+  """Sorted names (not paths) directly inside directory p; [] when it does not exist."""
+  if not is_remote(p):
+    d = _local(p)
+    return sorted(os.listdir(d)) if os.path.isdir(d) else []
+  fs, rel = _fs(p)
+  try:
+    entries = fs.ls(rel, detail=False, refresh=True)
+  except FileNotFoundError:
+    return []
+  return sorted({basename(e) for e in entries if e.rstrip("/") != rel.rstrip("/")})
+
+
+def glob(pattern: str) -> list[str]:
+  """Sorted matches of a glob pattern (local or URL)."""
+  if not is_remote(pattern):
+    import glob as globlib
+    return sorted(globlib.glob(_local(pattern)))
+  fs, rel = _fs(pattern)
+  fs.invalidate_cache()
+  return sorted(_url(pattern, f) for f in fs.glob(rel))
+
+
+def size(p: str) -> int:
+  if not is_remote(p):
+    return os.path.getsize(_local(p))
+  fs, rel = _fs(p)
+  return int(fs.info(rel)["size"])
+
+
+def signature(p: str) -> str:
+  """size:mtime of a file (what invalidates caches built from it)."""
+  if not is_remote(p):
+    st = os.stat(_local(p))
+    return f"{st.st_size}:{st.st_mtime_ns}"
+  fs, rel = _fs(p)
+  info = fs.info(rel)
+  stamp = next((info[k] for k in ("mtime", "LastModified", "updated", "ETag", "etag",
+                                  "generation") if k in info), "")
+  return f"{info.get('size')}:{stamp}"
+
+
+# ---- reading ----------------------------------------------------------------------------
+
+def open(p: str, mode: str = "rb", **kw) -> IO:  # noqa: A001  (the module's open)
+  """A file object for reading (or streaming writes with a name no one else writes).
+
+  Remote reads use no read-ahead cache by default (`cache_type="none"`): the
+  shard reader seeks to one sample at a time.
+  """
+  log_io("read" if "r" in mode else "write", p)
+  if not is_remote(p):
+    return io.open(_local(p), mode)
+  fs, rel = _fs(p)
+  if "r" in mode:
+    kw.setdefault("cache_type", "none")
+  return fs.open(rel, mode, **kw)
+
+
+def read_bytes(p: str) -> bytes:
+  if not is_remote(p):
+    with open(p, "rb") as f:
+      return f.read()
+  log_io("read", p)
+  fs, rel = _fs(p)
+  return fs.cat_file(rel)
+
+
+def read_text(p: str) -> str:
+  return read_bytes(p).decode("utf-8")
+
+
+def read_json(p: str) -> Any:
+  return json.loads(read_bytes(p))
+
+
+def load_npz(p: str) -> dict[str, np.ndarray]:
+  """All arrays of an .npz (read whole: one request on an object store)."""
+  with np.load(io.BytesIO(read_bytes(p)), allow_pickle=False) as z:
+    return {k: z[k] for k in z.files}
+
+
+def load_npy(p: str) -> np.ndarray:
+  return np.load(io.BytesIO(read_bytes(p)), allow_pickle=False)
 
 
 def require(workdir: str, rel: str, stage: str) -> str:
   """Returns workdir/rel, or raises MissingInput naming the stage that makes it."""
   p = path(workdir, rel)
-  if not os.path.exists(p):
+  if not exists(p):
     raise MissingInput(p, stage)
   return p
 
 
-def write_json(p: str, obj: Any) -> None:
-  """Writes JSON atomically (tmp + rename), so a killed stage never leaves half a file."""
+# ---- writing ----------------------------------------------------------------------------
+
+def makedirs(p: str) -> None:
+  """Creates a local directory (object stores have none: a no-op there)."""
+  if not is_remote(p):
+    os.makedirs(_local(p), exist_ok=True)
+
+
+def write_bytes(p: str, data: bytes) -> str:
+  """Writes p atomically: a killed writer never leaves half a file under the name."""
+  log_io("write", p)
+  if is_remote(p):
+    fs, rel = _fs(p)
+    fs.pipe_file(rel, bytes(data))
+    return p
+  p = _local(p)
   os.makedirs(os.path.dirname(p) or ".", exist_ok=True)
-  tmp = p + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=str)
-  os.replace(tmp, p)
+  tmp = f"{p}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"   # unique: hosts may share a folder
+  try:
+    with io.open(tmp, "wb") as f:
+      f.write(data)
+    os.replace(tmp, p)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return p
 
 
-def read_json(p: str) -> Any:
-  with open(p) as f:
-    return json.load(f)
+def write_text(p: str, text: str) -> str:
+  return write_bytes(p, text.encode("utf-8"))
 
 
-def shard_stem(shard_path: str) -> str:
-  """'/w/shards/train-00003.tar' -> 'train-00003' (names embed/ and assign/ files)."""
-  base = os.path.basename(shard_path)
-  return base[:-4] if base.endswith(".tar") else base
+def write_json(p: str, obj: Any) -> str:
+  return write_text(p, json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def save_npz(p: str, **arrays) -> str:
+  buf = io.BytesIO()
+  np.savez(buf, **arrays)
+  return write_bytes(p, buf.getvalue())
+
+
+def save_npy(p: str, arr: np.ndarray) -> str:
+  buf = io.BytesIO()
+  np.save(buf, arr)
+  return write_bytes(p, buf.getvalue())
+
+
+def upload(local_file: str, p: str) -> str:
+  """Copies a finished local file to p (atomically, as write_bytes)."""
+  if not is_remote(p) and os.path.abspath(_local(p)) == os.path.abspath(local_file):
+    return p
+  log_io("write", p)
+  if is_remote(p):
+    fs, rel = _fs(p)
+    fs.put_file(local_file, rel)
+    return p
+  with io.open(local_file, "rb") as f:
+    return write_bytes(p, f.read())
+
+
+def remove(p: str, missing_ok: bool = True) -> None:
+  log_io("delete", p)
+  try:
+    if is_remote(p):
+      fs, rel = _fs(p)
+      fs.rm_file(rel)
+    else:
+      os.remove(_local(p))
+  except FileNotFoundError:
+    if not missing_ok:
+      raise
+
+
+def rmtree(p: str) -> None:
+  """Deletes a directory tree (or object prefix); absent is fine."""
+  if not is_remote(p):
+    import shutil
+    shutil.rmtree(_local(p), ignore_errors=True)
+    return
+  fs, rel = _fs(p)
+  if fs.exists(rel):
+    fs.rm(rel, recursive=True)
+
+
+def walk_files(p: str) -> Iterator[str]:
+  """Every file below p, as paths (used by tests and tools, not by stages' hot paths)."""
+  if not is_remote(p):
+    for root, _, names in os.walk(_local(p)):
+      for n in names:
+        yield os.path.join(root, n)
+    return
+  fs, rel = _fs(p)
+  for f in fs.find(rel):
+    yield _url(p, f)

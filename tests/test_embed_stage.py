@@ -8,51 +8,16 @@ import tarfile
 import jax
 import numpy as np
 import pytest
-import tokenizers
-from tokenizers import models, normalizers, pre_tokenizers, processors
 
 from mode_jax import workdir as wd
-from mode_jax.text import captions, embed_stage, sentence_encoder
+from mode_jax.text import captions, embed_stage, random_bert, sentence_encoder
 
 WORDS = "a photo of the red blue green cat dog car truck house tree icon".split()
 
 
 def write_tiny_bert(folder, seed=0):
   """A random 2-layer BERT in Hugging Face layout (config.json, safetensors, tokenizer.json)."""
-  from safetensors.numpy import save_file
-  vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + WORDS
-  d, inter, layers = 32, 64, 2
-  cfg = dict(vocab_size=len(vocab), hidden_size=d, num_hidden_layers=layers,
-             num_attention_heads=4, intermediate_size=inter, max_position_embeddings=32,
-             type_vocab_size=2, hidden_act="gelu", layer_norm_eps=1e-12)
-  rng = np.random.default_rng(seed)
-  w = lambda *s: rng.normal(0, 0.2, s).astype(np.float32)
-  t = {"embeddings.word_embeddings.weight": w(len(vocab), d),
-       "embeddings.position_embeddings.weight": w(32, d),
-       "embeddings.token_type_embeddings.weight": w(2, d),
-       "embeddings.LayerNorm.weight": 1 + w(d), "embeddings.LayerNorm.bias": w(d),
-       "pooler.dense.weight": w(d, d), "pooler.dense.bias": w(d)}
-  for i in range(layers):
-    p = f"encoder.layer.{i}."
-    for n in ("attention.self.query", "attention.self.key", "attention.self.value",
-              "attention.output.dense"):
-      t[p + n + ".weight"], t[p + n + ".bias"] = w(d, d), w(d)
-    t[p + "intermediate.dense.weight"], t[p + "intermediate.dense.bias"] = w(inter, d), w(inter)
-    t[p + "output.dense.weight"], t[p + "output.dense.bias"] = w(d, inter), w(d)
-    for n in ("attention.output.LayerNorm", "output.LayerNorm"):
-      t[p + n + ".weight"], t[p + n + ".bias"] = 1 + w(d), w(d)
-  os.makedirs(folder, exist_ok=True)
-  save_file(t, os.path.join(folder, "model.safetensors"))
-  with open(os.path.join(folder, "config.json"), "w") as f:
-    json.dump(cfg, f)
-  tok = tokenizers.Tokenizer(models.WordLevel({v: i for i, v in enumerate(vocab)},
-                                              unk_token="[UNK]"))
-  tok.normalizer = normalizers.Lowercase()
-  tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-  tok.post_processor = processors.TemplateProcessing(
-      single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-  tok.save(os.path.join(folder, "tokenizer.json"))
-  return str(folder)
+  return random_bert.write_random_bert(str(folder), WORDS, seed=seed)
 
 
 def write_shard(path, samples):
@@ -197,11 +162,15 @@ def test_missing_shards_and_bad_config(tmp_path, fake):
 
 def test_multi_host_split(tmp_path, fake, monkeypatch):
   make_workdir(str(tmp_path))
+  from mode_jax import distributed
   monkeypatch.setattr(jax, "process_count", lambda: 2)
   monkeypatch.setattr(jax, "process_index", lambda: 1)
+  monkeypatch.setattr(distributed, "barrier", lambda name: None)   # no peer process here
   stats = embed_stage.run_embed(fake, str(tmp_path))
   assert stats["shards"] == 1
-  assert sorted(os.listdir(tmp_path / "embed")) == ["train-00001.npz"]   # meta: process 0
+  assert sorted(os.listdir(tmp_path / "embed")) == ["hosts", "train-00001.npz"]  # meta: proc 0
+  host = wd.read_json(str(tmp_path / "embed" / "hosts" / "process-1-of-2.json"))
+  assert host["read"] == ["train-00001"] and host["samples"] == stats["samples"]
 
 
 @pytest.mark.parametrize("cut", ["in_data", "in_header", "at_boundary"])

@@ -68,24 +68,27 @@ def test_pixels_are_decoded_and_normalised_exactly(workdir):
     np.testing.assert_allclose(img, (_img(int(i)) - mean) / std, rtol=1e-5, atol=1e-5)
 
 
-def test_epochs_cover_all_good_samples_once_and_reshuffle(workdir):
-  it = _it(workdir, batch_size=1)
-  e1 = [int(next(it)["tokens"][0, 0]) for _ in range(len(GOOD) + 2)]
-  # bad samples (5, 9) are dropped; each epoch of 48 indices yields the 46 good ones
-  assert sorted(e1[:len(GOOD)]) == GOOD
-  it2 = _it(workdir, batch_size=1)
-  again = [int(next(it2)["tokens"][0, 0]) for _ in range(2 * len(GOOD))]
-  assert again[:len(GOOD)] == e1[:len(GOOD)]                   # deterministic
-  assert sorted(again[len(GOOD):]) == GOOD                     # second epoch complete
-  assert again[len(GOOD):] != again[:len(GOOD)]                # and reshuffled
-  it3 = _it(workdir, batch_size=1, seed=1)
-  assert [int(next(it3)["tokens"][0, 0]) for _ in range(10)] != e1[:10]
+def _ids(it, steps):
+  return [int(x) for _ in range(steps) for x in next(it)["tokens"][:, 0]]
 
 
-def test_no_shuffle_is_shard_order(workdir):
-  it = _it(workdir, shuffle=False)
-  got = np.concatenate([next(it)["tokens"][:, 0] for _ in range(4)]).tolist()
-  assert got == GOOD[:24]
+def test_epochs_cover_all_good_samples_and_reshuffle(workdir):
+  e1 = _ids(_it(workdir, batch_size=1), N)
+  # each epoch of 48 positions yields the 46 good samples once; the bad ones
+  # (5, 9) are replaced by other good samples, so positions stay aligned
+  assert set(e1) == set(GOOD) and len(e1) == N
+  again = _ids(_it(workdir, batch_size=1), 2 * N)
+  assert again[:N] == e1                                       # deterministic
+  assert set(again[N:]) == set(GOOD)                           # second epoch complete
+  assert again[N:] != again[:N]                                # and reshuffled
+  assert _ids(_it(workdir, batch_size=1, seed=1), 10) != e1[:10]
+
+
+def test_no_shuffle_is_shard_order_with_bad_samples_replaced(workdir):
+  got = _ids(_it(workdir, shuffle=False), 4)
+  # N // 64 + 1 = 1: a bad sample is replaced by the next position's sample
+  want = [i + 1 if i in (5, 9) else i for i in range(24)]
+  assert got == want
 
 
 def test_random_caption_and_crop(workdir):
@@ -101,16 +104,31 @@ def test_random_caption_and_crop(workdir):
   assert max(diffs) > 1e-3
 
 
-def test_hosts_get_disjoint_halves(workdir):
-  a = _it(workdir, 0, 2, batch_size=2)
-  b = _it(workdir, 1, 2, batch_size=2)   # one sample per host and step
-  ka = [int(next(a)["tokens"][0, 0]) for _ in range(22)]
-  kb = [int(next(b)["tokens"][0, 0]) for _ in range(22)]
-  # each host's epoch is 24 indices (22 or more good): no repeats, no overlap
-  assert len(set(ka)) == len(set(kb)) == 22 and not set(ka) & set(kb)
-  assert set(ka) | set(kb) <= set(GOOD)
+def test_hosts_hold_contiguous_blocks_of_the_one_host_stream(workdir):
+  one = _it(workdir, 0, 1, batch_size=6)
+  hosts = [_it(workdir, p, 2, batch_size=6) for p in range(2)]   # 3 rows per host and step
+  for _ in range(10):
+    want = next(one)
+    got = [next(h) for h in hosts]
+    for key in ("tokens", "image"):   # same samples, same captions, same crops, same layout
+      np.testing.assert_array_equal(want[key], np.concatenate([g[key] for g in got]))
+  # an epoch over both hosts: each good sample once, hosts disjoint within it
+  a, b = (_ids(_it(workdir, p, 2, batch_size=2), N // 2) for p in range(2))
+  assert set(a) | set(b) == set(GOOD) and len(a) + len(b) == N
   with pytest.raises(ValueError, match="divisible"):
     _it(workdir, 0, 4, batch_size=6)
+
+
+def test_augmentation_draws_differ_across_hosts(tmp_path):
+  """Regression: draws were seeded by each host's own element counter, so at every step
+  all hosts drew the same crop box and the same caption choice."""
+  w = str(tmp_path)
+  wds_writer.write_shards(os.path.join(w, "shards/train-%05d.tar"), (
+      {"__key__": f"k{i:04d}", "png": _img(i), "json": {"texts": [f"{i} first", f"{i} second"]}}
+      for i in range(40)), 10)
+  hosts = [_it(w, p, 2, batch_size=2) for p in range(2)]
+  variants = [[int(next(h)["tokens"][0, 1]) for _ in range(20)] for h in hosts]
+  assert variants[0] != variants[1]
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -119,17 +137,22 @@ def test_resume_continues_the_same_stream(workdir, workers):
   for _ in range(3):
     next(it)
   state = json.loads(json.dumps(it.get_state()))
+  assert state["position"] == 18
   want = [next(it) for _ in range(4)]
   it.close()
-  fresh = _it(workdir, num_workers=workers)
-  fresh.set_state(state)
-  got = [next(fresh) for _ in range(4)]
-  fresh.close()
-  for w, g in zip(want, got):
-    np.testing.assert_array_equal(w["tokens"], g["tokens"])
-    np.testing.assert_array_equal(w["image"], g["image"])
-  other = _it(workdir, num_workers=1 - min(workers, 1))
-  with pytest.raises(ValueError, match="num_workers"):
+  # the same stream with the other worker count, and on two hosts
+  for resumed in ([_it(workdir, num_workers=1 - min(workers, 1))],
+                  [_it(workdir, p, 2, num_workers=workers) for p in range(2)]):
+    for r in resumed:
+      r.set_state(state)
+    for w in want:
+      got = [next(r) for r in resumed]
+      for key in ("tokens", "image"):
+        np.testing.assert_array_equal(w[key], np.concatenate([g[key] for g in got]))
+    for r in resumed:
+      r.close()
+  other = _it(workdir, seed=3)
+  with pytest.raises(ValueError, match="seed"):
     other.set_state(state)
 
 
@@ -165,9 +188,19 @@ def test_eval_batches_center_crop_in_order(tmp_path):
                            for i in range(7)), 3)
   cfg = _cfg()
   out = list(loader.eval_batches(cfg, w, "shards/eval/t-*.tar", batch_size=4))
-  assert [len(b["key"]) for b in out] == [4, 3]
-  assert np.concatenate([b["label"] for b in out]).tolist() == list(range(7))
-  assert np.concatenate([b["key"] for b in out]).tolist() == [f"e{i}" for i in range(7)]
+  assert [len(b["key"]) for b in out] == [4, 4]          # fixed shape, the last row padding
+  valid = np.concatenate([b["valid"] for b in out])
+  assert valid.tolist() == [True] * 7 + [False]
+  assert np.concatenate([b["index"] for b in out]).tolist() == list(range(7)) + [-1]
+  assert np.concatenate([b["label"] for b in out])[valid].tolist() == list(range(7))
+  assert np.concatenate([b["key"] for b in out])[valid].tolist() == [f"e{i}" for i in range(7)]
+  # two hosts: each its block of every global batch of 4, together the whole set
+  halves = [list(loader.eval_batches(cfg, w, "shards/eval/t-*.tar", batch_size=4,
+                                     process_index=p, process_count=2)) for p in range(2)]
+  assert [len(b["key"]) for b in halves[0]] == [2, 2]
+  got = sorted(int(i) for h in halves for b in h for i in b["index"] if i >= 0)
+  assert got == list(range(7))
+  assert halves[1][0]["index"].tolist() == [2, 3] and halves[1][1]["index"].tolist() == [6, -1]
   mean = np.array(constants.IMAGE_MEAN) * 255
   std = np.array(constants.IMAGE_STD) * 255
   img = out[0]["image"][2]          # short side already 16: crop columns 4..20

@@ -72,6 +72,26 @@ def test_experts_fork_from_the_seed_milestone(demo_workdir):
   assert not np.allclose(a, b)
 
 
+def test_dense_continues_the_seed_data_stream(demo_workdir):
+  """The dense baseline's input picks up where the seed stopped, as one continuous run.
+
+  Regression: it restarted the seed's stream at position 0, so its epochs replayed
+  the seed's first epochs (same order, crops and captions).
+  """
+  from configs import demo
+  from mode_jax.train import checkpoint as ckpt_lib
+  w, _ = demo_workdir
+  plan = json.load(open(os.path.join(w, "seed", "plan.json")))
+  batch = demo.get_config("runlocal").batch_size
+  for run, step, position in (("seed", plan["seed"], plan["seed"] * batch),
+                              ("dense", plan["seed"] + plan["expert"],
+                               (plan["seed"] + plan["expert"]) * batch)):
+    ck = ckpt_lib.Checkpointer(os.path.join(w, run, "ckpt"), async_save=False)
+    meta = ck.meta(step)
+    ck.close()
+    assert meta["data"]["position"] == position, (run, meta["data"])
+
+
 def test_rerun_resumes_without_recomputing(demo_workdir):
   w, _ = demo_workdir
   before = os.path.getmtime(os.path.join(w, "eval", "dense", "mnist.npz"))

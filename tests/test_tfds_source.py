@@ -68,8 +68,10 @@ def test_classification_and_eval_batches(data_dir):
   cfg = loader.default_config()
   cfg.resolution = 12
   batches = list(loader.eval_batches(cfg, None, None, batch_size=4, source=s))
-  assert [len(b["label"]) for b in batches] == [4, 2]
-  labels = np.concatenate([b["label"] for b in batches])
+  assert [len(b["label"]) for b in batches] == [4, 4]   # fixed shape; padding marked invalid
+  valid = np.concatenate([b["valid"] for b in batches])
+  assert valid.tolist() == [True] * 6 + [False] * 2
+  labels = np.concatenate([b["label"] for b in batches])[valid]
   assert sorted(labels.tolist()) == [0, 0, 1, 1, 2, 2]
 
 

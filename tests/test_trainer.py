@@ -134,7 +134,7 @@ def test_fork_continues_step_and_schedule(tmp_path):
   trainer.train(tiny_config(num_steps=2), str(tmp_path / "seed"), input_fn=SyntheticData,
                 progress=False)
   c = tiny_config(num_steps=4)
-  c.init.checkpoint, c.init.step = str(tmp_path / "seed"), 2
+  c.init.checkpoint, c.init.step = str(tmp_path / "seed" / "ckpt"), 2
   res = trainer.train(c, str(tmp_path / "expert"), input_fn=SyntheticData, progress=False)
   rows = metrics_lib.read_jsonl(str(tmp_path / "expert" / "metrics.jsonl"))
   assert [r["step"] for r in rows] == [3, 4]
@@ -142,6 +142,53 @@ def test_fork_continues_step_and_schedule(tmp_path):
   sched = optimizer.lr_schedule(c.optim, c.schedule_steps)
   np.testing.assert_allclose([r["lr"] for r in rows], [sched(2), sched(3)], rtol=1e-6)
   assert int(res.state["step"]) == 4
+
+
+def test_fork_with_continue_data_equals_one_continuous_run(tmp_path):
+  """The dense baseline's fork: the seed's params, moments, step and data position."""
+  straight = trainer.train(tiny_config(num_steps=4), str(tmp_path / "straight"),
+                           input_fn=SyntheticData, progress=False)
+  trainer.train(tiny_config(num_steps=2), str(tmp_path / "seed"), input_fn=SyntheticData,
+                progress=False)
+  outs = {}
+  for cont in (True, False):
+    c = tiny_config(num_steps=4)
+    c.init.checkpoint, c.init.step = str(tmp_path / "seed" / "ckpt"), 2
+    c.init.continue_data = cont
+    outs[cont] = trainer.train(c, str(tmp_path / f"fork{cont}"), input_fn=SyntheticData,
+                               progress=False)
+  for a, b in zip(jax.tree.leaves(straight.state), jax.tree.leaves(outs[True].state)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+  # without it the fork replays the seed's first batches: a different model
+  assert any(not np.allclose(np.asarray(a), np.asarray(b)) for a, b in
+             zip(jax.tree.leaves(straight.state["params"]),
+                 jax.tree.leaves(outs[False].state["params"])))
+
+
+def test_logit_scale_is_clamped_to_0_and_ln100():
+  """Regression: the clamp matched the path string 'logit_scale', but NNX paths end in
+  '/value', so it never applied (22.7 passed through)."""
+  params = _init_params(tiny_config())
+  for raw, want in ((22.7, np.log(100.0)), (-3.0, 0.0), (2.5, 2.5)):
+    p = jax.tree.map(lambda x: x, params)
+    p["logit_scale"] = jax.tree.map(lambda x: x * 0 + raw, p["logit_scale"])
+    out = state_lib.clamp_logit_scale(p)
+    np.testing.assert_allclose(float(jax.tree.leaves(out["logit_scale"])[0]), want, rtol=1e-6)
+    assert float(jax.tree.leaves(p["logit_scale"])[0]) == pytest.approx(raw)   # input intact
+  # and inside the jitted step: a scale above ln 100 comes out clamped
+  c = tiny_config()
+  mesh = sharding.make_mesh(c.mesh, devices=jax.devices()[:1])
+  graphdef, tx, _, shardings, init_fn = state_lib.build(
+      c.model, c.optim, schedule_steps=10, mesh=mesh, rules=c.sharding_rules, seed=0)
+  from mode_jax.train import optimizer
+  step = state_lib.make_train_step(graphdef, tx, optimizer.lr_schedule(c.optim, 10),
+                                   shardings, mesh)
+  state = init_fn()
+  state["params"]["logit_scale"] = jax.tree.map(lambda x: x * 0 + 22.7,
+                                                state["params"]["logit_scale"])
+  state = jax.device_put(state, shardings)
+  new, _ = step(state, sharding.global_batch(next(SyntheticData(c)), mesh))
+  assert float(jax.tree.leaves(new["params"]["logit_scale"])[0]) <= np.log(100.0) + 1e-6
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):

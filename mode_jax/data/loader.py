@@ -1,25 +1,31 @@
 """Training and evaluation input pipelines over webdataset shards, on Grain.
 
-Train pipeline (per process):
-  sample indices (all, or an expert's subset)
-    -> global shuffle by seed           grain index shuffle, reshuffled every epoch
-    -> [process_index::process_count]   disjoint per-host slice of each epoch
-    -> repeat forever
-    -> read + decode + RandomResizedCrop + one random caption (seeded per element)
-    -> threads (ReadOptions) -> batch (per-process batch, drop remainder)
-    -> worker processes (mp_prefetch; 0 = in-process)
-    -> normalise + tokenize in the main process
-A global shuffle of the random-access index replaces webdataset's shard-order
-shuffle plus shuffle buffer: every epoch is a uniform permutation of all
-samples, and any position is reachable without replay, so the position is a
-small JSON dict. Bad samples (corrupt image, no caption) are dropped inside
-the pipeline and counted with a warning; batches stay full.
+The training stream is defined globally, once for any number of hosts:
+  sample indices (all, or an expert's subset)      N samples
+    -> global shuffle by seed        grain index shuffle, reshuffled every epoch
+    -> repeat forever                global position g = epoch * N + slot
+    -> read + decode                 a bad sample (corrupt image, no caption) is
+                                     replaced by the one at g + s (then g + 2s, ...,
+                                     s = N // 64 + 1): counted and warned about,
+                                     batches stay full
+    -> RandomResizedCrop + one random caption, seeded by g
+Global batch k is positions [start + kB, start + (k+1)B). Host p of P reads
+only its contiguous block of each global batch (rows p*B/P .. (p+1)*B/P), so
+the global array is laid out exactly as on one process, every host draws
+different crops (the draw follows g, not the host's own counter), and the
+data position is one number, `position`, the same on every host. A resumed
+run (on any number of hosts, with any num_workers) rebuilds the stream at
+that position without replaying anything.
 
-The stream is a function of (seed, sample set, per-process batch, process
-count and index, num_workers): the workers batch their own slices, so resuming
-needs the same num_workers (checked in `set_state`). Workers are spawned
-processes (grain), so a script that sets num_workers > 0 needs the usual
-`if __name__ == "__main__":` guard; close() iterators to free their shared memory.
+Per host: threads (ReadOptions) decode whole batches (grain MapDataset.batch,
+so worker processes, mp_prefetch, keep the batch order), then normalise and
+tokenize in the main process. Workers are spawned processes (grain), so a
+script that sets num_workers > 0 needs the usual `if __name__ == "__main__":`
+guard; close() iterators to free their shared memory.
+
+Evaluation batches keep every position too: host p yields its block of each
+global batch of the shard-order stream, padded to B/P rows with `valid` 0,
+and a bad sample stays as an invalid row, so hosts always agree on shapes.
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.shuffle = True                  # global per-epoch shuffle (False: shard, then tar order)
   c.num_workers = 0                 # decoding processes; 0 = in the main process
   c.read_threads = 4                # reader threads per process
-  c.prefetch = 128                  # samples read ahead (Grain scans this buffer per element)
+  c.prefetch = 128                  # samples read ahead per process (at least read_threads batches)
   c.worker_buffer = 2               # batches each worker prepares ahead
   c.rrc_scale = constants.RRC_SCALE
   c.caption_keys = "texts,caption,txt"   # caption sources, in order
@@ -63,21 +69,44 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def _resolve(pattern: str, workdir: str | None) -> str:
-  if workdir and "://" not in pattern and not os.path.isabs(os.path.expanduser(pattern)):
-    return "::".join(os.path.join(workdir, p) for p in pattern.split("::"))
-  return pattern
+  """Relative patterns (each of a '::' list) are inside the workdir; absolute and URLs as is."""
+  def one(p):
+    p = p.strip()
+    if not workdir or wd.is_remote(p) or os.path.isabs(os.path.expanduser(p)):
+      return p
+    return wd.path(workdir, p)
+  return "::".join(one(p) for p in pattern.split("::"))
+
+
+def _patterns(shards) -> list[str]:
+  return [shards] if isinstance(shards, str) else [str(s) for s in shards]
+
+
+def shard_paths(shards, workdir: str | None) -> list[str]:
+  """config.input.shards (a pattern, '::'-joined patterns, or a list of them) -> paths.
+
+  Relative patterns are inside the workdir; raises FileNotFoundError when nothing matches.
+  """
+  out = []
+  for p in _patterns(shards):
+    out += wds.expand_shards(_resolve(p, workdir))
+  return out
+
+
+def describe_shards(shards, workdir: str | None) -> str:
+  return " ".join(_resolve(p, workdir) for p in _patterns(shards))
 
 
 def load_index(cfg, workdir: str | None, pattern: str | None = None,
                progress: bool = True) -> shard_index.SampleIndex:
   """Expands `cfg.shards` (or `pattern`) and builds / loads the cached sample index."""
-  shards = wds.expand_shards(_resolve(pattern or cfg.shards, workdir))
+  shards = shard_paths(pattern or cfg.shards, workdir)
   index_dir = cfg.index_dir or (wd.path(workdir, "index") if workdir else None)
   return shard_index.build_index(shards, index_dir, cfg.index_threads, progress)
 
 
 class _Read:
-  """Index -> decoded sample, or None (dropped and counted) when the data is bad."""
+  """Index -> decoded sample, or None (counted) when the data is bad."""
 
   def __init__(self, reader, caption_keys, draft_size):
     self.reader, self.caption_keys, self.draft_size = reader, caption_keys, draft_size
@@ -100,64 +129,124 @@ class _Read:
     return s
 
 
-class _TrainMap(grain.transforms.RandomMap):
-  def __init__(self, read: _Read, res: int, scale):
-    self.read, self.res, self.scale = read, res, tuple(scale)
+class _Load(grain.transforms.Map):
+  def __init__(self, read: _Read):
+    self.read = read
 
-  def random_map(self, i, rng: np.random.Generator):
-    s = self.read.load(i)
-    if s is None:
-      return None
+  def map(self, i):
+    return self.read.load(i)
+
+
+MAX_SUBSTITUTES = 64   # a position whose 64 candidates are all bad stops the run
+
+
+class _Substitute(grain.MapDataset):
+  """A bad sample at global position g is replaced by the one at g + s, g + 2s, ...
+
+  s = N // MAX_SUBSTITUTES + 1 spreads the candidates over the epoch (other
+  shards, even unshuffled); the choice is deterministic and every position
+  still yields exactly one sample, so positions, batches and hosts never
+  drift apart.
+  """
+
+  def __init__(self, parent: grain.MapDataset, epoch_length: int):
+    super().__init__(parent)
+    self._n = epoch_length
+    self._step = epoch_length // MAX_SUBSTITUTES + 1
+
+  def __len__(self) -> int:
+    return len(self._parent)
+
+  def __str__(self) -> str:
+    return f"_Substitute(epoch_length={self._n})"
+
+  def __getitem__(self, g):
+    if isinstance(g, slice):
+      return self.slice(g)
+    for t in range(MAX_SUBSTITUTES):
+      s = self._parent[g + t * self._step]
+      if s is not None:
+        return s
+    raise RuntimeError(f"input position {g}: {MAX_SUBSTITUTES} candidate samples in a row are "
+                       "unreadable or have no caption; check the shards (warnings above)")
+
+
+class _Augment(grain.transforms.RandomMap):
+  def __init__(self, res: int, scale):
+    self.res, self.scale = res, tuple(scale)
+
+  def random_map(self, s, rng: np.random.Generator):
     image = preprocess.random_resized_crop(s["image"], self.res, rng, self.scale)
     text = s["texts"][int(rng.integers(len(s["texts"])))]
     return {"image": image, "text": text}
 
 
-class _EvalMap(grain.transforms.Map):
-  def __init__(self, read: _Read, res: int):
-    self.read, self.res = read, res
+class _HostView(grain.MapDataset):
+  """This host's rows of every global batch, as one endless stream.
 
-  def map(self, i):
-    s = self.read.load(i)
-    if s is None:
-      return None
-    return {"image": preprocess.resize_center_crop(s["image"], self.res),
-            "label": np.int32(-1 if s["label"] is None else s["label"]),
-            "key": s["__key__"], "text": s["texts"][0]}
+  Element j is global position start + (j // b) * B + p * b + j % b, with
+  B the global batch, b = B / P the per-host batch and p this host.
+  """
 
+  def __init__(self, parent: grain.MapDataset, *, start: int, global_batch: int,
+               per_host: int, host: int):
+    super().__init__(parent)
+    self._start, self._big, self._b, self._host = start, global_batch, per_host, host
 
-def _jsonable(x):
-  """Grain states are nested dicts of ints/strs; make sure they survive JSON."""
-  return json.loads(json.dumps(x))
+  def __len__(self) -> int:   # endless: 2**40 batches (exact in float, as grain's batch needs)
+    return self._b * 2 ** 40
+
+  def __str__(self) -> str:
+    return f"_HostView(start={self._start}, host={self._host}, {self._b} of {self._big})"
+
+  def position(self, j: int) -> int:
+    k, r = divmod(j, self._b)
+    return self._start + k * self._big + self._host * self._b + r
+
+  def __getitem__(self, j):
+    if isinstance(j, slice):
+      return self.slice(j)
+    return self._parent[self.position(j)]
+
+  def _getitems(self, js):
+    return self._parent._getitems([self.position(j) for j in js])  # pylint: disable=protected-access
 
 
 class TrainIterator:
   """Per-process batches {"image": float32[b, H, W, 3], "tokens": int32[b, L]}.
 
-  get_state() is a small JSON-able dict; set_state() on a fresh iterator built
-  from the same config continues the same stream.
+  get_state() is {"position": global samples consumed, ...identity}; the
+  same on every host. set_state() rebuilds the stream at that position.
   """
 
-  def __init__(self, ds: grain.IterDataset, tokenize: Tokenize, meta: dict):
-    self._ds, self._tokenize, self.meta = ds, tokenize, meta
-    self._it = iter(ds)
+  def __init__(self, make, tokenize: Tokenize, meta: dict, global_batch: int):
+    self._make, self._tokenize, self.meta = make, tokenize, meta
+    self._global_batch = global_batch
+    self._position = 0
+    self._it = iter(make(0))
 
   def __iter__(self):
     return self
 
   def __next__(self) -> dict:
     b = next(self._it)
+    self._position += self._global_batch
     tokens = np.asarray(self._tokenize([str(t) for t in b["text"]]), np.int32)
     return {"image": preprocess.normalize(b["image"]), "tokens": tokens}
 
   def get_state(self) -> dict:
-    return {"grain": _jsonable(self._it.get_state()), **self.meta}
+    return {"position": int(self._position), **self.meta}
 
   def set_state(self, state: dict) -> None:
+    if "position" not in state:
+      raise ValueError("cannot resume this input stream: the checkpoint's data state has no "
+                       "'position' (written by an older mode_jax); start a new run directory")
     diff = {k: (state.get(k), v) for k, v in self.meta.items() if state.get(k) != v}
     if diff:
       raise ValueError(f"cannot resume this input stream: (saved, now) differ in {diff}")
-    self._it.set_state(state["grain"])
+    self.close()
+    self._position = int(state["position"])
+    self._it = iter(self._make(self._position))
 
   def close(self):
     close = getattr(self._it, "close", None)
@@ -179,13 +268,20 @@ def _processes(process_index, process_count):
   return process_index, process_count
 
 
+def _source(cfg, workdir, index, source):
+  if source is not None:
+    return source
+  index = index if index is not None else load_index(cfg, workdir)
+  return _Read(index.reader(), tuple(cfg.caption_keys.split(",")), cfg.resolution)
+
+
 def train_iterator(cfg, workdir: str | None, tokenize: Tokenize, *,
                    index: shard_index.SampleIndex | None = None,
                    indices: Sequence[int] | np.ndarray | None = None,
                    source=None,
                    process_index: int | None = None,
                    process_count: int | None = None) -> TrainIterator:
-  """The endless, shuffled training stream of this process.
+  """This process's share of the endless, shuffled global training stream.
 
   `indices`: restrict to these sample numbers of the index (an expert's
   stream, see expert_stream.py); default all samples. `source`: instead of
@@ -195,55 +291,87 @@ def train_iterator(cfg, workdir: str | None, tokenize: Tokenize, *,
   pi, pc = _processes(process_index, process_count)
   if cfg.batch_size % pc:
     raise ValueError(f"batch_size={cfg.batch_size} is not divisible by {pc} processes")
-  if source is None:
-    index = index if index is not None else load_index(cfg, workdir)
-    source = _Read(index.reader(), tuple(cfg.caption_keys.split(",")), cfg.resolution)
+  source = _source(cfg, workdir, index, source)
   order = np.arange(len(source), dtype=np.int64) if indices is None else \
       np.asarray(indices, np.int64)
-  if len(order) < pc:
-    raise ValueError(f"{len(order)} samples cannot feed {pc} processes")
-  ds = grain.MapDataset.source(order)
+  if not len(order):
+    raise ValueError("the training stream has no samples")
+  stream = grain.MapDataset.source(order)
   if cfg.shuffle:
-    ds = ds.shuffle(seed=cfg.seed)
-  ds = ds[pi::pc].repeat(None)
-  ds = ds.random_map(_TrainMap(source, cfg.resolution, cfg.rrc_scale), seed=cfg.seed)
-  per_process = cfg.batch_size // pc
-  ds = (ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads,
-                                             prefetch_buffer_size=min(4 * per_process, cfg.prefetch)))
-        .batch(per_process, drop_remainder=True))
-  if cfg.num_workers > 0:
-    _absl_flags_parsed()
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=cfg.num_workers, per_worker_buffer_size=cfg.worker_buffer))
-  meta = {"seed": int(cfg.seed), "num_workers": int(cfg.num_workers),
-          "per_process_batch": per_process, "num_samples": int(len(order)),
-          "process_index": pi, "process_count": pc, "shuffle": bool(cfg.shuffle)}
-  return TrainIterator(ds, tokenize, meta)
+    stream = stream.shuffle(seed=cfg.seed)
+  stream = stream.repeat(None).map(_Load(source))
+  stream = _Substitute(stream, len(order)).random_map(_Augment(cfg.resolution, cfg.rrc_scale),
+                                                      seed=cfg.seed)
+  per_host = cfg.batch_size // pc
+  threads = max(1, cfg.read_threads)
+
+  def make(start: int):
+    ds = _HostView(stream, start=start, global_batch=cfg.batch_size, per_host=per_host, host=pi)
+    ds = ds.batch(per_host).to_iter_dataset(grain.ReadOptions(
+        num_threads=threads, prefetch_buffer_size=max(threads, -(-cfg.prefetch // per_host))))
+    if cfg.num_workers > 0:
+      _absl_flags_parsed()
+      ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+          num_workers=cfg.num_workers, per_worker_buffer_size=cfg.worker_buffer))
+    return ds
+
+  meta = {"seed": int(cfg.seed), "num_samples": int(len(order)), "shuffle": bool(cfg.shuffle)}
+  return TrainIterator(make, tokenize, meta, cfg.batch_size)
+
+
+class _EvalLoad(grain.transforms.Map):
+  """Position -> sample dict; padding and bad samples become rows with valid=False."""
+
+  def __init__(self, read, res: int, n: int):
+    self.read, self.res, self.n = read, res, n
+
+  def map(self, pos):
+    pos = int(pos)
+    s = self.read.load(pos) if pos < self.n else None
+    if s is None:
+      return {"image": np.zeros((self.res, self.res, 3), np.uint8), "label": np.int32(-1),
+              "key": "", "text": "", "index": np.int64(pos if pos < self.n else -1),
+              "valid": False}
+    return {"image": preprocess.resize_center_crop(s["image"], self.res),
+            "label": np.int32(-1 if s["label"] is None else s["label"]),
+            "key": s["__key__"], "text": s["texts"][0], "index": np.int64(pos), "valid": True}
 
 
 def eval_batches(cfg, workdir: str | None, pattern: str | None, *,
                  batch_size: int | None = None,
-                 index: shard_index.SampleIndex | None = None, source=None):
-  """Evaluation batches in shard order: no augmentation, no shuffle, last batch partial.
+                 index: shard_index.SampleIndex | None = None, source=None,
+                 process_index: int | None = None, process_count: int | None = None):
+  """Evaluation batches in shard order (no augmentation, no shuffle), split over hosts.
 
-  Yields {"image": float32[b, res, res, 3] (resize short side + center crop),
-  "label": int32[b] (-1 when absent), "key": str[b], "text": str[b] (first
-  caption)}. Samples with bad data are skipped (counted and warned about).
+  Global batches of `batch_size` positions (rounded up to a multiple of the
+  process count); this host yields its contiguous block of each, always
+  b = batch_size / process_count rows. Yields {"image": float32[b, res, res, 3]
+  (resize short side + center crop), "label": int32[b] (-1 when absent),
+  "key": str[b], "text": str[b] (first caption), "index": int64[b] (position
+  in the set, -1 on padding), "valid": bool[b]} where padding rows and bad
+  samples (counted and warned about) have valid False.
   """
+  pi, pc = _processes(process_index, process_count)
   if source is None:
     index = index if index is not None else load_index(cfg, workdir, pattern)
     source = _Read(index.reader(), tuple(cfg.caption_keys.split(",")), cfg.resolution)
-  ds = (grain.MapDataset.source(np.arange(len(source), dtype=np.int64))
-        .map(_EvalMap(source, cfg.resolution))
-        .to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads)))
-  if cfg.num_workers > 0:   # workers take samples round-robin; batching here keeps the order
+  n = len(source)
+  b = -(-(batch_size or cfg.batch_size) // pc)
+  big = b * pc
+  batches = -(-n // big)
+  positions = np.array([k * big + pi * b + r for k in range(batches) for r in range(b)],
+                       np.int64)
+  ds = (grain.MapDataset.source(positions).map(_EvalLoad(source, cfg.resolution, n))
+        .batch(b).to_iter_dataset(grain.ReadOptions(num_threads=max(1, cfg.read_threads))))
+  if cfg.num_workers > 0:   # workers take batches round-robin; the order is kept
     _absl_flags_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.num_workers))
-  it = iter(ds.batch(batch_size or cfg.batch_size, drop_remainder=False))
+  it = iter(ds)
   try:
-    for b in it:
-      yield {"image": preprocess.normalize(b["image"]), "label": b["label"],
-             "key": np.asarray(b["key"]), "text": np.asarray(b["text"])}
+    for x in it:
+      yield {"image": preprocess.normalize(x["image"]), "label": x["label"],
+             "key": np.asarray(x["key"]), "text": np.asarray(x["text"]),
+             "index": np.asarray(x["index"], np.int64), "valid": np.asarray(x["valid"], bool)}
   finally:
     close = getattr(it, "close", None)
     if close:

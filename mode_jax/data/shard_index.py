@@ -20,7 +20,6 @@ import dataclasses
 import hashlib
 import io
 import logging
-import os
 import threading
 
 import numpy as np
@@ -35,15 +34,7 @@ INDEX_VERSION = 1
 
 def _signature(path: str) -> str:
   """What invalidates a cached shard index: size and modification time."""
-  if wds.is_remote(path):
-    import fsspec
-    fs, p = fsspec.core.url_to_fs(path)
-    info = fs.info(p)
-    stamp = next((info[k] for k in ("mtime", "LastModified", "updated", "ETag", "etag")
-                  if k in info), "")
-    return f"v{INDEX_VERSION}:{info.get('size')}:{stamp}"
-  st = os.stat(path.removeprefix("file://"))
-  return f"v{INDEX_VERSION}:{st.st_size}:{st.st_mtime_ns}"
+  return f"v{INDEX_VERSION}:{wd.signature(path)}"
 
 
 def scan_shard(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, wds.Stats]:
@@ -75,25 +66,33 @@ def scan_shard(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, wds.Stats
 
 def _cache_path(index_dir: str, path: str) -> str:
   h = hashlib.sha1(path.encode()).hexdigest()[:10]
-  return os.path.join(index_dir, f"{wd.shard_stem(path)}-{h}.npz")
+  return wd.path(index_dir, f"{wd.shard_stem(path)}-{h}.npz")
 
 
-def _load_or_scan(path: str, index_dir: str | None):
-  sig = _signature(path) if index_dir else ""
-  cache = _cache_path(index_dir, path) if index_dir else None
-  if cache and os.path.exists(cache):
-    with np.load(cache) as z:
-      if str(z["sig"]) == sig:
-        st = wds.Stats(**{k: int(v) for k, v in zip(z["stat_names"], z["stat_values"])})
-        return z["keys"], z["start"], z["length"], st
+def _cached(path: str, index_dir: str | None):
+  """The cached index of a shard when it is still valid, else None."""
+  if not index_dir:
+    return None
+  cache = _cache_path(index_dir, path)
+  if not wd.exists(cache):
+    return None
+  z = wd.load_npz(cache)
+  if str(z["sig"]) != _signature(path):
+    return None
+  st = wds.Stats(**{k: int(v) for k, v in zip(z["stat_names"], z["stat_values"])})
+  return z["keys"], z["start"], z["length"], st
+
+
+def _load_or_scan(path: str, index_dir: str | None, write: bool = True):
+  hit = _cached(path, index_dir)
+  if hit is not None:
+    return hit
   keys, start, length, st = scan_shard(path)
-  if cache:
-    os.makedirs(index_dir, exist_ok=True)
+  if index_dir and write:
     d = st.as_dict()
-    tmp = cache + ".tmp.npz"
-    np.savez(tmp, keys=keys, start=start, length=length, sig=np.asarray(sig),
-             stat_names=np.asarray(list(d)), stat_values=np.asarray(list(d.values())))
-    os.replace(tmp, cache)
+    wd.save_npz(_cache_path(index_dir, path), keys=keys, start=start, length=length,
+                sig=np.asarray(_signature(path)), stat_names=np.asarray(list(d)),
+                stat_values=np.asarray(list(d.values())))
   return keys, start, length, st
 
 
@@ -123,9 +122,21 @@ class SampleIndex:
 
 def build_index(shards: list[str], index_dir: str | None = None,
                 threads: int = 8, progress: bool = True) -> SampleIndex:
-  """Scans (or loads cached) per-shard indexes; warns once with the bad-data counts."""
-  with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as ex:
-    parts = list(tqdm(ex.map(lambda p: _load_or_scan(p, index_dir), shards),
+  """Scans (or loads cached) per-shard indexes; warns once with the bad-data counts.
+
+  On several hosts (a collective call: every host calls it) with a cache
+  dir, each host scans and caches only its share of the shards, then all
+  hosts load every cached index: each shard is scanned once, each cache
+  file has one writer.
+  """
+  from mode_jax import distributed
+  pool = concurrent.futures.ThreadPoolExecutor(max(1, threads))
+  single = distributed.process_count() == 1
+  if index_dir and not single:
+    list(pool.map(lambda p: _load_or_scan(p, index_dir), distributed.share(shards)))
+    distributed.barrier("shard index")
+  with pool as ex:
+    parts = list(tqdm(ex.map(lambda p: _load_or_scan(p, index_dir, write=single), shards),
                       total=len(shards), desc="index shards", disable=not progress,
                       leave=False))
   stats = wds.Stats()

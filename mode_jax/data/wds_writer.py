@@ -5,8 +5,9 @@ written consecutively (webdataset groups by key prefix up to the first dot,
 so keys may not contain '.' or '/'). Values: bytes are written as is, str as
 UTF-8, dict/list as JSON, a uint8 numpy image as PNG.
 
-Each shard is written to `<path>.tmp` and renamed when complete, so a killed
-run never leaves a truncated tar under a final name. Member headers carry a
+Each shard is written to a tmp file and renamed (locally) or uploaded (gs://,
+s3://, through mode_jax.workdir) when complete, so a killed run never leaves
+a truncated tar under a final name. Member headers carry a
 fixed mtime/owner, so the same samples give byte-identical shards (stable
 fingerprints for the stages downstream).
 """
@@ -17,10 +18,13 @@ import io
 import json
 import os
 import tarfile
+import tempfile
 from typing import Any, Iterable
 
 import numpy as np
 from PIL import Image
+
+from mode_jax import workdir as wd
 
 _MTIME = 0   # fixed: shards are reproducible byte for byte
 
@@ -64,8 +68,14 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def write_shard(path: str, samples: Iterable[dict]) -> int:
   """Writes one shard atomically; returns the number of samples."""
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp, n, seen = path + ".tmp", 0, set()
+  remote = wd.is_remote(path)
+  if remote:
+    fd, tmp = tempfile.mkstemp(suffix=".tar")
+    os.close(fd)
+  else:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+  n, seen = 0, set()
   try:
     with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
       for sample in samples:
@@ -76,11 +86,14 @@ def write_shard(path: str, samples: Iterable[dict]) -> int:
         for ext in sorted(k for k in sample if k != "__key__"):
           _add(tar, f"{key}.{ext}", _encode(ext, sample[ext]))
         n += 1
-    os.replace(tmp, path)
-  except BaseException:
+    if remote:
+      wd.upload(tmp, path)
+    else:
+      os.replace(tmp, path)
+      wd.log_io("write", path)
+  finally:
     if os.path.exists(tmp):
       os.remove(tmp)
-    raise
   return n
 
 

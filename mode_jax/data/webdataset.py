@@ -20,7 +20,6 @@ skipped, counted in `Stats`, and reported with `Stats.warn`.
 from __future__ import annotations
 
 import dataclasses
-import glob as globlib
 import io
 import json
 import logging
@@ -29,6 +28,8 @@ import re
 from typing import IO, Iterator
 
 import numpy as np
+
+from mode_jax import workdir as wd
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def _expand_braces(pattern: str) -> list[str]:
 
 
 def is_remote(path: str) -> bool:
-  return "://" in path and not path.startswith("file://")
+  return wd.is_remote(path)
 
 
 def _has_glob(path: str) -> bool:
@@ -120,12 +121,11 @@ def expand_shards(pattern: str) -> list[str]:
   out: list[str] = []
   for part in pattern.split("::"):
     for name in _expand_braces(os.path.expanduser(part.strip())):
-      if is_remote(name):
-        out += _remote_matches(name)
-      elif _has_glob(name):
-        out += sorted(globlib.glob(name))
-      elif os.path.isfile(name.removeprefix("file://")):
-        out.append(name.removeprefix("file://"))
+      name = name.removeprefix("file://")
+      if _has_glob(name):
+        out += wd.glob(name)
+      elif wd.isfile(name):
+        out.append(name)
   if not out:
     raise FileNotFoundError(f"no shard matches {pattern!r}")
   wanted = sum(len(_expand_braces(p)) for p in pattern.split("::"))
@@ -135,20 +135,9 @@ def expand_shards(pattern: str) -> list[str]:
   return out
 
 
-def _remote_matches(name: str) -> list[str]:
-  import fsspec
-  fs, path = fsspec.core.url_to_fs(name)
-  proto = name.split("://", 1)[0]
-  found = fs.glob(path) if _has_glob(path) else ([path] if fs.exists(path) else [])
-  return sorted(f"{proto}://{p.split('://', 1)[-1]}" for p in found)
-
-
 def open_shard(path: str) -> IO[bytes]:
-  """Local paths via open(); anything with a scheme via fsspec (gcsfs, s3fs, ...)."""
-  if is_remote(path):
-    import fsspec
-    return fsspec.open(path, "rb").open()
-  return open(path.removeprefix("file://"), "rb")
+  """A seekable binary file: local, or gs:// / s3:// through the workdir layer (fsspec)."""
+  return wd.open(path, "rb")
 
 
 # ---- tar members -------------------------------------------------------------------

@@ -86,16 +86,45 @@ def cosine_logits(image_feats, text_feats, mesh=None, pad_to: int | None = None)
   return np.asarray(_cosine_fn(mesh)(image_feats, jnp.asarray(text_feats, jnp.float32)))[:b]
 
 
+def gather_rows(index: np.ndarray, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+  """Rows of every host, in `index` order, on every host; rows with index < 0 dropped.
+
+  Each host passes its rows (the same number on every host, as
+  loader.eval_batches gives) and their positions in the evaluation set.
+  """
+  from mode_jax import distributed
+  index = distributed.allgather(np.asarray(index, np.int64)).reshape(-1)
+  arrays = [distributed.allgather(a) for a in arrays]
+  arrays = [a.reshape((-1,) + a.shape[2:]) for a in arrays]
+  keep = np.flatnonzero(index >= 0)
+  order = keep[np.argsort(index[keep], kind="stable")]
+  return (index[order],) + tuple(a[order] for a in arrays)
+
+
 def image_logits(embed_images: Callable, text_feats, batches: Iterable, *, mesh=None,
                  desc: str = "images") -> tuple[np.ndarray, np.ndarray]:
-  """Streams (images, labels) batches through `embed_images` -> (logits [N, T], labels [N])."""
-  logits, labels, pad_to = [], [], None
+  """Streams batches through `embed_images` -> (logits [N, T], labels [N]).
+
+  `batches` yields (images, labels) or (images, labels, index). With an
+  index (each row's position in the evaluation set, -1 for rows to drop:
+  padding, bad samples) the rows of every host are gathered in index order,
+  so every host returns the whole set (multi-host evaluation).
+  """
+  logits, labels, index, pad_to = [], [], [], None
   text_feats = jnp.asarray(text_feats, jnp.float32)
-  for images, y in tqdm(batches, desc=desc, leave=False):
+  for batch in tqdm(batches, desc=desc, leave=False):
+    images, y = batch[0], batch[1]
     feats = np.asarray(embed_images(np.asarray(images, np.float32)), np.float32)
     pad_to = pad_to or len(feats)   # the first batch's size: one compile for all
     logits.append(cosine_logits(feats, text_feats, mesh, pad_to))
     labels.append(np.asarray(y, np.int32).reshape(-1))
+    if len(batch) > 2:
+      index.append(np.asarray(batch[2], np.int64).reshape(-1))
   if not logits:
     raise ValueError("no image batches")
-  return np.concatenate(logits), np.concatenate(labels)
+  logits, labels = np.concatenate(logits), np.concatenate(labels)
+  if index:
+    _, logits, labels = gather_rows(np.concatenate(index), logits, labels)
+    if not len(logits):
+      raise ValueError("no valid images")
+  return logits, labels

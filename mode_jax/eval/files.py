@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from mode_jax import workdir as wd
@@ -22,45 +20,33 @@ SHARDS_STAGE = "prepare"   # mode_jax/data/demo_corpus.py writes shards/eval/
 
 
 def logits_rel(model: str, task: str) -> str:
-  return os.path.join("eval", model, f"{task}.npz")
+  return f"eval/{model}/{task}.npz"
 
 
 def meta_rel(task: str) -> str:
-  return os.path.join("eval", "meta_emb", f"{task}.npy")
+  return f"eval/meta_emb/{task}.npy"
 
 
 def write_task_logits(workdir: str, model: str, task: str, logits, labels,
                       txt_to_img=None) -> str:
   """Writes eval/<model>/<task>.npz atomically; returns its path."""
-  p = wd.path(workdir, logits_rel(model, task))
-  os.makedirs(os.path.dirname(p), exist_ok=True)
   arrays = dict(logits=np.asarray(logits, np.float32), labels=np.asarray(labels, np.int32))
   if txt_to_img is not None:
     arrays["txt_to_img"] = np.asarray(txt_to_img, np.int32)
-  tmp = p + ".tmp.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, p)
-  return p
+  return wd.save_npz(wd.path(workdir, logits_rel(model, task)), **arrays)
 
 
 def read_task_logits(workdir: str, model: str, task: str) -> dict[str, np.ndarray]:
   """{'logits', 'labels'[, 'txt_to_img']}; MissingInput naming `evaluate` when absent."""
-  p = wd.require(workdir, logits_rel(model, task), EVAL_STAGE)
-  with np.load(p) as z:
-    return {k: z[k] for k in z.files}
+  return wd.load_npz(wd.require(workdir, logits_rel(model, task), EVAL_STAGE))
 
 
 def write_meta_emb(workdir: str, task: str, emb) -> str:
-  p = wd.path(workdir, meta_rel(task))
-  os.makedirs(os.path.dirname(p), exist_ok=True)
-  tmp = p + ".tmp.npy"
-  np.save(tmp, np.asarray(emb, np.float32))
-  os.replace(tmp, p)
-  return p
+  return wd.save_npy(wd.path(workdir, meta_rel(task)), np.asarray(emb, np.float32))
 
 
 def read_meta_emb(workdir: str, task: str) -> np.ndarray:
-  return np.load(wd.require(workdir, meta_rel(task), EVAL_STAGE)).astype(np.float32)
+  return wd.load_npy(wd.require(workdir, meta_rel(task), EVAL_STAGE)).astype(np.float32)
 
 
 def txt_to_img_of(arrays: dict) -> np.ndarray:

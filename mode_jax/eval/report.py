@@ -18,7 +18,7 @@ expert_order.json, weights renormalised over them).
 from __future__ import annotations
 
 import csv
-import os
+import io
 
 import jax.numpy as jnp
 import ml_collections
@@ -45,17 +45,17 @@ def default_config() -> ml_collections.ConfigDict:
 def list_tasks(cfg, workdir: str) -> list[str]:
   if cfg.get("tasks"):
     return [t.strip() for t in str(cfg.tasks).split(",") if t.strip()]
-  d = wd.require(workdir, os.path.join("eval", "meta_emb"), files.EVAL_STAGE)
-  tasks = sorted(f[:-4] for f in os.listdir(d) if f.endswith(".npy"))
+  d = wd.require(workdir, "eval/meta_emb", files.EVAL_STAGE)
+  tasks = sorted(f[:-4] for f in wd.listdir(d) if f.endswith(".npy"))
   if not tasks:
-    raise wd.MissingInput(os.path.join(d, "<task>.npy"), files.EVAL_STAGE)
+    raise wd.MissingInput(wd.path(d, "<task>.npy"), files.EVAL_STAGE)
   return tasks
 
 
 def load_cluster(workdir: str):
   """(fine_centers [m, D], fine_to_expert [m], expert_order list of n expert ids)."""
-  centers = np.load(wd.require(workdir, "cluster/fine_centers.npy", CLUSTER_STAGE))
-  f2e = np.load(wd.require(workdir, "cluster/fine_to_expert.npy", CLUSTER_STAGE))
+  centers = wd.load_npy(wd.require(workdir, "cluster/fine_centers.npy", CLUSTER_STAGE))
+  f2e = wd.load_npy(wd.require(workdir, "cluster/fine_to_expert.npy", CLUSTER_STAGE))
   order = [int(c) for c in wd.read_json(
       wd.require(workdir, "cluster/expert_order.json", CLUSTER_STAGE))]
   n = len(order)
@@ -110,7 +110,7 @@ def evaluate_task(cfg, workdir, task, fine_centers, fine_to_expert, order) -> di
       row[name], metrics[name] = score_retrieval(
           logits, logits if t2i_logits is None else t2i_logits, txt_to_img)
 
-  baselines = ["dense"] + (["seed"] if os.path.exists(
+  baselines = ["dense"] + (["seed"] if wd.exists(
       wd.path(workdir, files.logits_rel("seed", task))) else [])
   for name in baselines:
     score(name, files.read_task_logits(workdir, name, task)["logits"])
@@ -149,11 +149,18 @@ def with_average(rows, cols):
 
 
 def write_csv(p, header, rows):
-  with open(p, "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(header)
-    for r in rows:
-      w.writerow([r.get(h, "") for h in header])
+  buf = io.StringIO(newline="")
+  w = csv.writer(buf)
+  w.writerow(header)
+  for r in rows:
+    w.writerow([r.get(h, "") for h in header])
+  wd.write_text(p, buf.getvalue())
+
+
+def save_figure(fig, p) -> None:
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=120)
+  wd.write_bytes(p, buf.getvalue())
 
 
 def markdown(header, rows, fmt="{:.2f}") -> str:
@@ -181,7 +188,7 @@ def plot(out_dir, tasks, weights, rows, n):
   fig.colorbar(im, ax=ax, label="routing weight")
   ax.set_title("MoDE routing weights")
   fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, "routing_weights.png"), dpi=120)
+  save_figure(fig, wd.path(out_dir, "routing_weights.png"))
   plt.close(fig)
 
   models = ["dense"] + [f"expert_{c}" for c in range(n)] + ["uniform", "best_single", "MoDE"]
@@ -194,12 +201,21 @@ def plot(out_dir, tasks, weights, rows, n):
   ax.legend(fontsize=7, ncols=2)
   ax.set_title("Per-task scores (zero-shot top-1; retrieval mean R@1)")
   fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, "scores.png"), dpi=120)
+  save_figure(fig, wd.path(out_dir, "scores.png"))
   plt.close(fig)
 
 
-def run_report(cfg, workdir: str) -> dict:
-  """Writes report/ and returns {'rows', 'weights', 'columns'}; prints the markdown table."""
+def run_report(cfg, workdir: str) -> dict | None:
+  """Writes report/ and returns {'rows', 'weights', 'columns'}; prints the markdown table.
+
+  On a pod, process 0 writes the report (a few small arrays) while the
+  others wait; they return None.
+  """
+  from mode_jax import distributed
+  return distributed.on_primary("report", lambda: _report(cfg, workdir))
+
+
+def _report(cfg, workdir: str) -> dict:
   if cfg.mode not in routing.MODES:
     raise ValueError(f"config report.mode={cfg.mode!r}: expected one of {routing.MODES}")
   tasks = list_tasks(cfg, workdir)
@@ -215,9 +231,8 @@ def run_report(cfg, workdir: str) -> dict:
   table = with_average(rows, cols)
 
   out = wd.path(workdir, "report")
-  os.makedirs(out, exist_ok=True)
   head = ["task", "kind", "n_classes"] + cols + ["best_single_expert", "prior_expert"]
-  write_csv(os.path.join(out, "results.csv"), head, table)
+  write_csv(wd.path(out, "results.csv"), head, table)
   md = markdown(["task", "kind", "n_classes"] + cols, table)
   notes = (
       f"Scores in %: zero-shot = top-1 accuracy; retrieval = mean of image->text R@1 and "
@@ -226,21 +241,20 @@ def run_report(cfg, workdir: str) -> dict:
       f"best_single is an ORACLE (chosen on test labels); prior = the expert with the largest "
       f"routing weight, alone.\nMoDE-k: first k experts of expert_order {order} (widest "
       f"spread first), weights renormalised over them.\n")
-  with open(os.path.join(out, "results.md"), "w") as f:
-    f.write("# MoDE results\n\n" + notes + "\n" + md + "\n")
+  wd.write_text(wd.path(out, "results.md"), "# MoDE results\n\n" + notes + "\n" + md + "\n")
 
   wrows = [{"task": t, "kind": r["row"]["kind"], "n_classes": r["row"]["n_classes"],
             **{f"expert_{c}": float(r["weights"][c]) for c in range(n)}}
            for t, r in zip(tasks, results)]
   whead = ["task", "kind", "n_classes"] + [f"expert_{c}" for c in range(n)]
-  write_csv(os.path.join(out, "routing_weights.csv"), whead, wrows)
-  with open(os.path.join(out, "routing_weights.md"), "w") as f:
-    f.write("# Routing weights (retrieval: corpus-level, image->text)\n\n"
-            + markdown(whead, wrows, "{:.4f}") + "\n")
+  write_csv(wd.path(out, "routing_weights.csv"), whead, wrows)
+  wd.write_text(wd.path(out, "routing_weights.md"),
+                "# Routing weights (retrieval: corpus-level, image->text)\n\n"
+                + markdown(whead, wrows, "{:.4f}") + "\n")
 
   long = [{"task": t, "model": m, "metric": k, "value": v}
           for t, r in zip(tasks, results) for m, d in r["metrics"].items() for k, v in d.items()]
-  write_csv(os.path.join(out, "metrics.csv"), ["task", "model", "metric", "value"], long)
+  write_csv(wd.path(out, "metrics.csv"), ["task", "model", "metric", "value"], long)
   if cfg.get("plots", True):
     plot(out, tasks, [r["weights"] for r in results], rows, n)
   print(md)

@@ -1,14 +1,25 @@
 """Plain embedding callables from a CLIP model, the interface evaluators consume.
 
 Evaluators take `embed_images(np [B, H, W, 3]) -> [B, E]` and
-`embed_texts(list[str]) -> [B, E]` (both L2-normalised) rather than a model,
+`embed_texts(list[str]) -> [N, E]` (both L2-normalised) rather than a model,
 so they work for any expert, the dense seed or a converted checkpoint.
+
+With a `mesh` (the model's parameters replicated on it), every forward pass
+is split over all its devices, on every host:
+  embed_images(rows)  this host's rows in, their features out (every host
+                      passes the same number of rows: loader.eval_batches'
+                      per-host blocks);
+  embed_texts(texts)  the same list on every host; each host embeds its block
+                      of each batch and all hosts get every row back.
+Without a mesh, everything runs on this process's default device.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from flax import nnx
+
+from mode_jax import distributed
 
 
 @nnx.jit
@@ -21,23 +32,57 @@ def _encode_text(model, tokens):
   return model.encode_text(tokens)
 
 
-def make_embedders(model, tokenizer, *, context_length: int, batch_size: int = 256):
+def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
+  """Pads with copies of the last row (or zeros when empty) to `rows` rows."""
+  n = len(x)
+  if n >= rows:
+    return x
+  fill = np.repeat(x[-1:], rows - n, 0) if n else np.zeros((rows - n,) + x.shape[1:], x.dtype)
+  return np.concatenate([x, fill])
+
+
+def _on_mesh(fn, model, local_rows: np.ndarray, mesh) -> np.ndarray:
+  """fn(model, global array of every host's rows) -> this host's rows of the output."""
+  import jax
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  n = len(local_rows)
+  local_devices = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
+  rows = -(-max(n, 1) // local_devices) * local_devices
+  x = jax.make_array_from_process_local_data(
+      NamedSharding(mesh, P(mesh.axis_names)), _pad_rows(local_rows, rows))
+  out = fn(model, x)
+  shards = sorted(out.addressable_shards, key=lambda s: s.index[0].start or 0)
+  return np.concatenate([np.asarray(s.data) for s in shards])[:n]
+
+
+def make_embedders(model, tokenizer, *, context_length: int, batch_size: int = 256, mesh=None):
   """Returns (embed_images, embed_texts) for `model`; batches are padded to one shape."""
 
-  def batched(fn, x):
+  def run(fn, x, per_call):
     outs = []
-    for i in range(0, len(x), batch_size):
-      chunk = x[i:i + batch_size]
+    for i in range(0, len(x), per_call):
+      chunk = x[i:i + per_call]
       n = len(chunk)
-      if n < batch_size:  # pad to a fixed shape: one compilation
-        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - n, 0)])
-      outs.append(np.asarray(fn(model, chunk))[:n])
+      chunk = _pad_rows(chunk, per_call)   # a fixed shape: one compilation
+      out = _on_mesh(fn, model, chunk, mesh) if mesh is not None else np.asarray(fn(model, chunk))
+      outs.append(out[:n])
     return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 
   def embed_images(images):
-    return batched(_encode_image, np.asarray(images, np.float32))
+    images = np.asarray(images, np.float32)
+    return run(_encode_image, images, batch_size if mesh is None else max(len(images), 1))
 
   def embed_texts(texts):
-    return batched(_encode_text, tokenizer(list(texts), context_length=context_length))
+    tokens = tokenizer(list(texts), context_length=context_length)
+    if mesh is None:
+      return run(_encode_text, tokens, batch_size)
+    n, hosts = len(tokens), distributed.process_count()
+    per_host = -(-max(batch_size, hosts) // hosts)
+    batches = -(-n // (per_host * hosts))
+    padded = _pad_rows(tokens, batches * per_host * hosts).reshape(batches, hosts, per_host, -1)
+    mine = padded[:, distributed.process_index()].reshape(batches * per_host, -1)
+    local = run(_encode_text, mine, per_host)                      # [batches * per_host, E]
+    every = distributed.allgather(local.reshape(batches, per_host, -1))  # [P, batches, b, E]
+    return np.transpose(every, (1, 0, 2, 3)).reshape(-1, every.shape[-1])[:n]
 
   return embed_images, embed_texts

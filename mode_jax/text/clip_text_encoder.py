@@ -48,7 +48,8 @@ class ClipTextEncoder:
     self.context_length = min(max_length or cfg.context_length, cfg.context_length)
     self.tokenizer = ClipTokenizer()
     devices = list(devices or jax.local_devices())
-    self.mesh = jax.make_mesh((len(devices),), ("data",), devices=devices)
+    self.mesh = jax.make_mesh((len(devices),), ("data",), devices=devices,
+                              axis_types=(jax.sharding.AxisType.Auto,))
     replicated, self._rows = NamedSharding(self.mesh, P()), NamedSharding(self.mesh, P("data"))
     graphdef, state = nnx.split(model.text)
     self._state = jax.device_put(state, replicated)
@@ -70,6 +71,7 @@ class ClipTextEncoder:
       chunk = texts[i:i + rows]
       tokens = self.tokenizer(chunk, context_length=self.context_length)
       tokens = np.pad(tokens, ((0, rows - len(chunk)), (0, 0)))
+      tokens = jax.device_put(tokens, self._rows)   # host numpy with a sharding: refused on pods
       out[i:i + len(chunk)] = np.asarray(self._fn(self._state, tokens))[:len(chunk)]
       bar.update(len(chunk))
     bar.close()

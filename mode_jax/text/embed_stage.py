@@ -9,14 +9,19 @@ Encoders: 'minilm' (default) and other names from a small registry
 SimCSE with pooling='pooler', the paper's choice); or 'clip:<weights>', the
 text tower of public CLIP weights (paper Table 7, clip_text_encoder.py).
 
-Resumable: a shard whose npz exists is skipped; npz files are written to a
-tmp name and renamed. Multi-host: process i embeds shards i::process_count,
-each over its local devices; process 0 writes meta.json.
+Shards come from config.input.shards (a pattern or list, local or remote;
+relative = inside the workdir). Resumable: a shard whose npz exists is
+skipped; npz files are written atomically (mode_jax.workdir). Multi-host:
+process i embeds shards i::process_count, batches split over its local
+devices, and writes embed/<stem>.npz for those shards only plus
+embed/hosts/process-<i>-of-<n>.json (what it read and wrote); process 0
+writes meta.json. Distinct captions are encoded once across shards while
+they fit in `cache_size` (memory stays bounded: later ones are encoded per
+shard).
 """
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import logging
@@ -129,40 +134,49 @@ def _with_defaults(cfg) -> ml_collections.ConfigDict:
   return merged
 
 
-def _write_npz(path: str, keys: list[str], emb: np.ndarray) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:   # a file object: np.savez would append '.npz' to a name
-    np.savez(f, keys=np.asarray(keys, dtype=str), emb=emb)
-  os.replace(tmp, path)
+def shard_outputs(shards: Sequence[str], workdir: str) -> dict[str, str]:
+  """shard -> embed/<stem>.npz; two shards with one stem would overwrite each other."""
+  out, seen = {}, {}
+  for shard in shards:
+    stem = wd.shard_stem(shard)
+    if stem in seen:
+      raise ValueError(f"shards {seen[stem]} and {shard} share the name {stem!r}: embed/ and "
+                       "assign/ files are named by shard; rename one")
+    seen[stem] = shard
+    out[shard] = wd.path(workdir, "embed", stem + ".npz")
+  return out
 
 
-def run_embed(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Embeds one caption per sample of every training shard; returns counts."""
+def run_embed(cfg: ml_collections.ConfigDict, workdir: str,
+              shards: str | Sequence[str] = "shards/train-*.tar") -> dict:
+  """Embeds one caption per sample of this host's share of `shards`; returns counts."""
+  from mode_jax import distributed
+  from mode_jax.data import loader
   cfg = _with_defaults(cfg)
-  shards = sorted(glob.glob(wd.path(workdir, "shards", "train-*.tar")))
-  if not shards:
-    raise wd.MissingInput(wd.path(workdir, "shards", "train-*.tar"), "prepare")
+  try:
+    shard_list = loader.shard_paths(shards, workdir)
+  except FileNotFoundError:
+    raise wd.MissingInput(loader.describe_shards(shards, workdir), "prepare") from None
+  target = shard_outputs(shard_list, workdir)
   out_dir = wd.path(workdir, "embed")
-  os.makedirs(out_dir, exist_ok=True)
-  meta_path = os.path.join(out_dir, "meta.json")
+  meta_path = wd.path(out_dir, "meta.json")
   fp = fingerprint(cfg)
-  if os.path.exists(meta_path) and wd.read_json(meta_path).get("fingerprint") != fp:
+  if wd.exists(meta_path) and wd.read_json(meta_path).get("fingerprint") != fp:
     raise ValueError(f"{out_dir} holds embeddings from another embed config "
                      f"(fingerprint {wd.read_json(meta_path).get('fingerprint')} != {fp}); "
                      f"delete it or run with the same config")
 
-  mine = shards[jax.process_index()::jax.process_count()]
-  target = {s: os.path.join(out_dir, wd.shard_stem(s) + ".npz") for s in mine}
-  pending = [s for s in mine if not os.path.exists(target[s])]
+  mine = distributed.share(shard_list)
+  pending = [s for s in mine if not wd.exists(target[s])]
   stats = dict(shards=len(mine), skipped_done=len(mine) - len(pending), samples=0,
-               no_caption=0, no_image=0, truncated_shards=0)
-  encoder = make_encoder(cfg) if pending or not os.path.exists(meta_path) else None
-  if encoder is not None and jax.process_index() == 0:
+               no_caption=0, no_image=0, truncated_shards=0, encoded=0)
+  encoder = make_encoder(cfg) if pending or not wd.exists(meta_path) else None
+  if encoder is not None and distributed.is_primary():
     wd.write_json(meta_path, dict(encoder=cfg.encoder, dim=int(encoder.dim), dtype=cfg.dtype,
                                   fingerprint=fp))
 
   bar = tqdm(desc="embed", unit="sample", disable=not pending)
-  seen, fresh = {}, {}   # caption -> embedding: across shards (bounded) / this chunk
+  seen: dict[str, np.ndarray] = {}   # caption -> embedding, across shards, at most cache_size
   for shard in pending:
     st = wds.Stats()
     keys, cands = [], []
@@ -176,18 +190,20 @@ def run_embed(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     texts = [captions.pick_caption(t, k, cfg.seed) for k, t in zip(keys, cands)]
     # Web and templated captions repeat: each distinct string is encoded once
     # (the encoder is deterministic, so rows are identical either way).
+    here: dict[str, np.ndarray] = {}   # this shard's captions that are not in `seen`
     new = [t for t in dict.fromkeys(texts) if t not in seen]
     for i in range(0, len(new), cfg.chunk):
       chunk = new[i:i + cfg.chunk]
       for t, e in zip(chunk, encoder.encode(chunk, batch_size=cfg.batch_size)):
         if len(seen) < cfg.cache_size:
           seen[t] = e
-      fresh.update(zip(chunk, [seen.get(t) for t in chunk]))
-    emb = np.stack([seen[t] if t in seen else fresh[t] for t in texts]) if texts else \
+        else:
+          here[t] = e
+      stats["encoded"] += len(chunk)
+    emb = np.stack([seen[t] if t in seen else here[t] for t in texts]) if texts else \
         np.zeros((0, encoder.dim), np.float32)
-    fresh.clear()
     bar.update(len(texts))
-    _write_npz(target[shard], keys, emb.astype(cfg.dtype))
+    wd.save_npz(target[shard], keys=np.asarray(keys, dtype=str), emb=emb.astype(cfg.dtype))
     stats["samples"] += len(texts)
     stats["no_caption"] += st.missing_captions
     stats["no_image"] += st.missing_images
@@ -195,4 +211,8 @@ def run_embed(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   if stats["no_caption"] or stats["no_image"]:
     log.warning("embed: skipped %d samples without a caption and %d without an image",
                 stats["no_caption"], stats["no_image"])
+  p, n = distributed.process_index(), distributed.process_count()
+  wd.write_json(wd.path(out_dir, "hosts", f"process-{p}-of-{n}.json"),
+                dict(stats, process=p, processes=n, read=[wd.shard_stem(s) for s in pending]))
+  distributed.barrier("embed")
   return stats

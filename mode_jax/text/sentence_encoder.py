@@ -115,7 +115,8 @@ class SentenceEncoder:
         self.folder, max_length, buckets or encoder_buckets(max_length))
 
     devices = list(devices or jax.local_devices())
-    self.mesh = jax.make_mesh((len(devices),), ("data",), devices=devices)
+    self.mesh = jax.make_mesh((len(devices),), ("data",), devices=devices,
+                              axis_types=(jax.sharding.AxisType.Auto,))
     replicated, self._batch = NamedSharding(self.mesh, P()), NamedSharding(self.mesh, P("data"))
     graphdef, state = nnx.split(model_)
     self._state = jax.device_put(state, replicated)
@@ -180,8 +181,11 @@ class SentenceEncoder:
 
   def embed_batch(self, batch: dict[str, np.ndarray]) -> jax.Array:
     """One padded batch (HFTokenizer output; rows a multiple of num_devices) -> [B, D] on device."""
-    return self._fn(self._state, batch["input_ids"], batch["attention_mask"],
-                    batch["token_type_ids"])
+    # device_put first: on a pod, jit refuses host numpy inputs with a sharding, even
+    # one over this host's devices only
+    args = jax.device_put([batch["input_ids"], batch["attention_mask"],
+                           batch["token_type_ids"]], self._batch)
+    return self._fn(self._state, *args)
 
   def __call__(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
     return self.encode(texts, batch_size)

@@ -6,6 +6,7 @@ Experiment files in configs/ start from `train_config()` and change fields;
 
 import ml_collections
 
+from mode_jax import distributed
 from mode_jax.models import clip as clip_lib
 from mode_jax.train import optimizer
 
@@ -22,11 +23,16 @@ def train_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
   # (regex over "/"-joined state paths, rule); first match wins. FSDP: [(".*", "fsdp")].
   c.sharding_rules = [(".*", "replicate")]
-  c.distributed = "auto"
+  c.distributed = distributed.default_config()   # jax.distributed: mode auto | on | off
+  c.ckpt_dir = ""              # "" = <run dir>/ckpt; the pipeline sets it from checkpoint_root
+  # Where checkpoints go when the workdir is on s3:// (Orbax writes local paths and
+  # gs:// only): "" = inside the workdir; else a shared folder or gs:// prefix.
+  c.checkpoint_root = ""
   c.log_every = 50
   c.ckpt_every = 1000
   c.keep_ckpts = 2
   c.milestones = ()
   c.eval_every = 0
-  c.init = ml_collections.ConfigDict({"checkpoint": "", "step": -1, "pretrained": ""})
+  c.init = ml_collections.ConfigDict({"checkpoint": "", "step": -1, "pretrained": "",
+                                      "continue_data": False})
   return c

@@ -1,6 +1,10 @@
 """One metrics writer: JSONL (for scripts and reports) and TensorBoard (for people).
 
 Only process 0 writes. Each JSONL line is {"step": s, name: value, ...}.
+On an object-store run directory (gs://, s3://), where files cannot be
+appended to, both go to a local staging folder and `flush()` uploads them
+(the trainer flushes at every checkpoint and at the end); a resumed run
+first downloads the metrics.jsonl it continues.
 """
 
 from __future__ import annotations
@@ -8,23 +12,34 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import tempfile
 
 import jax
+
+from mode_jax import workdir as wd
 
 
 class MetricWriter:
 
   def __init__(self, logdir: str, *, tensorboard: bool = True):
     self.enabled = jax.process_index() == 0
-    self.jsonl = None
-    self.tb = None
+    self.logdir, self.jsonl, self.tb, self.staging = logdir, None, None, None
     if not self.enabled:
       return
-    os.makedirs(logdir, exist_ok=True)
-    self.jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a")
+    local = logdir
+    if wd.is_remote(logdir):
+      self.staging = local = tempfile.mkdtemp(prefix="mode_jax_metrics_")
+      remote_jsonl = wd.path(logdir, "metrics.jsonl")
+      if wd.exists(remote_jsonl):
+        with open(os.path.join(local, "metrics.jsonl"), "wb") as f:
+          f.write(wd.read_bytes(remote_jsonl))
+    os.makedirs(local, exist_ok=True)
+    self.local = local
+    self.jsonl = open(os.path.join(local, "metrics.jsonl"), "a")
     if tensorboard:
       from tensorboardX import SummaryWriter
-      self.tb = SummaryWriter(os.path.join(logdir, "tb"))
+      self.tb = SummaryWriter(os.path.join(local, "tb"))
 
   def write(self, step: int, metrics: dict) -> None:
     if not self.enabled:
@@ -37,13 +52,34 @@ class MetricWriter:
         if math.isfinite(v):
           self.tb.add_scalar(k, v, int(step))
 
+  def flush(self) -> None:
+    """Makes everything written so far visible in the run directory."""
+    if not self.enabled:
+      return
+    self.jsonl.flush()
+    if self.tb is not None:
+      self.tb.flush()
+    self._upload()
+
+  def _upload(self) -> None:
+    if self.staging is None:
+      return
+    for root, _, names in os.walk(self.staging):
+      for name in names:
+        local = os.path.join(root, name)
+        rel = os.path.relpath(local, self.staging)
+        wd.upload(local, wd.path(self.logdir, *rel.split(os.sep)))
+
   def close(self) -> None:
-    if self.jsonl:
-      self.jsonl.close()
+    if not self.enabled:
+      return
     if self.tb is not None:
       self.tb.close()
+    self.jsonl.close()
+    self._upload()
+    if self.staging is not None:
+      shutil.rmtree(self.staging, ignore_errors=True)
 
 
 def read_jsonl(path: str) -> list[dict]:
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in wd.read_text(path).splitlines() if line.strip()]

@@ -7,14 +7,11 @@
   "replicate", or "fsdp" (shard the largest dimension divisible by the fsdp
   axis size over "fsdp"; replicate when none is). FSDP is a one-line change.
 * Batches are sharded on their leading axis over both axes together.
-* `jax.distributed.initialize()` runs only when the config or the environment
-  asks for several processes, never unconditionally (that crashes
-  single-host GPU runs).
+* Hosts: mode_jax/distributed.py starts jax.distributed (launch.py, first).
 """
 
 from __future__ import annotations
 
-import os
 import re
 
 import jax
@@ -23,26 +20,6 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp")
 BATCH_AXES = ("data", "fsdp")
-
-
-def maybe_initialize_distributed(mode="auto") -> bool:
-  """Starts jax.distributed when asked ("on") or when the environment is multi-process ("auto")."""
-  if mode in (False, "off", "false"):
-    return False
-  env_multi = (os.environ.get("JAX_COORDINATOR_ADDRESS")
-               or int(os.environ.get("SLURM_NTASKS", "1")) > 1
-               or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
-               or int(os.environ.get("JAX_NUM_PROCESSES", "1")) > 1)
-  if mode in (True, "on", "true") or env_multi:
-    if not jax.distributed.is_initialized():
-      kw = {}
-      if os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        kw = dict(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
-                  num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-                  process_id=int(os.environ["JAX_PROCESS_ID"]))
-      jax.distributed.initialize(**kw)
-    return True
-  return False
 
 
 def mesh_shape(cfg, n_devices: int) -> tuple[int, int]:

@@ -42,13 +42,17 @@ def build(model_cfg, optim_cfg, *, schedule_steps, mesh, rules, seed=0):
   return graphdef, tx, abstract, shardings, init_fn
 
 
-def _clamp_logit_scale(params):
-  """OpenAI/MetaCLIP clamp the logit-scale parameter to [0, ln 100] after each update."""
-  def clamp(path, x):
-    if sharding.path_str(path) == "logit_scale":
-      return jnp.clip(x, 0.0, constants.LOGIT_SCALE_MAX)
-    return x
-  return jax.tree_util.tree_map_with_path(clamp, params)
+def clamp_logit_scale(params):
+  """OpenAI/MetaCLIP clamp the logit-scale parameter to [0, ln 100] after each update.
+
+  Addressed by structure (the CLIP module's `logit_scale` attribute), not by
+  a path string: NNX paths end in .../value, and a string match that matched
+  nothing once made this clamp a silent no-op.
+  """
+  params = jax.tree.map(lambda x: x, params)   # a new State: the input is left as is
+  params["logit_scale"] = jax.tree.map(
+      lambda x: jnp.clip(x, 0.0, constants.LOGIT_SCALE_MAX), params["logit_scale"])
+  return params
 
 
 def loss_and_metrics(graphdef, params, batch, loss_name):
@@ -75,7 +79,7 @@ def make_train_step(graphdef, tx, schedule, state_shardings, mesh, loss_name="so
         functools.partial(loss_and_metrics, graphdef, loss_name=loss_name), has_aux=True)
     (loss, aux), grads = grad_fn(state["params"], batch)
     updates, opt = tx.update(grads, state["opt"], state["params"])
-    params = _clamp_logit_scale(optax.apply_updates(state["params"], updates))
+    params = clamp_logit_scale(optax.apply_updates(state["params"], updates))
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new = {"params": params, "opt": opt, "step": state["step"] + 1, "rng": state["rng"]}

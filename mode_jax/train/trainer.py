@@ -11,10 +11,16 @@ Config fields read here (see configs/ for full examples):
   log_every, ckpt_every, keep_ckpts, milestones, eval_every
   init.checkpoint, init.step   fork: resume another run's full state (params,
                                optimiser moments, step) -- how experts start
+  init.continue_data           the fork also continues that run's data position
+                               (the dense baseline: one continuous run)
   init.pretrained              converted public CLIP weights (params only)
+  ckpt_dir                     where ckpt/ goes ("" = <run_dir>/ckpt)
 
-A run directory holds ckpt/ (Orbax), metrics.jsonl and tb/. Re-running the
-same command resumes from the newest checkpoint, data position included.
+A run directory holds ckpt/ (Orbax), metrics.jsonl and tb/; it may be local
+or gs:// (s3:// with ckpt_dir elsewhere, see checkpoint.py). Re-running the
+same command resumes from the newest checkpoint, data position included, on
+any number of hosts: the position is global (data/loader.py).
+The entry point starts jax.distributed before calling train() (launch.py).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import jax
 import numpy as np
 import tqdm
 
+from mode_jax import workdir as wd
 from mode_jax.models import clip as clip_lib
 from mode_jax.train import checkpoint as ckpt_lib
 from mode_jax.train import metrics as metrics_lib
@@ -176,27 +183,34 @@ def validate(config, run_dir: str, n_devices: int | None = None) -> None:
     if rule not in ("replicate", "fsdp"):
       raise ValueError(f"config.sharding_rules: rule {rule!r} for {pattern!r} is not "
                        "'replicate' or 'fsdp'")
+  ckpt_lib.check_directory(ckpt_dir(config, run_dir))
   try:
-    os.makedirs(run_dir, exist_ok=True)
+    wd.makedirs(run_dir)
     # One probe per process: hosts share the workdir and must not remove each other's.
-    probe = os.path.join(run_dir, f".write_probe.{jax.process_index()}.{os.getpid()}")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
+    probe = wd.path(run_dir, f".write_probe.{jax.process_index()}.{os.getpid()}")
+    wd.write_bytes(probe, b"ok")
+    wd.remove(probe)
   except OSError as e:
-    raise ValueError(f"workdir {run_dir!r} is not writable: {e.strerror}") from None
+    raise ValueError(f"workdir {run_dir!r} is not writable: {e.strerror or e}") from None
+
+
+def ckpt_dir(config, run_dir: str) -> str:
+  return config.get("ckpt_dir") or wd.path(run_dir, "ckpt")
 
 
 def _restore_fork(config, abstract, shardings):
-  """Full state of another run (the seed) at config.init.step: how an expert starts."""
-  ck = ckpt_lib.Checkpointer(os.path.join(config.init.checkpoint, "ckpt"))
+  """(state, meta) of another run (the seed) at config.init.step: how an expert starts.
+
+  config.init.checkpoint is that run's checkpoint directory (its ckpt/).
+  """
+  ck = ckpt_lib.Checkpointer(config.init.checkpoint)
   step = config.init.step if config.init.get("step", -1) >= 0 else ck.latest_step()
   if step is None or step not in ck.all_steps():
     raise FileNotFoundError(f"config.init.checkpoint={config.init.checkpoint!r} has no step "
                             f"{step} (has {ck.all_steps()})")
-  state, _ = ck.restore(ckpt_lib.abstract_with_shardings(abstract, shardings), step)
+  state, meta = ck.restore(ckpt_lib.abstract_with_shardings(abstract, shardings), step)
   ck.close()
-  return state
+  return state, meta
 
 
 def _load_pretrained(config, state, shardings):
@@ -219,7 +233,6 @@ def train(config, run_dir: str, *, input_fn, evaluators=(), progress: bool = Tru
   evaluators: callables (model, step) -> dict of metrics, run every eval_every.
   """
   # ---- checks before any compute ------------------------------------------------
-  sharding.maybe_initialize_distributed(config.get("distributed", "auto"))
   validate(config, run_dir)
 
   # ---- mesh, model, optimiser, state ------------------------------------------------
@@ -234,17 +247,21 @@ def train(config, run_dir: str, *, input_fn, evaluators=(), progress: bool = Tru
   data = input_fn(config, mesh)
 
   # ---- checkpoint: resume, else fork, else pretrained, else fresh --------------------
-  ck = ckpt_lib.Checkpointer(os.path.join(run_dir, "ckpt"), keep=config.keep_ckpts,
+  ck = ckpt_lib.Checkpointer(ckpt_dir(config, run_dir), keep=config.keep_ckpts,
                              milestones=tuple(config.get("milestones", ())))
   abstract_sharded = ckpt_lib.abstract_with_shardings(abstract, shardings)
   if ck.latest_step() is not None:
     state, meta = ck.restore(abstract_sharded)
     if meta.get("data") is not None:
       data.set_state(meta["data"])
-    print(f"[{desc}] resumed from {run_dir}/ckpt step {int(state['step'])}")
+    print(f"[{desc}] resumed from {ck.directory} step {int(state['step'])}")
   elif config.init.get("checkpoint"):
-    state = _restore_fork(config, abstract, shardings)
-    print(f"[{desc}] forked from {config.init.checkpoint} at step {int(state['step'])}")
+    state, meta = _restore_fork(config, abstract, shardings)
+    if config.init.get("continue_data"):
+      data.set_state(meta["data"])
+    print(f"[{desc}] forked from {config.init.checkpoint} at step {int(state['step'])}"
+          + (f", data position {meta['data'].get('position')}"
+             if config.init.get("continue_data") else ""))
   else:
     state = init_fn()
     if config.init.get("pretrained"):
@@ -281,7 +298,7 @@ def train(config, run_dir: str, *, input_fn, evaluators=(), progress: bool = Tru
           bad = next(x for x in fetched if not bool(x["finite"]))
           raise NonFiniteLoss(
               f"non-finite loss ({float(bad['loss'])}) or gradient at or before step {step}; "
-              f"stopped, last good checkpoint kept in {run_dir}/ckpt "
+              f"stopped, last good checkpoint kept in {ck.directory} "
               f"(step {ck.latest_step()})")
         dt = time.perf_counter() - window_t0
         n = len(fetched)
@@ -304,6 +321,7 @@ def train(config, run_dir: str, *, input_fn, evaluators=(), progress: bool = Tru
         bar.write(f"[{desc}] step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in ev.items()))
       if step % config.ckpt_every == 0 or last:
         save(step, force=last)
+        writer.flush()
   finally:
     clock.close()
     bar.close()

@@ -1,8 +1,8 @@
 """One process of a multi-process training job on localhost CPU (used by test_distributed).
 
 Environment: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID (read
-by mode_jax.train.sharding.maybe_initialize_distributed), plus argv:
-run_dir out.npz.
+by mode_jax.distributed.initialize, called first, as launch.py does), plus
+argv: run_dir out.npz.
 """
 
 import os
@@ -13,10 +13,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", int(os.environ.get("LOCAL_DEVICES", "2")))
-jax.config.update("jax_cpu_collectives_implementation", "gloo")
 
 import numpy as np  # noqa: E402
 
+from mode_jax import distributed  # noqa: E402
 from mode_jax.train import config as config_lib  # noqa: E402
 from mode_jax.train import trainer  # noqa: E402
 
@@ -64,6 +64,7 @@ def config():
 
 
 def main():
+  distributed.initialize(None)
   run_dir, out = sys.argv[1], sys.argv[2]
   res = trainer.train(config(), run_dir, input_fn=GlobalSynthetic, progress=False)
   losses = [r["loss"] for r in res.history]
