@@ -5,7 +5,7 @@ Both take the clustering ConfigDict sub-tree (fields and defaults in
 
 Hosts. `cluster`: the embed files are grouped into chunks as on one process
 (row counts read by each host for its share of the files, then exchanged);
-each host reads only its contiguous block of every chunk's files, and the
+each host reads only its contiguous block of every chunk's rows (ranged reads), and the
 k-means iterations run on all devices of all hosts with psum'd statistics
 (clustering/kmeans.py), one device program per chunk. Process 0 writes
 cluster/. `assign`: each host assigns its round-robin share of the files on
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 import zipfile
 
 import numpy as np
@@ -62,14 +63,45 @@ def fingerprint(files: list[str], embed_meta: dict, cfg) -> str:
   return h.hexdigest()[:16]
 
 
+def _emb_header(f) -> tuple[tuple, np.dtype]:
+  major, _ = np.lib.format.read_magic(f)
+  read = (np.lib.format.read_array_header_1_0 if major == 1
+          else np.lib.format.read_array_header_2_0)
+  shape, fortran, dtype = read(f)
+  if fortran:
+    raise ValueError("embed files hold C-order arrays")
+  return tuple(shape), dtype
+
+
 def _rows(npz_path: str) -> int:
   """Rows of an embed file's `emb` array, read from the .npy header only."""
   with wd.open(npz_path, "rb") as raw, zipfile.ZipFile(raw) as z, z.open("emb.npy") as f:
-    major, _ = np.lib.format.read_magic(f)
-    read = (np.lib.format.read_array_header_1_0 if major == 1
-            else np.lib.format.read_array_header_2_0)
-    shape, _, _ = read(f)
-  return int(shape[0])
+    return int(_emb_header(f)[0][0])
+
+
+def read_rows(npz_path: str, lo: int, hi: int) -> np.ndarray:
+  """Rows [lo, hi) of an embed file's `emb`, reading only their bytes.
+
+  np.savez stores members uncompressed, so the rows sit at a fixed offset:
+  the member's local zip header, then the .npy header, then row-major data.
+  On an object store that is one ranged read per file (a host reads its block
+  of a chunk, not the whole file). Compressed members fall back to a full read.
+  """
+  with wd.open(npz_path, "rb") as raw, zipfile.ZipFile(raw) as z:
+    info = z.getinfo("emb.npy")
+    with z.open(info) as f:
+      shape, dtype = _emb_header(f)
+      header_len = f.tell()
+    if info.compress_type != zipfile.ZIP_STORED:
+      with z.open(info) as f:
+        return np.load(f)[lo:hi]
+    row_bytes = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+    raw.seek(info.header_offset)
+    local = raw.read(30)   # local file header: name and extra lengths at bytes 26..30
+    name_len, extra_len = struct.unpack("<HH", local[26:30])
+    raw.seek(info.header_offset + 30 + name_len + extra_len + header_len + lo * row_bytes)
+    data = raw.read((hi - lo) * row_bytes)
+  return np.frombuffer(data, dtype).reshape((hi - lo,) + shape[1:])
 
 
 def row_counts(files: list[str]) -> np.ndarray:
@@ -99,11 +131,23 @@ def _groups(files: list[str], rows: np.ndarray, min_rows: int) -> list[list[int]
   return groups
 
 
-def _load_emb(files: list[str], dim: int, dtype: str) -> np.ndarray:
-  parts = [wd.load_npz(f)["emb"] for f in files]
-  if not parts:   # a host with no file in this chunk still joins the collective fit
-    return np.zeros((0, dim), dtype)
-  return parts[0] if len(parts) == 1 else np.concatenate(parts)
+def _host_block(files: list[str], rows: np.ndarray, dim: int, dtype: str):
+  """This host's contiguous block of the rows of `files` concatenated, and what it read.
+
+  The block depends only on the total and the host count, so the global chunk
+  (blocks in process order) is the one a single process would read.
+  """
+  lo, hi = distributed.block(int(rows.sum()))
+  starts = np.concatenate([[0], np.cumsum(rows)])
+  parts, read = [], []
+  for f, s, e in zip(files, starts[:-1], starts[1:]):
+    a, b = max(lo, int(s)), min(hi, int(e))
+    if a < b:
+      parts.append(read_rows(f, a - int(s), b - int(s)))
+      read.append([wd.basename(f), a - int(s), b - int(s)])
+  if not parts:   # a host with no rows in this chunk still joins the collective fit
+    return np.zeros((0, dim), dtype), read
+  return (parts[0] if len(parts) == 1 else np.concatenate(parts)), read
 
 
 def _host_report(workdir: str, stage_dir: str, **info) -> None:
@@ -134,13 +178,13 @@ def run_cluster(cfg, workdir: str) -> hierarchy.Hierarchy:
   dim = int(embed_meta.get("dim") or 0)
   read = {"files": [], "rows": 0}
 
-  def chunks():   # this host's block of each group's files
+  def chunks():   # this host's block of the rows of each group's files
     for g in groups:
-      lo, hi = distributed.block(len(g))
-      mine = [files_in_order[i] for i in g[lo:hi]]
-      read["files"] += [wd.basename(f) for f in mine]
-      read["rows"] += int(sum(rows[i] for i in g[lo:hi]))
-      yield _load_emb(mine, dim, embed_meta.get("dtype", "float16"))
+      x, got = _host_block([files_in_order[i] for i in g], rows[g], dim,
+                           embed_meta.get("dtype", "float16"))
+      read["files"] += got
+      read["rows"] += len(x)
+      yield x
 
   fit_kw = dict(metric=cfg.metric, balanced=cfg.balanced_fine,
                 balanced_method=cfg.balanced_method, candidates=cfg.candidates,
@@ -211,7 +255,11 @@ def run_assign(cfg, workdir: str, shards=None) -> dict | None:
     stats.save(part)
   distributed.barrier("assign")
 
-  def merge_and_write():
+  def merge_and_write():   # a report of process 0: it quotes a few captions of any shard
+    with wd.io_stage("assign summary"):
+      return _merge_and_write()
+
+  def _merge_and_write():
     total = stats
     if n > 1:
       total = summary.Collector(h.m, h.n, cfg.summary_captions, cfg.seed)
@@ -220,7 +268,7 @@ def run_assign(cfg, workdir: str, shards=None) -> dict | None:
             wd.path(workdir, "cluster", "summary", "hosts", f"process-{q}-of-{n}.npz")))
     report = summary.write(workdir, h, total, largest=cfg.summary_fine_clusters,
                            shards=shards)
-    print(f"assign: {len(files)} files ({skipped} kept on this host); expert shares "
+    print(f"assign: {len(files)} files ({skipped} up to date on process 0); expert shares "
           f"{[round(s, 3) for s in report['shares']]}")
     return report
 

@@ -95,7 +95,7 @@ def _shard_of_stem(workdir: str, shards) -> dict[str, str]:
   try:
     return {wd.shard_stem(p): p for p in loader.shard_paths(shards or "shards/train-*.tar",
                                                             workdir)}
-  except FileNotFoundError:
+  except (FileNotFoundError, wd.MissingInput):
     return {}
 
 

@@ -125,3 +125,44 @@ def test_changed_config_refits_and_no_shards_means_no_captions(tmp_path):
   assert report["captions"] is False
   assert os.path.exists(os.path.join(root, "cluster", "summary", "experts.md"))
   assert not os.path.exists(os.path.join(root, "cluster", "summary", "captions.md"))
+
+
+def test_read_rows_reads_a_row_block_of_an_embed_file(tmp_path):
+  """The cluster stage's ranged read equals slicing the whole array (stored npz members)."""
+  rng = np.random.default_rng(0)
+  emb = rng.standard_normal((37, 5)).astype(np.float16)
+  f = str(tmp_path / "train-00000.npz")
+  wd.save_npz(f, keys=np.asarray([f"k{i}" for i in range(37)]), emb=emb)
+  for lo, hi in ((0, 37), (0, 1), (5, 19), (36, 37), (10, 10)):
+    np.testing.assert_array_equal(stages.read_rows(f, lo, hi), emb[lo:hi])
+  # A compressed member (not what wd.save_npz writes) falls back to a full read.
+  g = str(tmp_path / "train-00001.npz")
+  np.savez_compressed(g, keys=np.asarray(["a"] * 37), emb=emb)
+  np.testing.assert_array_equal(stages.read_rows(g, 3, 30), emb[3:30])
+
+
+def test_each_host_reads_its_block_of_every_chunk(tmp_path, monkeypatch):
+  """Host blocks of a chunk are disjoint, cover its rows once, and concatenate in order."""
+  from mode_jax import distributed
+  rows = np.asarray([7, 0, 12, 5])
+  files = []
+  for i, n in enumerate(rows):
+    files.append(str(tmp_path / f"train-{i:05d}.npz"))
+    wd.save_npz(files[-1], keys=np.asarray([str(j) for j in range(n)]),
+                emb=np.arange(n * 2, dtype=np.float32).reshape(n, 2) + 100 * i)
+  whole = np.concatenate([wd.load_npz(f)["emb"] for f in files])
+  for count in (1, 2, 3, 5):
+    blocks, covered = [], []
+    for p in range(count):
+      monkeypatch.setattr(distributed, "process_index", lambda p=p: p)
+      monkeypatch.setattr(distributed, "process_count", lambda c=count: c)
+      x, read = stages._host_block(files, rows, 2, "float32")
+      blocks.append(x)
+      covered += [(name, a, b) for name, a, b in read]
+    np.testing.assert_array_equal(np.concatenate(blocks), whole)
+    per_file = {}
+    for name, a, b in covered:
+      per_file.setdefault(name, []).append((a, b))
+    for name, spans in per_file.items():
+      spans.sort()
+      assert spans[0][0] == 0 and all(x[1] == y[0] for x, y in zip(spans, spans[1:]))

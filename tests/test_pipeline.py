@@ -22,6 +22,7 @@ def launch(*args, timeout=900):
 
 def test_stage_without_inputs_names_the_stage_that_makes_them(tmp_path):
   for stage, needs in (("experts", "seed"), ("evaluate", "prepare"), ("cluster", "embed"),
+                       ("seed", "prepare"), ("embed", "prepare"),
                        ("report", "evaluate")):
     r = launch(stage, "--config", "configs/demo.py:runlocal", "--workdir", str(tmp_path))
     last = r.stderr.strip().splitlines()[-1]

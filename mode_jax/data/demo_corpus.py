@@ -20,7 +20,6 @@ before any rebuild, so a killed run never looks finished.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import importlib.metadata
 import json
@@ -86,12 +85,12 @@ def _sources(cfg) -> list[str]:
 
 def _cached(workdir: str, fp: str) -> dict | None:
   p = wd.path(workdir, MARKER)
-  if not os.path.exists(p):
+  if not wd.exists(p):
     return None
   marker = wd.read_json(p)
   files = marker.get("files", [])
   if marker.get("fingerprint") != fp or not all(
-      os.path.exists(wd.path(workdir, "shards", f)) for f in files):
+      wd.exists(wd.path(workdir, "shards", f)) for f in files):
     return None
   return marker
 
@@ -135,13 +134,11 @@ def _check_sources(cfg, names) -> dict:
 
 def _clear(workdir: str) -> None:
   """Removes the marker first, then every shard a previous run left."""
-  marker = wd.path(workdir, MARKER)
-  if os.path.exists(marker):
-    os.remove(marker)
+  wd.remove(wd.path(workdir, MARKER))
   pats = ["train-*.tar", "train-*.tar.tmp", "eval/*.tar", "eval/*.tar.tmp", "eval/*.json"]
   for pat in pats:
-    for p in glob.glob(wd.path(workdir, "shards", pat)):
-      os.remove(p)
+    for p in wd.glob(wd.path(workdir, "shards", pat)):
+      wd.remove(p)
 
 
 # --- clip art -----------------------------------------------------------------
@@ -206,7 +203,7 @@ def _clipart(cfg, stats: dict):
 def _write_eval(workdir, task, samples, meta, shard_size, bar) -> list[str]:
   pattern = wd.path(workdir, "shards", "eval", task + "-%05d.tar")
   paths = wds_writer.write_shards(pattern, samples, shard_size, bar.update) if samples else []
-  rel = [os.path.relpath(p, wd.path(workdir, "shards")) for p in paths]
+  rel = [f"eval/{wd.basename(p)}" for p in paths]
   wd.write_json(wd.path(workdir, "shards", "eval", task + ".json"),
                 {**meta, "num_samples": len(samples), "shards": rel})
   return rel + [f"eval/{task}.json"]
@@ -221,7 +218,7 @@ def run_prepare(cfg, workdir: str) -> dict:
     if marker is not None:
       print(f"prepare: cached ({wd.path(workdir, MARKER)})")
       return marker
-  if os.path.exists(wd.path(workdir, MARKER)):
+  if wd.exists(wd.path(workdir, MARKER)):
     print("prepare: config changed or shards missing; rebuilding")
   sources = _check_sources(cfg, names)
   start = time.time()
@@ -252,7 +249,7 @@ def run_prepare(cfg, workdir: str) -> dict:
   with tqdm(total=total, desc="write shards", unit="sample") as bar:
     paths = wds_writer.write_shards(wd.path(workdir, "shards", "train-%05d.tar"),
                                     (pairs[i] for i in order), cfg.shard_size, bar.update)
-    files += [os.path.basename(p) for p in paths]
+    files += [wd.basename(p) for p in paths]
     for task, (samples, meta) in evals.items():
       files += _write_eval(workdir, task, samples, meta, cfg.shard_size, bar)
 

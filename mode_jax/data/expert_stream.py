@@ -76,8 +76,8 @@ def sample_experts(index: SampleIndex, workdir: str) -> np.ndarray:
   unmatched = 0
   for s, shard in enumerate(index.shards):
     p = wd.require(workdir, f"assign/{wd.shard_stem(shard)}.npz", "assign")
-    with np.load(p) as z:
-      keys, expert = z["keys"].astype(str), z["expert"].astype(np.int32)
+    z = wd.load_npz(p)
+    keys, expert = z["keys"].astype(str), z["expert"].astype(np.int32)
     mine = index.keys[s]
     if not len(mine):
       unmatched += len(keys)

@@ -85,11 +85,18 @@ def _patterns(shards) -> list[str]:
 def shard_paths(shards, workdir: str | None) -> list[str]:
   """config.input.shards (a pattern, '::'-joined patterns, or a list of them) -> paths.
 
-  Relative patterns are inside the workdir; raises FileNotFoundError when nothing matches.
+  Relative patterns are inside the workdir. When nothing matches: MissingInput
+  naming `prepare` (the stage that writes the workdir's shards) for patterns
+  inside the workdir, else FileNotFoundError.
   """
   out = []
   for p in _patterns(shards):
-    out += wds.expand_shards(_resolve(p, workdir))
+    try:
+      out += wds.expand_shards(_resolve(p, workdir))
+    except FileNotFoundError:
+      if workdir and _resolve(p, workdir) != p:
+        raise wd.MissingInput(_resolve(p, workdir), "prepare") from None
+      raise
   return out
 
 
