@@ -193,7 +193,7 @@ def run_cluster(cfg, workdir: str) -> hierarchy.Hierarchy:
   fine = streaming.fit_stream(chunks(), cfg.m, iters_per_chunk=cfg.iters_per_file,
                               progress=distributed.is_primary(), **fit_kw)
   meta = dict(encoder=embed_meta.get("encoder"), embed_fingerprint=embed_meta.get("fingerprint"),
-              fingerprint=fp, dim=int(fine.centers.shape[1]), n_points=int(fine.n_seen),
+              fingerprint=fp, dim=int(fine.centers.shape[1]), n_points=total,
               n_files=len(files), fine_balanced=bool(cfg.balanced_fine),
               balanced_method=cfg.balanced_method, iters_per_chunk=fine.iters,
               config=cfg.to_dict())

@@ -63,8 +63,9 @@ def environment_is_multiprocess() -> bool:
   """Does the environment describe a job of several processes (see module doc)?"""
   return bool(
       os.environ.get("JAX_COORDINATOR_ADDRESS")
-      or (os.environ.get("SLURM_JOB_ID")
-          and max(_int_env("SLURM_STEP_NUM_TASKS"), _int_env("SLURM_NTASKS")) > 1)
+      # Only inside an srun step: a plain `python` in an sbatch/salloc allocation
+      # of several tasks (SLURM_NTASKS > 1) is one process and has no peers.
+      or (os.environ.get("SLURM_JOB_ID") and _int_env("SLURM_STEP_NUM_TASKS") > 1)
       or _int_env("OMPI_COMM_WORLD_SIZE") > 1
       or _several("TPU_WORKER_HOSTNAMES") or _several("TPU_PROCESS_ADDRESSES")
       or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"))
@@ -160,9 +161,31 @@ def barrier(name: str) -> None:
 
 
 def on_primary(name: str, fn: Callable[[], T]) -> T | None:
-  """Runs fn on process 0 only, then a barrier: the idiom for one shared file."""
-  out = fn() if is_primary() else None
+  """Runs fn on process 0 only, then a barrier: the idiom for one shared file.
+
+  When fn raises on process 0, every process raises (with its message) after
+  the barrier instead of waiting there for a process that left.
+  """
+  if process_count() == 1:
+    return fn()
+  from jax._src import distributed as jax_distributed
+  client = jax_distributed.global_state.client
+  key = f"mode_jax/status/{_barriers[0] + 1}/{name}"
+  out, error = None, None
+  if is_primary():
+    try:
+      out = fn()
+    except Exception as e:   # noqa: BLE001  (re-raised below, after telling the others)
+      error = e
+    if client is not None:
+      client.key_value_set(key, "ok" if error is None else f"{type(error).__name__}: {error}")
   barrier(name)
+  if error is not None:
+    raise error
+  if client is not None and not is_primary():
+    status = client.blocking_key_value_get(key, 60_000)
+    if status != "ok":
+      raise RuntimeError(f"process 0 failed in {name!r}: {status}")
   return out
 
 

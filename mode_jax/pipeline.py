@@ -116,6 +116,7 @@ def _fit(config, workdir, run_rel, *, num_steps, schedule_steps, indices=None, i
 
 def run_seed(config, workdir: str):
   """Dense seed on all training data until seed_epochs; the fork step is kept forever."""
+  ckpt_lib.check_directory(ckpt_dir(config, workdir, SEED_DIR))   # before any work
   index = loader.load_index(_input_cfg(config), workdir)
   p = plan(config, len(index))
   distributed.on_primary("seed plan", lambda: wd.write_json(

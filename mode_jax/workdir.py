@@ -29,9 +29,16 @@ Layout and formats (all arrays little-endian numpy):
                                        "fingerprint", ...}
   assign/<shard-stem>.npz             keys: str[n]; fine: int32[n];
                                       expert: int32[n]  (same row order as the
-                                      shard's embed file)
-  seed/                               Orbax CheckpointManager directory
-  experts/<c>/                        Orbax CheckpointManager directory
+                                      shard's embed file); cluster_fingerprint:
+                                      the clustering it came from
+  {embed,cluster,assign}/hosts/process-<i>-of-<n>.json
+                                      what host i of n read (its share) and counts
+  cluster/summary/                    experts.md|json, captions.md, sizes.png;
+                                      hosts/process-<i>-of-<n>.npz: a host's part
+  seed/plan.json                      the schedule: seed, expert and total steps
+  seed/, experts/<c>/, dense/         metrics.jsonl, tb/ (TensorBoard), and ckpt/:
+                                      an Orbax CheckpointManager directory (under
+                                      config.checkpoint_root/<run>/ckpt if set)
   eval/<model>/<task>.npz             logits: float32[N_img, N_cls] raw cosines
                                       (zero-shot) or float32[N_img, N_txt]
                                       (retrieval); labels: int32[N_img];
@@ -48,7 +55,8 @@ prints as one line naming the file and the command that makes it.
 Filesystem. A workdir is a local folder, a shared filesystem or an object
 store prefix (gs://bucket/w, s3://bucket/w); every stage opens its files
 through the functions below and never calls os, open or glob on a workdir
-path itself. Local paths go to the os module; URLs go to fsspec (gcsfs,
+path itself (the shard writer and the metrics writer stage local files
+first, then upload through this module). Local paths go to the os module; URLs go to fsspec (gcsfs,
 s3fs). Why fsspec rather than etils epath: the shard reader needs ranged
 reads with no read-ahead cache (a 5 MB block per random sample otherwise),
 protocol options (an S3 endpoint, a GCS emulator) come from fsspec's

@@ -6,8 +6,10 @@
 #
 # Every worker runs the same command. MODE_JAX_DISTRIBUTED=on makes launch.py call
 # jax.distributed.initialize() before anything else; JAX finds its peers through
-# the TPU VM metadata. The workdir must be shared: a gs:// bucket (checkpoints
-# included) or a filesystem mounted on every worker. The repository must be
+# the TPU VM metadata. The workdir must be shared: a gs:// bucket or a
+# filesystem mounted on every worker. Multi-host Orbax saves to gs:// are
+# untested on real GCS (they hang on the emulator, README "Pods and clusters");
+# if they stall, add --config.checkpoint_root=<shared folder>. The repository must be
 # checked out at $REPO_DIR (default ~/mode_jax) on every worker.
 set -euo pipefail
 tpu=$1; zone=$2; shift 2

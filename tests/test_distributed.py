@@ -40,3 +40,33 @@ def test_two_processes_match_one(tmp_path):
   assert keys and keys == [k for k in b.files if k.startswith("arr_")]
   for k in keys:
     np.testing.assert_allclose(a[k], b[k], atol=1e-5)
+
+
+FAILING_PRIMARY = """
+import jax
+jax.config.update("jax_num_cpu_devices", 1)
+from mode_jax import distributed
+distributed.initialize(None)
+def write():
+  raise ValueError("disk full")
+try:
+  distributed.on_primary("shared file", write)
+except Exception as e:
+  print("raised:", type(e).__name__, e, flush=True)
+distributed.barrier("after")   # both processes still agree on barrier keys
+print("done", flush=True)
+"""
+
+
+def test_a_failure_on_the_primary_stops_every_process():
+  """on_primary: process 0's error reaches the others instead of a hang at the barrier."""
+  port = portpicker.pick_unused_port()
+  procs = [subprocess.Popen(
+      [sys.executable, "-c", FAILING_PRIMARY],
+      env=_env(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+               JAX_PROCESS_ID=str(i), MODE_JAX_BARRIER_TIMEOUT="120"),
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  assert "raised: ValueError disk full" in outs[0] and "done" in outs[0], outs[0]
+  assert "raised: RuntimeError process 0 failed in 'shared file': ValueError: disk full" \
+      in outs[1] and "done" in outs[1], outs[1]

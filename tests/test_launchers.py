@@ -9,6 +9,8 @@ import subprocess
 import sys
 import tomllib
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -43,14 +45,15 @@ def test_slurm_script_installs_the_cuda_build_and_runs_the_stage(tmp_path):
 if [ "$1" = -m ] && [ "$2" = venv ]; then
   mkdir -p "$3/bin"
   printf '#!/usr/bin/env bash\\necho pip "$@" >> {log}\\n' > "$3/bin/pip"
-  printf '#!/usr/bin/env bash\\necho python "$@" >> {log}\\n' > "$3/bin/python"
+  printf '#!/usr/bin/env bash\\necho devices=$JAX_LOCAL_DEVICE_IDS >> {log}\\necho python "$@" >> {log}\\n' > "$3/bin/python"
   chmod +x "$3/bin/pip" "$3/bin/python"
 fi
 """)
   _stub(bin_dir, "srun", f'echo srun "$@" >> {log}\n"${{@:2}}"\n')
   work = tmp_path / "submit"
   work.mkdir()
-  env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_SUBMIT_DIR=str(work))
+  env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_SUBMIT_DIR=str(work),
+             SLURM_GPUS_ON_NODE="4")
   r = subprocess.run(["bash", os.path.join(ROOT, "scripts", "slurm.sbatch"), "seed",
                       "--config", "configs/demo.py", "--workdir", "/shared/w"],
                      env=env, capture_output=True, text=True, timeout=60)
@@ -58,6 +61,7 @@ fi
   calls = log.read_text().splitlines()
   assert "pip install -q -e .[cuda]" in calls
   assert calls[-1] == "python launch.py seed --config configs/demo.py --workdir /shared/w"
+  assert calls[-2] == "devices=0,1,2,3"    # one process drives all the node's GPUs
   assert not any("make" in c for c in calls)
 
 
@@ -80,7 +84,7 @@ def test_tpu_script_installs_the_tpu_build_and_starts_distributed(tmp_path):
 
 
 def test_distributed_on_from_the_environment_reaches_jax(tmp_path):
-  """MODE_JAX_DISTRIBUTED=on (what tpu_vm.sh sets) makes launch.py call jax.distributed first."""
+  """MODE_JAX_DISTRIBUTED=on (what tpu_vm.sh sets) makes distributed.initialize start JAX's."""
   code = ("import sys; sys.argv=['x']; from mode_jax import distributed; import jax\n"
           "called = []\n"
           "jax.distributed.initialize = lambda **kw: called.append(kw)\n"
@@ -94,3 +98,24 @@ def test_distributed_on_from_the_environment_reaches_jax(tmp_path):
     out[mode] = r.stdout.strip()
   assert out == {"on": "True [{}]", "off": "False []",
                  "auto": "False []"}
+
+
+@pytest.mark.parametrize("env, multi", [
+    ({}, False),
+    ({"JAX_COORDINATOR_ADDRESS": "h0:1234"}, True),
+    ({"SLURM_JOB_ID": "7", "SLURM_STEP_NUM_TASKS": "4"}, True),     # inside srun
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}, False),            # plain python in sbatch
+    ({"SLURM_JOB_ID": "7", "SLURM_STEP_NUM_TASKS": "1"}, False),
+    ({"OMPI_COMM_WORLD_SIZE": "2"}, True),
+    ({"TPU_WORKER_HOSTNAMES": "w0,w1"}, True),
+    ({"TPU_WORKER_HOSTNAMES": "w0"}, False),
+    ({"MEGASCALE_COORDINATOR_ADDRESS": "c:1"}, True),
+])
+def test_auto_mode_detects_multi_process_environments(monkeypatch, env, multi):
+  from mode_jax import distributed
+  for k in list(os.environ):
+    if k.startswith(("JAX_", "SLURM_", "OMPI_", "TPU_", "MEGASCALE_")):
+      monkeypatch.delenv(k)
+  for k, v in env.items():
+    monkeypatch.setenv(k, v)
+  assert distributed.environment_is_multiprocess() is multi

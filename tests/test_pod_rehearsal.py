@@ -153,6 +153,11 @@ def test_two_hosts_on_gcs_match_one_host_on_disk(local_run, pod_run):
   assert os.path.exists(os.path.join(copy, "seed", "plan.json"))
   assert not os.path.exists(os.path.join(copy, "seed", "ckpt"))
   assert any(n.isdigit() for n in os.listdir(tmp / "ckpt" / "seed" / "ckpt"))
+  # The same clustering: every host's rows counted, the same fine -> expert map.
+  metas = [json.load(open(os.path.join(w, "cluster", "meta.json"))) for w in (local_run, copy)]
+  assert metas[0]["n_points"] == metas[1]["n_points"] > 0
+  np.testing.assert_array_equal(*(np.load(os.path.join(w, "cluster", "fine_to_expert.npy"))
+                                  for w in (local_run, copy)))
   _assert_same_results(local_run, copy)
 
 
