@@ -77,7 +77,13 @@ def main(argv):
     with wd.io_stage(stage):
       getattr(importlib.import_module(module), fn)(config, workdir)
   except (wd.MissingInput, ValueError, FileNotFoundError) as e:
-    sys.exit(f"error: {e}")
+    distributed.abort(f"error: {e}")
+  except Exception:   # noqa: BLE001  on a pod, one host's crash must stop every host
+    if distributed.process_count() == 1:
+      raise
+    import traceback
+    traceback.print_exc()
+    distributed.abort(f"error: process {distributed.process_index()} failed (traceback above)")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ order). Shared files are written by process 0 between barriers
 from __future__ import annotations
 
 import os
+import sys
 from typing import Callable, Sequence, TypeVar
 
 import ml_collections
@@ -45,6 +46,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.num_processes = 0
   c.process_id = -1
   c.initialization_timeout = 300   # seconds to wait for every process to join
+  c.heartbeat_timeout = 100        # seconds without a heartbeat before a process counts as dead
   return c
 
 
@@ -97,6 +99,12 @@ def _arguments(cfg) -> dict:
   timeout = get("initialization_timeout", 0)
   if timeout:
     kw["initialization_timeout"] = int(timeout)
+  heartbeat = get("heartbeat_timeout", 0)
+  if heartbeat:
+    import inspect
+    import jax
+    if "heartbeat_timeout_seconds" in inspect.signature(jax.distributed.initialize).parameters:
+      kw["heartbeat_timeout_seconds"] = int(heartbeat)
   return kw
 
 
@@ -143,8 +151,9 @@ def barrier(name: str) -> None:
   """Every process waits here until all have arrived (a no-op on one process).
 
   A barrier of the distributed runtime's coordination service, as Orbax's
-  (not a device collective: those give up after 30 s when the first hosts
-  arrive, and process 0 may be rendering the demo corpus for minutes). The
+  (not a device collective: the first cross-process collective sets up gloo
+  and gave up after 30 s here when one host arrived that much later, and
+  process 0 may be rendering the demo corpus for minutes). The
   timeout is MODE_JAX_BARRIER_TIMEOUT seconds (default 4 h). Every process
   passes the same barriers in the same order; a counter makes each key unique.
   """
@@ -158,6 +167,22 @@ def barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
     return
   client.wait_at_barrier(f"mode_jax/{_barriers[0]}/{name}", BARRIER_TIMEOUT_S * 1000)
+
+
+def abort(message: str, code: int = 1) -> None:
+  """Ends this process at once after a failure, so its peers stop too.
+
+  A normal exit runs jax.distributed's shutdown, which waits (minutes) at a
+  barrier for every other process, while they wait at our barriers for this
+  one: a pod that hangs after one host fails. os._exit skips it; the
+  coordination service then misses this process's heartbeats and fails the
+  others' barriers. On one process this is sys.exit.
+  """
+  if process_count() == 1:
+    raise SystemExit(message)
+  print(message, file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(code)
 
 
 def on_primary(name: str, fn: Callable[[], T]) -> T | None:

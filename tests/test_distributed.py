@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import portpicker
@@ -70,3 +71,35 @@ def test_a_failure_on_the_primary_stops_every_process():
   assert "raised: ValueError disk full" in outs[0] and "done" in outs[0], outs[0]
   assert "raised: RuntimeError process 0 failed in 'shared file': ValueError: disk full" \
       in outs[1] and "done" in outs[1], outs[1]
+
+
+FAILING_HOST = """
+import time
+import jax
+import ml_collections
+jax.config.update("jax_num_cpu_devices", 1)
+from mode_jax import distributed
+cfg = ml_collections.ConfigDict({"distributed": distributed.default_config()})
+cfg.distributed.heartbeat_timeout = 10
+distributed.initialize(cfg)
+if jax.process_index() == 1:
+  distributed.abort("error: host 1 fails")   # what launch.py does on any error
+distributed.barrier("never passed")
+print("passed the barrier", flush=True)
+"""
+
+
+def test_one_host_failing_stops_the_other():
+  """After distributed.abort on one host the others stop (missed heartbeats), not hang."""
+  port = portpicker.pick_unused_port()
+  t0 = time.time()
+  procs = [subprocess.Popen(
+      [sys.executable, "-c", FAILING_HOST],
+      env=_env(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+               JAX_PROCESS_ID=str(i)),
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  assert procs[1].returncode == 1 and "error: host 1 fails" in outs[1][1]
+  assert procs[0].returncode != 0 and "passed the barrier" not in outs[0][0]
+  assert "stopped sending heartbeats" in outs[0][1] or "task died" in outs[0][1], outs[0][1][-2000:]
+  assert time.time() - t0 < 240
