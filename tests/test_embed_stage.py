@@ -222,3 +222,19 @@ def test_repeated_captions_are_encoded_once(tmp_path, fake):
   for s in range(2):
     with np.load(tmp_path / "embed" / f"train-0000{s}.npz") as z:
       np.testing.assert_allclose(z["emb"].astype(np.float32), ref, atol=1e-3)
+
+
+def test_captions_past_the_cache_size_are_still_embedded(tmp_path, fake):
+  """Regression: once cache_size captions were cached, new captions got None and
+  np.stack failed (with web captions around the 20th shard)."""
+  make_workdir(str(tmp_path))
+  small = cfg_for("fake", cache_size=3, dtype="float32")
+  stats = embed_stage.run_embed(small, str(tmp_path))
+  assert stats["samples"] == 18
+  full = tmp_path / "full"
+  make_workdir(str(full))
+  embed_stage.run_embed(cfg_for("fake", dtype="float32"), str(full))
+  for stem in ("train-00000", "train-00001"):
+    a, b = (wd.load_npz(str(d / "embed" / f"{stem}.npz")) for d in (tmp_path, full))
+    assert list(a["keys"]) == list(b["keys"])
+    np.testing.assert_array_equal(a["emb"], b["emb"])
