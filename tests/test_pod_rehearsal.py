@@ -169,6 +169,8 @@ def _io_log(tmp):
 
 
 def test_each_file_has_one_writer(pod_run):
+  """Every workdir file written through mode_jax.workdir has one writer process (Orbax's
+  checkpoint files are not logged: they go to the shared local checkpoint_root here)."""
   url, _, tmp = pod_run
   rows = _io_log(tmp)
   assert len({r["pid"] for r in rows}) == 2
