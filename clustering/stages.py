@@ -107,7 +107,7 @@ def read_rows(npz_path: str, lo: int, hi: int) -> np.ndarray:
 def row_counts(files: list[str]) -> np.ndarray:
   """int64[len(files)]: each host reads the headers of its share, then all exchange them."""
   counts = np.zeros(len(files), np.int64)
-  mine = range(distributed.process_index(), len(files), distributed.process_count())
+  mine = distributed.share(range(len(files)))
   for i in mine:
     counts[i] = _rows(files[i])
   return distributed.allgather(counts).sum(0)
@@ -148,12 +148,6 @@ def _host_block(files: list[str], rows: np.ndarray, dim: int, dtype: str):
   if not parts:   # a host with no rows in this chunk still joins the collective fit
     return np.zeros((0, dim), dtype), read
   return (parts[0] if len(parts) == 1 else np.concatenate(parts)), read
-
-
-def _host_report(workdir: str, stage_dir: str, **info) -> None:
-  p, n = distributed.process_index(), distributed.process_count()
-  wd.write_json(wd.path(workdir, stage_dir, "hosts", f"process-{p}-of-{n}.json"),
-                dict(info, process=p, processes=n))
 
 
 def run_cluster(cfg, workdir: str) -> hierarchy.Hierarchy:
@@ -201,7 +195,7 @@ def run_cluster(cfg, workdir: str) -> hierarchy.Hierarchy:
   h = hierarchy.build(fine.centers, cfg.n, metric=cfg.metric, iters=cfg.coarse_iters,
                       init=cfg.init, seed=cfg.seed, balanced=cfg.balanced_coarse,
                       mesh=points_lib.local_mesh(1), meta=meta)
-  _host_report(workdir, "cluster", read=read["files"], rows=read["rows"])
+  distributed.host_report(wd.path(workdir, "cluster"), read=read["files"], rows=read["rows"])
   distributed.on_primary("cluster", lambda: hierarchy.save(h, workdir))
   if distributed.is_primary():
     print(f"cluster: m={h.m} fine -> n={h.n} experts, fine per expert "
@@ -233,7 +227,7 @@ def run_assign(cfg, workdir: str, shards=None) -> dict | None:
   mesh = points_lib.local_mesh()
   stats = summary.Collector(h.m, h.n, cfg.summary_captions, cfg.seed)
   skipped, read = 0, []
-  mine = list(range(distributed.process_index(), len(files), distributed.process_count()))
+  mine = distributed.share(range(len(files)))
   for i in tqdm(mine, desc="assign", unit="file", disable=not distributed.is_primary()):
     f = files[i]
     stem = wd.basename(f)[:-4]
@@ -248,26 +242,22 @@ def run_assign(cfg, workdir: str, shards=None) -> dict | None:
       wd.save_npz(out, keys=keys, fine=fine, expert=expert,
                   cluster_fingerprint=np.asarray(cluster_fp))
     stats.add(i, stem, fine, expert)
-  _host_report(workdir, "assign", read=read, kept=skipped)
-  p, n = distributed.process_index(), distributed.process_count()
-  part = wd.path(workdir, "cluster", "summary", "hosts", f"process-{p}-of-{n}.npz")
+  distributed.host_report(wd.path(workdir, "assign"), read=read, kept=skipped)
+  parts = wd.path(workdir, "cluster", "summary")
+  n = distributed.process_count()
   if n > 1:
-    stats.save(part)
+    stats.save(distributed.host_path(parts, ".npz"))
   distributed.barrier("assign")
 
   def merge_and_write():   # a report of process 0: it quotes a few captions of any shard
     with wd.io_stage("assign summary"):
-      return _merge_and_write()
-
-  def _merge_and_write():
-    total = stats
-    if n > 1:
-      total = summary.Collector(h.m, h.n, cfg.summary_captions, cfg.seed)
-      for q in range(n):
-        total.merge(summary.Collector.load(
-            wd.path(workdir, "cluster", "summary", "hosts", f"process-{q}-of-{n}.npz")))
-    report = summary.write(workdir, h, total, largest=cfg.summary_fine_clusters,
-                           shards=shards)
+      total = stats
+      if n > 1:
+        total = summary.Collector(h.m, h.n, cfg.summary_captions, cfg.seed)
+        for q in range(n):
+          total.merge(summary.Collector.load(distributed.host_path(parts, ".npz", q)))
+      report = summary.write(workdir, h, total, largest=cfg.summary_fine_clusters,
+                             shards=shards)
     print(f"assign: {len(files)} files ({skipped} up to date on process 0); expert shares "
           f"{[round(s, 3) for s in report['shares']]}")
     return report

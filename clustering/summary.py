@@ -93,7 +93,7 @@ def _shard_of_stem(workdir: str, shards) -> dict[str, str]:
   """stem -> shard path from config.input.shards ({} when they cannot be found)."""
   from mode_jax.data import loader
   try:
-    return {wd.shard_stem(p): p for p in loader.shard_paths(shards or "shards/train-*.tar",
+    return {wd.shard_stem(p): p for p in loader.shard_paths(shards or wd.TRAIN_SHARDS,
                                                             workdir)}
   except (FileNotFoundError, wd.MissingInput):
     return {}
@@ -119,7 +119,6 @@ def _lookup_captions(workdir: str, wanted: list[tuple[str, int]], shards=None) -
 
 
 def _plot_sizes(path: str, fine_counts, expert_counts) -> None:
-  import io
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -131,10 +130,8 @@ def _plot_sizes(path: str, fine_counts, expert_counts) -> None:
   b.bar(np.arange(len(expert_counts)), expert_counts, color="tab:orange")
   b.set(title=f"expert sizes (n={len(expert_counts)})", xlabel="expert", ylabel="points")
   fig.tight_layout()
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=100)
+  wd.save_figure(path, fig, dpi=100)
   plt.close(fig)
-  wd.write_bytes(path, buf.getvalue())
 
 
 def write(workdir: str, h, stats: Collector, largest: int = 10, shards=None) -> dict:

@@ -229,6 +229,19 @@ def block(n: int, index: int | None = None, count: int | None = None) -> tuple[i
   return lo, hi
 
 
+def host_path(folder: str, suffix: str = ".json", process: int | None = None) -> str:
+  """<folder>/hosts/process-<i>-of-<n><suffix>: a file only host i writes (default: this one)."""
+  from mode_jax import workdir as wd
+  i = process_index() if process is None else process
+  return wd.path(folder, "hosts", f"process-{i}-of-{process_count()}{suffix}")
+
+
+def host_report(folder: str, **info) -> None:
+  """Writes <folder>/hosts/process-<i>-of-<n>.json: what this host read and counted."""
+  from mode_jax import workdir as wd
+  wd.write_json(host_path(folder), dict(info, process=process_index(), processes=process_count()))
+
+
 def allgather(x):
   """Stacks a numpy array (same shape on every host) over processes: [P, ...]."""
   import numpy as np

@@ -14,16 +14,17 @@ from mode_jax.train import trainer
 
 
 def _shards(config):
-  return config.input.shards if "input" in config else "shards/train-*.tar"
+  return config.input.shards if "input" in config else wd.TRAIN_SHARDS
 
 
 def run_train(config, workdir: str):
   """Trains one CLIP on config.input into workdir/train (resumes if a checkpoint exists)."""
   run_dir = wd.path(workdir, "train")
   if config.get("checkpoint_root"):
+    from mode_jax import pipeline
     config = config.copy_and_resolve_references()
     with config.unlocked():
-      config.ckpt_dir = wd.path(config.checkpoint_root, "train", "ckpt")
+      config.ckpt_dir = pipeline.ckpt_dir(config, workdir, "train")
   trainer.validate(config, run_dir)   # before loading any data
   input_fn, evaluators = inputs.get(config)
   result = trainer.train(config, run_dir, input_fn=input_fn, evaluators=evaluators)

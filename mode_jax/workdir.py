@@ -83,9 +83,13 @@ import os
 import posixpath
 import threading
 import uuid
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 import numpy as np
+
+
+# The training shards `prepare` writes; the default of config.input.shards.
+TRAIN_SHARDS = "shards/train-*.tar"
 
 
 class MissingInput(RuntimeError):
@@ -124,16 +128,12 @@ def path(workdir: str, *parts: str) -> str:
   return os.path.join(workdir, *parts)
 
 
-def join(base: str, *parts: str) -> str:
-  return path(base, *parts)
 
 
 def basename(p: str) -> str:
   return posixpath.basename(str(p).rstrip("/"))
 
 
-def dirname(p: str) -> str:
-  return posixpath.dirname(str(p)) if is_remote(p) else os.path.dirname(p)
 
 
 def shard_stem(shard_path: str) -> str:
@@ -230,11 +230,6 @@ def glob(pattern: str) -> list[str]:
   return sorted(_url(pattern, f) for f in fs.glob(rel))
 
 
-def size(p: str) -> int:
-  if not is_remote(p):
-    return os.path.getsize(_local(p))
-  fs, rel = _fs(p)
-  return int(fs.info(rel)["size"])
 
 
 def signature(p: str) -> str:
@@ -344,6 +339,13 @@ def save_npz(p: str, **arrays) -> str:
   return write_bytes(p, buf.getvalue())
 
 
+def save_figure(p: str, fig, dpi: int = 120) -> str:
+  """A matplotlib figure as PNG at p."""
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=dpi)
+  return write_bytes(p, buf.getvalue())
+
+
 def save_npy(p: str, arr: np.ndarray) -> str:
   buf = io.BytesIO()
   np.save(buf, arr)
@@ -352,15 +354,15 @@ def save_npy(p: str, arr: np.ndarray) -> str:
 
 def upload(local_file: str, p: str) -> str:
   """Copies a finished local file to p (atomically, as write_bytes)."""
-  if not is_remote(p) and os.path.abspath(_local(p)) == os.path.abspath(local_file):
-    return p
+  if not is_remote(p):
+    if os.path.abspath(_local(p)) == os.path.abspath(local_file):
+      return p
+    with io.open(local_file, "rb") as f:
+      return write_bytes(p, f.read())
   log_io("write", p)
-  if is_remote(p):
-    fs, rel = _fs(p)
-    fs.put_file(local_file, rel)
-    return p
-  with io.open(local_file, "rb") as f:
-    return write_bytes(p, f.read())
+  fs, rel = _fs(p)
+  fs.put_file(local_file, rel)
+  return p
 
 
 def remove(p: str, missing_ok: bool = True) -> None:
@@ -374,26 +376,3 @@ def remove(p: str, missing_ok: bool = True) -> None:
   except FileNotFoundError:
     if not missing_ok:
       raise
-
-
-def rmtree(p: str) -> None:
-  """Deletes a directory tree (or object prefix); absent is fine."""
-  if not is_remote(p):
-    import shutil
-    shutil.rmtree(_local(p), ignore_errors=True)
-    return
-  fs, rel = _fs(p)
-  if fs.exists(rel):
-    fs.rm(rel, recursive=True)
-
-
-def walk_files(p: str) -> Iterator[str]:
-  """Every file below p, as paths (used by tests and tools, not by stages' hot paths)."""
-  if not is_remote(p):
-    for root, _, names in os.walk(_local(p)):
-      for n in names:
-        yield os.path.join(root, n)
-    return
-  fs, rel = _fs(p)
-  for f in fs.find(rel):
-    yield _url(p, f)

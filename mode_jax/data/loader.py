@@ -52,7 +52,7 @@ Tokenize = Callable[[list[str]], np.ndarray]
 def default_config() -> ml_collections.ConfigDict:
   """Fields of the training / evaluation input (config.input)."""
   c = ml_collections.ConfigDict()
-  c.shards = "shards/train-*.tar"   # brace/glob pattern; relative = inside the workdir
+  c.shards = wd.TRAIN_SHARDS        # brace/glob pattern; relative = inside the workdir
   c.resolution = 224                # output images are resolution^2
   c.batch_size = 256                # global; each process gets batch_size / process_count
   c.seed = 0

@@ -69,29 +69,30 @@ def _cache_path(index_dir: str, path: str) -> str:
   return wd.path(index_dir, f"{wd.shard_stem(path)}-{h}.npz")
 
 
-def _cached(path: str, index_dir: str | None):
-  """The cached index of a shard when it is still valid, else None."""
+def _cached(path: str, index_dir: str | None, sig: str):
+  """The cached index of a shard when its signature is still `sig`, else None."""
   if not index_dir:
     return None
   cache = _cache_path(index_dir, path)
   if not wd.exists(cache):
     return None
   z = wd.load_npz(cache)
-  if str(z["sig"]) != _signature(path):
+  if str(z["sig"]) != sig:
     return None
   st = wds.Stats(**{k: int(v) for k, v in zip(z["stat_names"], z["stat_values"])})
   return z["keys"], z["start"], z["length"], st
 
 
 def _load_or_scan(path: str, index_dir: str | None, write: bool = True):
-  hit = _cached(path, index_dir)
+  sig = _signature(path) if index_dir else ""   # taken before the scan, stored with it
+  hit = _cached(path, index_dir, sig)
   if hit is not None:
     return hit
   keys, start, length, st = scan_shard(path)
   if index_dir and write:
     d = st.as_dict()
     wd.save_npz(_cache_path(index_dir, path), keys=keys, start=start, length=length,
-                sig=np.asarray(_signature(path)), stat_names=np.asarray(list(d)),
+                sig=np.asarray(sig), stat_names=np.asarray(list(d)),
                 stat_values=np.asarray(list(d.values())))
   return keys, start, length, st
 

@@ -104,10 +104,6 @@ def _expand_braces(pattern: str) -> list[str]:
   return [x for p in parts for x in _expand_braces(head + p + tail)]
 
 
-def is_remote(path: str) -> bool:
-  return wd.is_remote(path)
-
-
 def _has_glob(path: str) -> bool:
   return any(c in path for c in "*?[")
 

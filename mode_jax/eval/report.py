@@ -157,12 +157,6 @@ def write_csv(p, header, rows):
   wd.write_text(p, buf.getvalue())
 
 
-def save_figure(fig, p) -> None:
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=120)
-  wd.write_bytes(p, buf.getvalue())
-
-
 def markdown(header, rows, fmt="{:.2f}") -> str:
   def cell(v):
     return fmt.format(v) if isinstance(v, float) else str(v)
@@ -188,7 +182,7 @@ def plot(out_dir, tasks, weights, rows, n):
   fig.colorbar(im, ax=ax, label="routing weight")
   ax.set_title("MoDE routing weights")
   fig.tight_layout()
-  save_figure(fig, wd.path(out_dir, "routing_weights.png"))
+  wd.save_figure(wd.path(out_dir, "routing_weights.png"), fig)
   plt.close(fig)
 
   models = ["dense"] + [f"expert_{c}" for c in range(n)] + ["uniform", "best_single", "MoDE"]
@@ -201,7 +195,7 @@ def plot(out_dir, tasks, weights, rows, n):
   ax.legend(fontsize=7, ncols=2)
   ax.set_title("Per-task scores (zero-shot top-1; retrieval mean R@1)")
   fig.tight_layout()
-  save_figure(fig, wd.path(out_dir, "scores.png"))
+  wd.save_figure(wd.path(out_dir, "scores.png"), fig)
   plt.close(fig)
 
 

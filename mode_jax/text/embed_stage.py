@@ -148,7 +148,7 @@ def shard_outputs(shards: Sequence[str], workdir: str) -> dict[str, str]:
 
 
 def run_embed(cfg: ml_collections.ConfigDict, workdir: str,
-              shards: str | Sequence[str] = "shards/train-*.tar") -> dict:
+              shards: str | Sequence[str] = wd.TRAIN_SHARDS) -> dict:
   """Embeds one caption per sample of this host's share of `shards`; returns counts."""
   from mode_jax import distributed
   from mode_jax.data import loader
@@ -211,8 +211,6 @@ def run_embed(cfg: ml_collections.ConfigDict, workdir: str,
   if stats["no_caption"] or stats["no_image"]:
     log.warning("embed: skipped %d samples without a caption and %d without an image",
                 stats["no_caption"], stats["no_image"])
-  p, n = distributed.process_index(), distributed.process_count()
-  wd.write_json(wd.path(out_dir, "hosts", f"process-{p}-of-{n}.json"),
-                dict(stats, process=p, processes=n, read=[wd.shard_stem(s) for s in pending]))
+  distributed.host_report(out_dir, **stats, read=[wd.shard_stem(s) for s in pending])
   distributed.barrier("embed")
   return stats
