@@ -8,26 +8,22 @@ import time
 import numpy as np
 import portpicker
 
+from tests.helpers.procs import clean_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "helpers", "distributed_worker.py")
-
-
-def _env(**kw):
-  env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_", "SLURM_"))}
-  env.update(PYTHONPATH=ROOT, **kw)
-  return env
 
 
 def test_two_processes_match_one(tmp_path):
   single = subprocess.run(
       [sys.executable, WORKER, str(tmp_path / "one"), str(tmp_path / "one.npz")],
-      env=_env(LOCAL_DEVICES="4"), capture_output=True, text=True, timeout=600)
+      env=clean_env(LOCAL_DEVICES="4"), capture_output=True, text=True, timeout=600)
   assert single.returncode == 0, single.stderr[-3000:]
 
   port = portpicker.pick_unused_port()
   procs = [subprocess.Popen(
       [sys.executable, WORKER, str(tmp_path / "two"), str(tmp_path / "two.npz")],
-      env=_env(LOCAL_DEVICES="2", JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+      env=clean_env(LOCAL_DEVICES="2", JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
                JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)),
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
   outs = [p.communicate(timeout=600) for p in procs]
@@ -64,7 +60,7 @@ def test_a_failure_on_the_primary_stops_every_process():
   port = portpicker.pick_unused_port()
   procs = [subprocess.Popen(
       [sys.executable, "-c", FAILING_PRIMARY],
-      env=_env(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+      env=clean_env(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
                JAX_PROCESS_ID=str(i), MODE_JAX_BARRIER_TIMEOUT="120"),
       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
   outs = [p.communicate(timeout=300)[0] for p in procs]
@@ -95,7 +91,7 @@ def test_one_host_failing_stops_the_other():
   t0 = time.time()
   procs = [subprocess.Popen(
       [sys.executable, "-c", FAILING_HOST],
-      env=_env(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+      env=clean_env(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
                JAX_PROCESS_ID=str(i)),
       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
   outs = [p.communicate(timeout=300) for p in procs]

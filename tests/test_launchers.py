@@ -11,6 +11,8 @@ import tomllib
 
 import pytest
 
+from tests.helpers.procs import clean_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -89,11 +91,10 @@ def test_distributed_on_from_the_environment_reaches_jax(tmp_path):
           "called = []\n"
           "jax.distributed.initialize = lambda **kw: called.append(kw)\n"
           "print(distributed.initialize(None), called)")
-  env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_", "TPU_"))}
   out = {}
   for mode in ("on", "off", "auto"):
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, text=True, capture_output=True,
-                       env=dict(env, MODE_JAX_DISTRIBUTED=mode, PYTHONPATH=ROOT), timeout=120)
+                       env=clean_env(MODE_JAX_DISTRIBUTED=mode), timeout=120)
     assert r.returncode == 0, r.stderr
     out[mode] = r.stdout.strip()
   assert out == {"on": "True [{}]", "off": "False []",

@@ -16,6 +16,7 @@ import pytest
 from mode_jax import workdir as wd
 from mode_jax.data import sources_fmnist
 from tests.helpers import stores
+from tests.helpers.procs import clean_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLIPART = "/usr/share/openclipart/svg"
@@ -56,10 +57,9 @@ def test_fs_layer_round_trips_on_s3(s3):
 
 
 def launch(*args, env):
-  e = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_", "MODE_JAX_"))}
-  e.update(env, PYTHONPATH=ROOT)
   return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *args], cwd=ROOT,
-                        capture_output=True, text=True, timeout=900, env=e)
+                        capture_output=True, text=True, timeout=900,
+                        env=clean_env(**env))
 
 
 def test_stages_run_on_s3_with_checkpoints_on_a_local_folder(s3, tmp_path):

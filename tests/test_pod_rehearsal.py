@@ -31,6 +31,7 @@ import pytest
 
 from mode_jax.data import sources_fmnist
 from tests.helpers import stores
+from tests.helpers.procs import clean_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLIPART = "/usr/share/openclipart/svg"
@@ -43,10 +44,7 @@ TIMEOUT = 1500
 
 
 def _base_env(**kw):
-  env = {k: v for k, v in os.environ.items()
-         if not k.startswith(("JAX_", "XLA_", "SLURM_", "MODE_JAX_", "OMPI_", "TPU_"))}
-  env.update(PYTHONPATH=ROOT, MODE_JAX_BARRIER_TIMEOUT="900", **kw)
-  return env
+  return clean_env(MODE_JAX_BARRIER_TIMEOUT="900", **kw)
 
 
 @pytest.fixture(scope="module")
