@@ -194,3 +194,13 @@ def test_openai_state_dict_layout(tmp_path):
   cfg.vision.heads, cfg.text.heads = 4, 4  # state dicts do not store heads
   for ours, theirs in zip(_ours(cfg, params, images, tokens), ref):
     np.testing.assert_allclose(ours, theirs, atol=1e-4)
+
+
+def test_uint8_images_are_normalised_on_device_like_the_host():
+  """uint8 input (the loader's, normalised in the tower) equals host-normalised floats."""
+  from mode_jax.data import preprocess
+  model = clip_lib.CLIP(tiny_config(), rngs=nnx.Rngs(0))
+  u8 = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+  a = model.encode_image(jnp.asarray(u8))
+  b = model.encode_image(jnp.asarray(preprocess.normalize(u8)))
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)

@@ -9,9 +9,24 @@ stride-p convolution (the converter reorders the conv kernel accordingly).
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+from mode_jax import constants
 from mode_jax.models.transformer import Transformer
+
+_MEAN = np.asarray(constants.IMAGE_MEAN, np.float32) * 255
+_INV_STD = 1 / (np.asarray(constants.IMAGE_STD, np.float32) * 255)
+
+
+def normalize_uint8(images):
+  """uint8 [..., 3] -> float32 with OpenAI CLIP mean/std, on the device.
+
+  Images travel host -> device as uint8 (4x fewer bytes than float32) and the
+  host does no per-pixel arithmetic; data/preprocess.normalize is the numpy twin
+  for callers that need host floats.
+  """
+  return (images.astype(jnp.float32) - _MEAN) * _INV_STD
 
 
 class VisionTransformer(nnx.Module):
@@ -36,7 +51,9 @@ class VisionTransformer(nnx.Module):
     self.proj = nnx.Param(scale * nnx.initializers.normal(1.0)(rngs.params(), (width, embed_dim)))
 
   def __call__(self, images):
-    """images: [B, H, W, 3] normalised floats -> [B, embed_dim] (not normalised)."""
+    """images: [B, H, W, 3] uint8 (normalised here) or normalised floats -> [B, embed_dim]."""
+    if images.dtype == jnp.uint8:
+      images = normalize_uint8(images)
     b, h, w, c = images.shape
     p = self.patch_size
     x = images.astype(self.dtype).reshape(b, h // p, p, w // p, p, c)

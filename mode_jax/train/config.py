@@ -17,6 +17,10 @@ def train_config() -> ml_collections.ConfigDict:
   c.optim = optimizer.default_config()
   c.loss = "softmax"
   c.batch_size = 32768
+  # Micro-batches per step: exact gradient accumulation for the contrastive loss
+  # (features of the whole global batch first, then gradients micro-batch by
+  # micro-batch; state.make_train_step). 1 = one pass over the whole batch.
+  c.accum_steps = 1
   c.schedule_steps = 1000
   c.num_steps = 1000
   c.seed = 0
@@ -33,6 +37,8 @@ def train_config() -> ml_collections.ConfigDict:
   c.keep_ckpts = 2
   c.milestones = ()
   c.eval_every = 0
+  # (first, last) global steps to trace with jax.profiler into <run dir>/profile; () = off.
+  c.profile = ()
   c.init = ml_collections.ConfigDict({"checkpoint": "", "step": -1, "pretrained": "",
                                       "continue_data": False})
   return c
