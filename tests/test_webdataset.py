@@ -189,3 +189,27 @@ def test_fsspec_memory_filesystem():
   assert [s["__key__"] for s in wds.iter_shard(paths[1])] == ["a", "b"]
   assert [s["__key__"] for s in wds.iter_shard(wds.expand_shards("memory://wds-test/*.tar")[0])
           ] == ["a", "b"]
+
+
+def test_fast_jpeg_decoder_matches_pil_and_skips_corrupt_bytes(tmp_path):
+  pytest.importorskip("simplejpeg")
+  y, x = np.mgrid[:300, :400]
+  smooth = np.stack([x % 256, y % 256, (x + y) // 3 % 256], -1).astype(np.uint8)
+  data = _jpg(smooth)
+  for draft in (None, 128):            # 128: libjpeg's 1/2 DCT scale in both decoders
+    fast = wds.decode_image(data, draft)
+    np.testing.assert_array_equal(fast, wds._decode_jpeg(data, draft))  # the fast path ran
+    with Image.open(io.BytesIO(data)) as im:
+      if draft:
+        im.draft("RGB", (draft, draft))
+      ref = np.asarray(im.convert("RGB"))
+    assert fast.shape == ref.shape and np.abs(fast.astype(int) - ref).mean() < 2
+  grey = wds.decode_image(_jpg(smooth[..., 0]))
+  assert grey.shape == (300, 400, 3)
+  members = [("ok.jpg", data), ("ok.txt", b"fine"),
+             ("cut.jpg", data[:len(data) // 2]), ("cut.txt", b"c"),
+             ("junk.jpg", b"\xff\xd8\xff\xe0 not a jpeg"), ("junk.txt", b"c")]
+  stats = wds.Stats()
+  keys = [s["__key__"] for s in wds.iter_shard(write_tar(str(tmp_path / "j.tar"), members),
+                                               stats=stats)]
+  assert keys == ["ok"] and stats.corrupt_images == 2
