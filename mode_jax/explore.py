@@ -67,8 +67,7 @@ class DemoRun:
     res = self.config.model.image_size
 
     def classify(images_u8):
-      x = preprocess.normalize(np.stack([preprocess.resize_center_crop(im, res)
-                                         for im in images_u8]))
+      x = np.stack([preprocess.resize_center_crop(im, res) for im in images_u8])   # uint8
       logits = sum(w * (embed(x) @ feats.T) for w, (embed, feats) in zip(weights, experts))
       return logits, weights
 

@@ -82,7 +82,7 @@ def test_train_iterator_over_tfds(data_dir):
   it = loader.train_iterator(cfg, None, lambda t: np.array([[len(x)] for x in t], np.int32),
                              source=s, process_index=0, process_count=1)
   b = next(it)
-  assert b["image"].shape == (3, 8, 8, 3) and b["image"].dtype == np.float32
+  assert b["image"].shape == (3, 8, 8, 3) and b["image"].dtype == np.uint8
   assert b["tokens"].shape == (3, 1)
 
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from mode_jax import constants
-
 # Class names, templates and the IDX reader are shared with the demo corpus.
 from mode_jax.data.sources_fmnist import (  # noqa: F401
     CLASSNAMES, EVAL_TEMPLATES, FMNIST_DIR, INSTALL, TRAIN_TEMPLATES)
@@ -25,10 +23,8 @@ def load_split(split: str, limit: int | None = None):
 
 
 def preprocess(images_u8: np.ndarray) -> np.ndarray:
-  """Grey uint8 [N, H, W] -> float32 [N, H, W, 3] with OpenAI CLIP mean/std."""
-  x = images_u8.astype(np.float32)[..., None].repeat(3, -1) / 255.0
-  return (x - np.asarray(constants.IMAGE_MEAN, np.float32)) / np.asarray(constants.IMAGE_STD,
-                                                                          np.float32)
+  """Grey uint8 [N, H, W] -> uint8 [N, H, W, 3]; the model normalises (models/vit.py)."""
+  return np.repeat(np.asarray(images_u8, np.uint8)[..., None], 3, -1)
 
 
 class CaptionStream:

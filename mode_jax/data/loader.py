@@ -9,6 +9,8 @@ The training stream is defined globally, once for any number of hosts:
                                      s = N // 64 + 1): counted and warned about,
                                      batches stay full
     -> RandomResizedCrop + one random caption, seeded by g
+    -> batch, tokenize               uint8 images (normalised on the device,
+                                     models/vit.py), int32 tokens
 Global batch k is positions [start + kB, start + (k+1)B). Host p of P reads
 only its contiguous block of each global batch (rows p*B/P .. (p+1)*B/P), so
 the global array is laid out exactly as on one process, every host draws
@@ -17,11 +19,14 @@ data position is one number, `position`, the same on every host. A resumed
 run (on any number of hosts, with any num_workers) rebuilds the stream at
 that position without replaying anything.
 
-Per host: threads (ReadOptions) decode whole batches (grain MapDataset.batch,
-so worker processes, mp_prefetch, keep the batch order), then normalise and
-tokenize in the main process. Workers are spawned processes (grain), so a
-script that sets num_workers > 0 needs the usual `if __name__ == "__main__":`
-guard; close() iterators to free their shared memory.
+Per host: threads (ReadOptions) decode and tokenize whole batches (grain
+MapDataset.batch then a Map, so worker processes, mp_prefetch, keep the
+batch order and run the BPE too); the main process only hands batches on.
+The host does no per-pixel arithmetic: images stay uint8 (4x fewer bytes to
+the device). Workers are spawned processes (grain sends them the pipeline,
+tokenizer included, with cloudpickle), so a script that sets num_workers > 0
+needs the usual `if __name__ == "__main__":` guard; close() iterators to free
+their shared memory.
 
 Evaluation batches keep every position too: host p yields its block of each
 global batch of the shard-order stream, padded to B/P rows with `valid` 0,
@@ -188,6 +193,21 @@ class _Augment(grain.transforms.RandomMap):
     return {"image": image, "text": text}
 
 
+class _Tokenize(grain.transforms.Map):
+  """A batch's captions -> int32 tokens, inside the pipeline (loader threads or workers).
+
+  `tokenize` travels to spawned workers with the pipeline; ClipTokenizer (or a
+  functools.partial of it) pickles by value, caches included.
+  """
+
+  def __init__(self, tokenize: Tokenize):
+    self.tokenize = tokenize
+
+  def map(self, b):
+    tokens = np.asarray(self.tokenize([str(t) for t in b["text"]]), np.int32)
+    return {"image": b["image"], "tokens": tokens}
+
+
 class _HostView(grain.MapDataset):
   """This host's rows of every global batch, as one endless stream.
 
@@ -220,14 +240,14 @@ class _HostView(grain.MapDataset):
 
 
 class TrainIterator:
-  """Per-process batches {"image": float32[b, H, W, 3], "tokens": int32[b, L]}.
+  """Per-process batches {"image": uint8[b, H, W, 3], "tokens": int32[b, L]}.
 
   get_state() is {"position": global samples consumed, ...identity}; the
   same on every host. set_state() rebuilds the stream at that position.
   """
 
-  def __init__(self, make, tokenize: Tokenize, meta: dict, global_batch: int):
-    self._make, self._tokenize, self.meta = make, tokenize, meta
+  def __init__(self, make, meta: dict, global_batch: int):
+    self._make, self.meta = make, meta
     self._global_batch = global_batch
     self._position = 0
     self._it = iter(make(0))
@@ -238,8 +258,7 @@ class TrainIterator:
   def __next__(self) -> dict:
     b = next(self._it)
     self._position += self._global_batch
-    tokens = np.asarray(self._tokenize([str(t) for t in b["text"]]), np.int32)
-    return {"image": preprocess.normalize(b["image"]), "tokens": tokens}
+    return b
 
   def get_state(self) -> dict:
     return {"position": int(self._position), **self.meta}
@@ -314,7 +333,7 @@ def train_iterator(cfg, workdir: str | None, tokenize: Tokenize, *,
 
   def make(start: int):
     ds = _HostView(stream, start=start, global_batch=cfg.batch_size, per_host=per_host, host=pi)
-    ds = ds.batch(per_host).to_iter_dataset(grain.ReadOptions(
+    ds = ds.batch(per_host).map(_Tokenize(tokenize)).to_iter_dataset(grain.ReadOptions(
         num_threads=threads, prefetch_buffer_size=max(threads, -(-cfg.prefetch // per_host))))
     if cfg.num_workers > 0:
       _absl_flags_parsed()
@@ -323,7 +342,7 @@ def train_iterator(cfg, workdir: str | None, tokenize: Tokenize, *,
     return ds
 
   meta = {"seed": int(cfg.seed), "num_samples": int(len(order)), "shuffle": bool(cfg.shuffle)}
-  return TrainIterator(make, tokenize, meta, cfg.batch_size)
+  return TrainIterator(make, meta, cfg.batch_size)
 
 
 class _EvalLoad(grain.transforms.Map):
@@ -352,8 +371,8 @@ def eval_batches(cfg, workdir: str | None, pattern: str | None, *,
 
   Global batches of `batch_size` positions (rounded up to a multiple of the
   process count); this host yields its contiguous block of each, always
-  b = batch_size / process_count rows. Yields {"image": float32[b, res, res, 3]
-  (resize short side + center crop), "label": int32[b] (-1 when absent),
+  b = batch_size / process_count rows. Yields {"image": uint8[b, res, res, 3]
+  (resize short side + center crop; the model normalises), "label": int32[b] (-1 when absent),
   "key": str[b], "text": str[b] (first caption), "index": int64[b] (position
   in the set, -1 on padding), "valid": bool[b]} where padding rows and bad
   samples (counted and warned about) have valid False.
@@ -376,7 +395,7 @@ def eval_batches(cfg, workdir: str | None, pattern: str | None, *,
   it = iter(ds)
   try:
     for x in it:
-      yield {"image": preprocess.normalize(x["image"]), "label": x["label"],
+      yield {"image": x["image"], "label": x["label"],
              "key": np.asarray(x["key"]), "text": np.asarray(x["text"]),
              "index": np.asarray(x["index"], np.int64), "valid": np.asarray(x["valid"], bool)}
   finally:

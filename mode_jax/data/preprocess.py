@@ -2,7 +2,8 @@
 
 Train: RandomResizedCrop(res, scale=constants.RRC_SCALE, ratio 3/4..4/3,
 bicubic), as MetaCLIP/OpenCLIP. Eval: resize the short side to res (bicubic)
-and center-crop, as OpenAI CLIP. Both end with OpenAI mean/std.
+and center-crop, as OpenAI CLIP. Both stay uint8: the OpenAI mean/std
+normalisation runs on the device (models/vit.py normalize_uint8).
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from PIL import Image
 from mode_jax import constants
 
 RRC_RATIO = constants.RRC_RATIO
-_MEAN = np.asarray(constants.IMAGE_MEAN, np.float32) * 255
-_INV_STD = 1 / (np.asarray(constants.IMAGE_STD, np.float32) * 255)
 
 
 def rrc_box(h: int, w: int, rng: np.random.Generator, scale=constants.RRC_SCALE,
@@ -65,7 +64,3 @@ def resize_center_crop(image: np.ndarray, res: int) -> np.ndarray:
   top, left = int(round((nh - res) / 2)), int(round((nw - res) / 2))
   return np.asarray(im.crop((left, top, left + res, top + res)))
 
-
-def normalize(image_u8: np.ndarray) -> np.ndarray:
-  """uint8 [..., 3] -> float32 with OpenAI CLIP mean/std."""
-  return (image_u8.astype(np.float32) - _MEAN) * _INV_STD

@@ -114,7 +114,7 @@ def image_logits(embed_images: Callable, text_feats, batches: Iterable, *, mesh=
   text_feats = jnp.asarray(text_feats, jnp.float32)
   for batch in tqdm(batches, desc=desc, leave=False):
     images, y = batch[0], batch[1]
-    feats = np.asarray(embed_images(np.asarray(images, np.float32)), np.float32)
+    feats = np.asarray(embed_images(np.asarray(images)), np.float32)   # uint8 or floats
     pad_to = pad_to or len(feats)   # the first batch's size: one compile for all
     logits.append(cosine_logits(feats, text_feats, mesh, pad_to))
     labels.append(np.asarray(y, np.int32).reshape(-1))

@@ -25,7 +25,7 @@ def zeroshot_logits(embed_images: Callable, class_features, batches: Iterable, *
                     mesh=None) -> tuple[np.ndarray, np.ndarray]:
   """(logits float32 [N_img, N_cls] raw cosines, labels int32 [N_img]) over all batches.
 
-  `batches` yields (images float32 [B, H, W, 3] preprocessed, labels int [B]);
+  `batches` yields (images uint8 [B, H, W, 3] as loader.eval_batches gives, labels int [B]);
   `mesh` (optional) shards the batch axis over its devices.
   """
   return features.image_logits(embed_images, class_features, batches, mesh=mesh,

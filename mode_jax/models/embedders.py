@@ -69,7 +69,8 @@ def make_embedders(model, tokenizer, *, context_length: int, batch_size: int = 2
     return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 
   def embed_images(images):
-    images = np.asarray(images, np.float32)
+    images = np.asarray(images)   # uint8 stays uint8: the tower normalises it on the device
+    images = images if images.dtype == np.uint8 else images.astype(np.float32)
     return run(_encode_image, images, batch_size if mesh is None else max(len(images), 1))
 
   def embed_texts(texts):
