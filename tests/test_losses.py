@@ -93,3 +93,13 @@ def test_adam_hyperparameters_match_pytorch_adamw():
     tw.grad = torch.tensor(g)
     opt.step()
   np.testing.assert_allclose(p["w"], tw.detach().numpy(), atol=1e-5)
+
+
+def test_clip_loss_dispatches_by_name_and_refuses_unknown():
+  rng = np.random.default_rng(2)
+  img, txt = (jnp.asarray(_normed(rng, 6, 4), jnp.float32) for _ in range(2))
+  np.testing.assert_allclose(losses.clip_loss("softmax", img, txt, 10.0, None),
+                             losses.softmax_clip_loss(img, txt, 10.0))
+  np.testing.assert_allclose(losses.clip_loss("sigmoid", img, txt, 10.0, -5.0),
+                             losses.sigmoid_clip_loss(img, txt, 10.0, -5.0))
+  __import__("pytest").raises(ValueError, losses.clip_loss, "hinge", img, txt, 1.0, None)

@@ -32,6 +32,22 @@ def sigmoid_clip_loss(img, txt, scale, bias):
   return -jnp.sum(jax.nn.log_sigmoid(signs * logits)) / logits.shape[0]
 
 
+LOSSES = {"softmax": softmax_clip_loss, "sigmoid": sigmoid_clip_loss}
+
+
+def check_name(loss_name):
+  if loss_name not in LOSSES:
+    raise ValueError(f"config.loss={loss_name!r}: use 'softmax' or 'sigmoid'")
+
+
+def clip_loss(loss_name, img, txt, scale, bias):
+  """The loss named by config.loss over the global batch (bias is used by sigmoid only)."""
+  check_name(loss_name)
+  if loss_name == "sigmoid":
+    return sigmoid_clip_loss(img, txt, scale, bias)
+  return softmax_clip_loss(img, txt, scale)
+
+
 def contrastive_accuracy(img, txt):
   """Fraction of images whose own caption is the top match in the batch."""
   return jnp.mean(jnp.argmax(img @ txt.T, axis=1) == jnp.arange(img.shape[0]))
