@@ -22,6 +22,7 @@ stage that makes it; a bad config stops before any compute.
 import importlib
 import json
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -45,6 +46,23 @@ STAGES = {
     "pipeline": "mode_jax.pipeline:run_pipeline",
     "train": "mode_jax.stages:run_train",
 }
+
+
+def parse_flags(argv):
+  """absl's parser, but a mistyped --config.field stops with one line, not a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f"error: {e}")
+  except (AttributeError, KeyError) as e:   # ml_collections: an override of a missing field
+    text = str(e).replace("\\'", "'").replace("\\n", "\n")
+    key = re.search(r"'([^']+)'", text)
+    key = key.group(1) if key else text
+    hint = re.search(r"Did you mean [^?]*\?", text)
+    bad = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")
+           and key in a.split("=")[0].split(".")]
+    sys.exit(f"error: {bad[0] if bad else key}: no such field in the config"
+             + (f" ({hint.group(0)})" if hint else ""))
 
 
 def main(argv):
@@ -87,4 +105,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

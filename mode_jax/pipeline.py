@@ -102,7 +102,6 @@ def _fit(config, workdir, run_rel, *, num_steps, schedule_steps, indices=None, i
   if init:
     c.init.update(init)
   run_dir = wd.path(workdir, *run_rel.split("/"))
-  trainer.validate(c, run_dir)
   tokenize = functools.partial(clip_tokenizer(), context_length=config.model.context_length)
   in_cfg = _input_cfg(config)
 
@@ -297,8 +296,12 @@ def run_evaluate(config, workdir: str):
 # ---- everything -----------------------------------------------------------------------
 
 def run_pipeline(config, workdir: str):
-  """Every stage in order; each skips what is already done, so re-running resumes."""
+  """Every stage in order; each skips what is already done, so re-running resumes.
+
+  The training fields are checked first: a bad config stops before prepare.
+  """
   from mode_jax import stages
+  trainer.check_config(config)
   order = [("prepare", stages.run_prepare), ("embed", stages.run_embed),
            ("cluster", stages.run_cluster), ("assign", stages.run_assign),
            ("seed", run_seed), ("experts", run_experts), ("dense", run_dense),

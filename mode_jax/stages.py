@@ -25,8 +25,7 @@ def run_train(config, workdir: str):
     config = config.copy_and_resolve_references()
     with config.unlocked():
       config.ckpt_dir = pipeline.ckpt_dir(config, workdir, "train")
-  trainer.validate(config, run_dir)   # before loading any data
-  input_fn, evaluators = inputs.get(config)
+  input_fn, evaluators = inputs.get(config)   # lazy: train() validates before any data
   result = trainer.train(config, run_dir, input_fn=input_fn, evaluators=evaluators)
   finals = {k: v for row in result.history for k, v in row.items() if "zeroshot" in k}
   for k, v in finals.items():

@@ -365,6 +365,14 @@ def upload(local_file: str, p: str) -> str:
   return p
 
 
+def upload_tree(local_dir: str, p: str) -> None:
+  """Copies every file under local_dir to the same relative paths under p."""
+  for root, _, names in os.walk(local_dir):
+    for name in names:
+      local = os.path.join(root, name)
+      upload(local, path(p, *os.path.relpath(local, local_dir).split(os.sep)))
+
+
 def remove(p: str, missing_ok: bool = True) -> None:
   log_io("delete", p)
   try:

@@ -30,11 +30,19 @@ def test_unknown_stage_prints_usage():
   assert r.returncode != 0 and "stages:" in r.stderr
 
 
-def test_bad_override_stops_before_compute(tmp_path):
-  r = launch("train", "--config", "configs/fmnist_clip.py:runlocal",
-             "--config.model.variant=Q/7", "--workdir", str(tmp_path))
+@pytest.mark.parametrize("override,named", [
+    ("--config.model.variant=Q/7", "config.model.variant"),
+    ("--config.optim.lr=-1", "config.optim.lr"),       # once trained with a negative LR
+    ("--config.nonexistent=3", "--config.nonexistent"),   # once an AttributeError traceback
+    ("--config.optim.lrr=1", "--config.optim.lrr"),
+])
+def test_bad_override_stops_before_compute_with_one_line(tmp_path, override, named):
+  r = launch("train", "--config", "configs/fmnist_clip.py:runlocal", override,
+             "--workdir", str(tmp_path))
   assert r.returncode != 0
-  assert "config.model.variant" in r.stderr.strip().splitlines()[-1]
+  lines = r.stderr.strip().splitlines()
+  assert named in lines[-1] and lines[-1].startswith("error:")
+  assert "Traceback" not in r.stderr
   assert not os.path.exists(tmp_path / "train" / "ckpt")
 
 

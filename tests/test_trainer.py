@@ -114,6 +114,38 @@ def test_kill_and_resume_equals_straight_run(tmp_path):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
 
+def test_metrics_report_mfu_memory_and_a_profile_writes_a_trace(tmp_path):
+  c = tiny_config(num_steps=4, log_every=2, profile=(1, 3))
+  trainer.train(c, str(tmp_path), input_fn=SyntheticData, progress=False)
+  rows = metrics_lib.read_jsonl(str(tmp_path / "metrics.jsonl"))
+  assert [r["step"] for r in rows] == [2, 4]
+  for r in rows:
+    assert 0 < r["mfu"] < 2 and r["step_mem_gib"] > 0
+    assert r["examples_per_s_per_device"] == pytest.approx(r["examples_per_s"] / 8)
+  traces = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path / "profile") for f in fs
+            if f.endswith(".xplane.pb")]
+  assert traces and os.path.getsize(traces[0]) > 0
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("accum_steps", 0, "accum_steps"),
+    ("accum_steps", 3, "accum_steps"),          # 16 rows are not 3 micro-batches over 8 devices
+    ("profile", (3, 3), "profile"),
+    ("log_every", 0, "log_every"),
+])
+def test_more_bad_fields_stop_before_compute(tmp_path, field, value, match):
+  with pytest.raises(ValueError, match=match):
+    trainer.validate(tiny_config(**{field: value}), str(tmp_path))
+
+
+def test_bad_optimiser_fields_name_the_field(tmp_path):
+  for field, value in (("lr", -1.0), ("b2", 1.0), ("weight_decay", -0.1), ("eps", 0.0)):
+    c = tiny_config()
+    c.optim[field] = value
+    with pytest.raises(ValueError, match=f"config.optim.{field}"):
+      trainer.validate(c, str(tmp_path))
+
+
 def test_checkpoint_saved_on_8_devices_restores_on_1(tmp_path):
   c = tiny_config(num_steps=2, sharding_rules=[(".*", "fsdp")])
   c.mesh.update(data=1, fsdp=8)

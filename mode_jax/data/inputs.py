@@ -13,17 +13,27 @@ def _tokenizer(config):
 
 
 def fmnist_demo(config):
+  """Fashion-MNIST caption stream and a zero-shot evaluator; data loads on first use.
+
+  Nothing is read here: train() validates the config before calling either.
+  """
   from mode_jax.data import fmnist_demo as fm
   tok = _tokenizer(config)
-  train_x, train_y = fm.load_split("train", config.input.train_limit)
-  test_x, test_y = fm.load_split("t10k", config.input.test_limit)
 
   def input_fn(cfg, mesh):
+    train_x, train_y = fm.load_split("train", cfg.input.train_limit)
     return fm.CaptionStream(train_x, train_y, tok, batch_size=cfg.batch_size,
                             seed=cfg.input.seed, context_length=cfg.model.context_length)
 
-  evaluator = fm.zeroshot_evaluator(test_x, test_y, tok,
-                                    context_length=config.model.context_length)
+  evaluate = []   # built on the first call
+
+  def evaluator(model, step):
+    if not evaluate:
+      test_x, test_y = fm.load_split("t10k", config.input.test_limit)
+      evaluate.append(fm.zeroshot_evaluator(test_x, test_y, tok,
+                                            context_length=config.model.context_length))
+    return evaluate[0](model, step)
+
   return input_fn, [evaluator]
 
 

@@ -62,13 +62,8 @@ class MetricWriter:
     self._upload()
 
   def _upload(self) -> None:
-    if self.staging is None:
-      return
-    for root, _, names in os.walk(self.staging):
-      for name in names:
-        local = os.path.join(root, name)
-        rel = os.path.relpath(local, self.staging)
-        wd.upload(local, wd.path(self.logdir, *rel.split(os.sep)))
+    if self.staging is not None:
+      wd.upload_tree(self.staging, self.logdir)
 
   def close(self) -> None:
     if not self.enabled:

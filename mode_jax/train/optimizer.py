@@ -24,6 +24,18 @@ def default_config() -> ml_collections.ConfigDict:
       weight_decay=constants.WEIGHT_DECAY, end_lr_ratio=0.0, grad_clip=0.0))
 
 
+def validate(cfg) -> None:
+  """ValueError naming the config.optim field whose value cannot train."""
+  checks = (("lr", cfg.lr > 0, "> 0"), ("warmup_steps", cfg.warmup_steps >= 0, ">= 0"),
+            ("b1", 0 <= cfg.b1 < 1, "in [0, 1)"), ("b2", 0 <= cfg.b2 < 1, "in [0, 1)"),
+            ("eps", cfg.eps > 0, "> 0"), ("weight_decay", cfg.weight_decay >= 0, ">= 0"),
+            ("end_lr_ratio", 0 <= cfg.end_lr_ratio <= 1, "in [0, 1]"),
+            ("grad_clip", cfg.grad_clip >= 0, ">= 0 (0 disables)"))
+  for name, ok, want in checks:
+    if not ok:
+      raise ValueError(f"config.optim.{name}={cfg[name]!r} must be {want}")
+
+
 def lr_schedule(cfg, total_steps: int) -> optax.Schedule:
   warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
   return optax.warmup_cosine_decay_schedule(
