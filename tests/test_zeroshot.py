@@ -120,18 +120,6 @@ def test_metrics_match_sklearn():
   assert zeroshot.mean_per_class_accuracy(logits, labels) == pytest.approx(m["mean_per_class"])
 
 
-def test_sharded_over_mesh_matches_single_device():
-  images, labels, class_feats = known_case()
-  mesh = jax.make_mesh((jax.device_count(),), ("data",))
-  want, _ = zeroshot.zeroshot_logits(toy_embed_images, class_feats, batches(images, labels, 3))
-  got, y = zeroshot.zeroshot_logits(toy_embed_images, class_feats, batches(images, labels, 3),
-                                    mesh=mesh)
-  np.testing.assert_allclose(got, want, rtol=1e-6)
-  np.testing.assert_array_equal(y, labels)
-  out = features._cosine_fn(mesh)(np.zeros((8, 12), np.float32), class_feats)
-  assert out.sharding.spec[0] == ("data",) or out.sharding.spec[0] == "data"
-
-
 def test_evaluate_glue():
   from mode_jax.eval import evaluate
   images, labels, _ = known_case()

@@ -22,19 +22,19 @@ def spec_templates(task: str, spec: dict) -> list[str]:
 
 
 def evaluate_zeroshot(embed_images: Callable, embed_texts: Callable, task: str, spec: dict,
-                      batches: Iterable, *, mesh=None) -> dict[str, np.ndarray]:
+                      batches: Iterable) -> dict[str, np.ndarray]:
   """{'logits' [N_img, N_cls] raw cosines, 'labels' [N_img]} of one CLIP on a zero-shot task."""
   cls = zeroshot.class_features(embed_texts, spec["classnames"], spec_templates(task, spec))
-  logits, labels = zeroshot.zeroshot_logits(embed_images, cls, batches, mesh=mesh)
+  logits, labels = zeroshot.zeroshot_logits(embed_images, cls, batches)
   return {"logits": logits, "labels": labels}
 
 
 def evaluate_retrieval(embed_images: Callable, embed_texts: Callable,
-                       captions_per_image: Sequence[Sequence[str]], batches: Iterable, *,
-                       mesh=None) -> dict[str, np.ndarray]:
+                       captions_per_image: Sequence[Sequence[str]],
+                       batches: Iterable) -> dict[str, np.ndarray]:
   """{'logits' [N_img, N_txt], 'labels' [N_img], 'txt_to_img' [N_txt]} of one CLIP."""
   logits, labels, txt_to_img = retrieval.retrieval_logits(
-      embed_images, embed_texts, batches, captions_per_image, mesh=mesh)
+      embed_images, embed_texts, batches, captions_per_image)
   return {"logits": logits, "labels": labels, "txt_to_img": txt_to_img}
 
 

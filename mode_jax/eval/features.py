@@ -1,4 +1,4 @@
-"""Shared pieces of the evaluators: prompt pooling and (optionally sharded) cosine logits.
+"""Shared pieces of the evaluators: prompt pooling and cosine logits.
 
 Evaluators take plain callables (`embed_images`, `embed_texts`, see
 mode_jax/models/embedders.py), so they work for any expert, the dense seed,
@@ -13,7 +13,6 @@ from typing import Callable, Iterable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from mode_jax.eval import templates as templates_lib
@@ -59,31 +58,25 @@ def _cosine(image_feats, text_feats):
   return l2_normalize(image_feats.astype(jnp.float32)) @ text_feats.astype(jnp.float32).T
 
 
-@functools.cache
-def _cosine_fn(mesh):
-  if mesh is None:
-    return jax.jit(_cosine)
-  rows = NamedSharding(mesh, P(mesh.axis_names))   # batch axis over every mesh axis
-  return jax.jit(_cosine, in_shardings=(rows, NamedSharding(mesh, P())), out_shardings=rows)
+_cosine_jit = jax.jit(_cosine)
 
 
-def cosine_logits(image_feats, text_feats, mesh=None, pad_to: int | None = None) -> np.ndarray:
+def cosine_logits(image_feats, text_feats, pad_to: int | None = None) -> np.ndarray:
   """Raw cosine similarities [B, T] (no logit scale, no softmax; DESIGN.md step 7).
 
-  With a mesh the batch axis is sharded over all its devices (padded to a
-  multiple of the mesh size, or to `pad_to` so every batch shares one compile).
-  `text_feats` are expected L2-normalised; image features are re-normalised.
+  Padded to `pad_to` rows so every batch shares one compile. The features
+  were already computed over all devices (models/embedders.py); this is a
+  small matmul. `text_feats` are expected L2-normalised; image features are
+  re-normalised.
   """
   image_feats = np.asarray(image_feats, np.float32)
   b = len(image_feats)
   target = max(b, pad_to or 0)
-  if mesh is not None:
-    target = -(-target // mesh.size) * mesh.size
   if target > b:
     pad = np.zeros((target - b, image_feats.shape[1]), np.float32)
     pad[:, 0] = 1.0
     image_feats = np.concatenate([image_feats, pad])
-  return np.asarray(_cosine_fn(mesh)(image_feats, jnp.asarray(text_feats, jnp.float32)))[:b]
+  return np.asarray(_cosine_jit(image_feats, jnp.asarray(text_feats, jnp.float32)))[:b]
 
 
 def gather_rows(index: np.ndarray, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -101,7 +94,7 @@ def gather_rows(index: np.ndarray, *arrays: np.ndarray) -> tuple[np.ndarray, ...
   return (index[order],) + tuple(a[order] for a in arrays)
 
 
-def image_logits(embed_images: Callable, text_feats, batches: Iterable, *, mesh=None,
+def image_logits(embed_images: Callable, text_feats, batches: Iterable, *,
                  desc: str = "images") -> tuple[np.ndarray, np.ndarray]:
   """Streams batches through `embed_images` -> (logits [N, T], labels [N]).
 
@@ -116,7 +109,7 @@ def image_logits(embed_images: Callable, text_feats, batches: Iterable, *, mesh=
     images, y = batch[0], batch[1]
     feats = np.asarray(embed_images(np.asarray(images)), np.float32)   # uint8 or floats
     pad_to = pad_to or len(feats)   # the first batch's size: one compile for all
-    logits.append(cosine_logits(feats, text_feats, mesh, pad_to))
+    logits.append(cosine_logits(feats, text_feats, pad_to))
     labels.append(np.asarray(y, np.int32).reshape(-1))
     if len(batch) > 2:
       index.append(np.asarray(batch[2], np.int64).reshape(-1))

@@ -33,7 +33,7 @@ def caption_index(captions_per_image: Sequence[Sequence[str]]) -> tuple[list[str
 
 
 def retrieval_logits(embed_images: Callable, embed_texts: Callable, batches: Iterable,
-                     captions_per_image: Sequence[Sequence[str]], *, mesh=None):
+                     captions_per_image: Sequence[Sequence[str]]):
   """(logits float32 [N_img, N_txt] raw cosines, labels int32 [N_img], txt_to_img int32 [N_txt]).
 
   `batches` yields (images, labels) in the order of `captions_per_image`.
@@ -41,8 +41,7 @@ def retrieval_logits(embed_images: Callable, embed_texts: Callable, batches: Ite
   texts, txt_to_img = caption_index(captions_per_image)
   txt = features.embed_texts_batched(embed_texts, texts, desc="captions")
   txt = np.asarray(features.l2_normalize(jnp.asarray(txt)))
-  logits, labels = features.image_logits(embed_images, txt, batches, mesh=mesh,
-                                         desc="retrieval")
+  logits, labels = features.image_logits(embed_images, txt, batches, desc="retrieval")
   if len(logits) != len(captions_per_image):
     raise ValueError(f"{len(logits)} images but captions for {len(captions_per_image)}")
   return logits, labels, txt_to_img

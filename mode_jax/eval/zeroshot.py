@@ -21,15 +21,13 @@ from mode_jax.eval import features
 class_features = features.class_features   # re-exported: step 7's template averaging
 
 
-def zeroshot_logits(embed_images: Callable, class_features, batches: Iterable, *,
-                    mesh=None) -> tuple[np.ndarray, np.ndarray]:
+def zeroshot_logits(embed_images: Callable, class_features,
+                    batches: Iterable) -> tuple[np.ndarray, np.ndarray]:
   """(logits float32 [N_img, N_cls] raw cosines, labels int32 [N_img]) over all batches.
 
-  `batches` yields (images uint8 [B, H, W, 3] as loader.eval_batches gives, labels int [B]);
-  `mesh` (optional) shards the batch axis over its devices.
+  `batches` yields (images uint8 [B, H, W, 3] as loader.eval_batches gives, labels int [B]).
   """
-  return features.image_logits(embed_images, class_features, batches, mesh=mesh,
-                               desc="zero-shot")
+  return features.image_logits(embed_images, class_features, batches, desc="zero-shot")
 
 
 @jax.jit
