@@ -66,3 +66,12 @@ DEFAULT_SENTENCE_POOLING = "mean"    # all-MiniLM-L6-v2's own pooling (1_Pooling
 
 # --- Input pipeline (mode_jax/data) --------------------------------------------
 RRC_RATIO = (3 / 4, 4 / 3)    # RandomResizedCrop aspect range: torchvision default, kept by OpenCLIP/MetaCLIP
+
+# --- Attention kernels (mode_jax/models/transformer.py resolve_attention) ------
+# cuDNN flash attention takes bf16/fp16 heads up to 128 wide (256 from Hopper),
+# multiples of 8: jax/_src/cudnn/fused_attention_stablehlo.py check_is_flash_attention.
+CUDNN_MAX_HEAD_DIM = 128      # the pre-Hopper limit, so "auto" never picks a shape cuDNN rejects
+CUDNN_HEAD_DIM_MULTIPLE = 8
+# The Pallas TPU flash kernel tiles tokens in blocks of 128 that must divide the
+# sequence: jax/experimental/pallas/ops/tpu/flash_attention.py BlockSizes.get_default.
+TPU_FLASH_BLOCK = 128

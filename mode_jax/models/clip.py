@@ -10,7 +10,13 @@ Config fields (`config.model`):
   context_length  77 for OpenAI CLIP
   act             "quick_gelu" (paper) or "gelu"
   dtype           compute dtype, "bfloat16" or "float32"; parameters stay float32
-  remat           recompute block activations in the backward pass
+  remat           what the backward pass recomputes: a transformer.REMAT_POLICIES name,
+                  "none" | "full" | "dots_saveable" | "dots_with_no_batch_dims_saveable"
+                  | "save_attention" (a bool from older configs: True = "full")
+  attention       "auto" | "einsum" | "xla" | "cudnn" | "pallas_tpu" (transformer.ATTENTION);
+                  "auto": einsum on CPU, cuDNN or XLA on GPU, Pallas or XLA on TPU
+  scan_layers     stack each tower's blocks on a depth axis and scan one compiled block
+                  (parameters then live at transformer.blocks.* with a leading depth axis)
   logit_bias      add SigLIP's learnable bias (used with the sigmoid loss)
   eos_id          None: pool at argmax(token id) (OpenAI); else at that id
   vision, text    optional overrides of width/depth/heads, e.g. vision.width=128
@@ -76,7 +82,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.context_length = constants.CONTEXT_LENGTH
   c.act = "quick_gelu"
   c.dtype = "float32"
-  c.remat = False
+  c.remat = "none"
+  c.attention = "auto"
+  c.scan_layers = False
   c.logit_bias = False
   c.eos_id = ml_collections.config_dict.placeholder(int)
   c.embed_dim = ml_collections.config_dict.placeholder(int)
@@ -99,9 +107,24 @@ def validate(cfg) -> None:
                      f"patch size {patch} of config.model.variant={cfg.variant!r}")
   if cfg.dtype not in ("float32", "bfloat16", "float16"):
     raise ValueError(f"config.model.dtype={cfg.dtype!r}: use float32, bfloat16 or float16")
-  from mode_jax.models.transformer import ACTIVATIONS
-  if cfg.act not in ACTIVATIONS:
-    raise ValueError(f"config.model.act={cfg.act!r}: choose from {sorted(ACTIVATIONS)}")
+  from mode_jax.models import transformer
+  if cfg.act not in transformer.ACTIVATIONS:
+    raise ValueError(f"config.model.act={cfg.act!r}: choose from "
+                     f"{sorted(transformer.ACTIVATIONS)}")
+  remat = transformer.remat_name(cfg.get("remat", "none"))
+  if remat not in transformer.REMAT_POLICIES:
+    raise ValueError(f"config.model.remat={remat!r}: choose from "
+                     f"{list(transformer.REMAT_POLICIES)}")
+  attention = cfg.get("attention", "auto")
+  if attention not in transformer.ATTENTION:
+    raise ValueError(f"config.model.attention={attention!r}: choose from {transformer.ATTENTION}")
+  platform, backend = transformer.ATTENTION_PLATFORM.get(attention), jax.default_backend()
+  if platform and platform != backend:
+    raise ValueError(f"config.model.attention={attention!r} runs on {platform} only, and this "
+                     f"backend is {backend}: use 'auto' or 'xla'")
+  if attention == "cudnn" and cfg.dtype == "float32":
+    raise ValueError("config.model.attention='cudnn' needs config.model.dtype bfloat16 or "
+                     "float16: use 'xla' for float32")
   for name, table in (("vision", VISION_SIZES), ("text", TEXT_SIZES)):
     t = _size(table, size, cfg.get(name, {}))
     if t.width % t.heads:
@@ -117,14 +140,15 @@ class CLIP(nnx.Module):
     embed_dim = cfg.get("embed_dim") or EMBED_DIMS[size]
     v = _size(VISION_SIZES, size, cfg.get("vision", {}))
     t = _size(TEXT_SIZES, size, cfg.get("text", {}))
+    blocks = dict(remat=cfg.get("remat", "none"), attention=cfg.get("attention", "auto"),
+                  scan_layers=cfg.get("scan_layers", False), rngs=rngs)
     self.visual = VisionTransformer(
         image_size=cfg.image_size, patch_size=patch, width=v.width, depth=v.depth,
-        heads=v.heads, embed_dim=embed_dim, act=cfg.act, dtype=dtype, remat=cfg.remat,
-        rngs=rngs)
+        heads=v.heads, embed_dim=embed_dim, act=cfg.act, dtype=dtype, **blocks)
     self.text = TextTransformer(
         vocab_size=cfg.vocab_size, context_length=cfg.context_length, width=t.width,
         depth=t.depth, heads=t.heads, embed_dim=embed_dim, act=cfg.act,
-        eos_id=cfg.get("eos_id"), dtype=dtype, remat=cfg.remat, rngs=rngs)
+        eos_id=cfg.get("eos_id"), dtype=dtype, **blocks)
     init_scale = constants.SIGLIP_SCALE_INIT if cfg.logit_bias else constants.LOGIT_SCALE_INIT
     self.logit_scale = nnx.Param(jnp.asarray(init_scale, jnp.float32))
     self.logit_bias = (nnx.Param(jnp.asarray(constants.SIGLIP_BIAS_INIT, jnp.float32))

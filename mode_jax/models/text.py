@@ -19,8 +19,8 @@ from mode_jax.models.transformer import Transformer
 class TextTransformer(nnx.Module):
 
   def __init__(self, *, vocab_size, context_length, width, depth, heads, embed_dim,
-               mlp_ratio=4.0, act="quick_gelu", eos_id=None, dtype=jnp.float32, remat=False,
-               rngs):
+               mlp_ratio=4.0, act="quick_gelu", eos_id=None, dtype=jnp.float32, remat="none",
+               attention="auto", scan_layers=False, rngs):
     self.context_length = context_length
     self.eos_id = eos_id
     self.dtype = dtype
@@ -30,7 +30,8 @@ class TextTransformer(nnx.Module):
     self.positional_embedding = nnx.Param(
         nnx.initializers.normal(0.01)(rngs.params(), (context_length, width)))
     self.transformer = Transformer(width, depth, heads, mlp_ratio=mlp_ratio, act=act,
-                                   dtype=dtype, remat=remat, rngs=rngs)
+                                   dtype=dtype, remat=remat, attention=attention,
+                                   scan_layers=scan_layers, tokens=context_length, rngs=rngs)
     self.ln_final = nnx.LayerNorm(width, epsilon=1e-5, dtype=dtype, rngs=rngs)
     self.text_projection = nnx.Param(
         nnx.initializers.normal(width ** -0.5)(rngs.params(), (width, embed_dim)))

@@ -23,8 +23,7 @@ def normalize_uint8(images):
   """uint8 [..., 3] -> float32 with OpenAI CLIP mean/std, on the device.
 
   Images travel host -> device as uint8 (4x fewer bytes than float32) and the
-  host does no per-pixel arithmetic; data/preprocess.normalize is the numpy twin
-  for callers that need host floats.
+  host does no per-pixel arithmetic.
   """
   return (images.astype(jnp.float32) - _MEAN) * _INV_STD
 
@@ -32,7 +31,8 @@ def normalize_uint8(images):
 class VisionTransformer(nnx.Module):
 
   def __init__(self, *, image_size, patch_size, width, depth, heads, embed_dim,
-               mlp_ratio=4.0, act="quick_gelu", dtype=jnp.float32, remat=False, rngs):
+               mlp_ratio=4.0, act="quick_gelu", dtype=jnp.float32, remat="none",
+               attention="auto", scan_layers=False, rngs):
     if image_size % patch_size:
       raise ValueError(f"image_size {image_size} is not divisible by patch_size {patch_size}")
     self.patch_size = patch_size
@@ -46,7 +46,8 @@ class VisionTransformer(nnx.Module):
         scale * nnx.initializers.normal(1.0)(rngs.params(), (grid * grid + 1, width)))
     self.ln_pre = nnx.LayerNorm(width, epsilon=1e-5, dtype=dtype, rngs=rngs)
     self.transformer = Transformer(width, depth, heads, mlp_ratio=mlp_ratio, act=act,
-                                   dtype=dtype, remat=remat, rngs=rngs)
+                                   dtype=dtype, remat=remat, attention=attention,
+                                   scan_layers=scan_layers, tokens=grid * grid + 1, rngs=rngs)
     self.ln_post = nnx.LayerNorm(width, epsilon=1e-5, dtype=dtype, rngs=rngs)
     self.proj = nnx.Param(scale * nnx.initializers.normal(1.0)(rngs.params(), (width, embed_dim)))
 
