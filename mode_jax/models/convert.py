@@ -10,7 +10,9 @@ a public MetaCLIP/OpenCLIP/OpenAI checkpoint. Two layouts are understood:
   `transformer.resblocks.N.attn.in_proj_weight`, `ln_final`, ...
 
 `load_pretrained(path)` returns (model config, parameter dict) where the dict
-has the nested layout of `nnx.to_pure_dict(nnx.state(CLIP))`. Heads are not
+has the nested layout of `nnx.to_pure_dict(nnx.state(CLIP))`: blocks.{i}.* for
+the loop layout, or with `scan_layers=True` one blocks.* whose leaves are
+stacked on a leading depth axis (`stack_blocks`). Heads are not
 stored in state dicts; OpenAI's convention of 64-wide heads is used unless the
 HF config says otherwise.
 """
@@ -21,6 +23,7 @@ import json
 import os
 import re
 
+import jax
 import numpy as np
 
 from mode_jax.models import clip as clip_lib
@@ -135,6 +138,27 @@ def params_from_openai(sd) -> dict:
   }
 
 
+# --- scanned layout ------------------------------------------------------------------
+
+def _is_loop(blocks) -> bool:
+  return all(isinstance(k, int) for k in blocks)
+
+
+def stack_blocks(params) -> dict:
+  """Loop layout {i: block} -> a scanned model's layout (each leaf stacked over i)."""
+  out = dict(params)
+  for tower in ("visual", "text"):
+    blocks = params[tower]["transformer"]["blocks"]
+    if _is_loop(blocks):
+      stacked = jax.tree.map(lambda *xs: np.stack(xs), *[blocks[i] for i in sorted(blocks)])
+      out[tower] = {**params[tower], "transformer": {"blocks": stacked}}
+  return out
+
+
+def _depth_of(blocks) -> int:
+  return len(blocks) if _is_loop(blocks) else len(blocks["ln_1"]["scale"])
+
+
 # --- model config from weights ------------------------------------------------------
 
 def _closest_size(width):
@@ -158,8 +182,9 @@ def config_from_params(params, *, heads=None, act="quick_gelu", eos_id=None):
   cfg.embed_dim = vis["proj"].shape[1]
   cfg.act = act
   cfg.eos_id = eos_id
-  cfg.vision.update(width=vw, depth=len(vis["transformer"]["blocks"]), heads=vh)
-  cfg.text.update(width=tw, depth=len(txt["transformer"]["blocks"]), heads=th)
+  cfg.scan_layers = not _is_loop(vis["transformer"]["blocks"])
+  cfg.vision.update(width=vw, depth=_depth_of(vis["transformer"]["blocks"]), heads=vh)
+  cfg.text.update(width=tw, depth=_depth_of(txt["transformer"]["blocks"]), heads=th)
   return cfg
 
 
@@ -182,8 +207,20 @@ def read_state_dict(path: str) -> dict:
   return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
-def load_pretrained(path: str):
-  """Returns (model config, params) for a HF CLIP folder or an OpenAI/OpenCLIP file."""
+def load_pretrained(path: str, *, scan_layers: bool = False):
+  """Returns (model config, params) for a HF CLIP folder or an OpenAI/OpenCLIP file.
+
+  scan_layers: stack the blocks for a model with config.model.scan_layers (the
+  returned config then sets it).
+  """
+  cfg, params = _load(path)
+  if scan_layers:
+    params = stack_blocks(params)
+    cfg.scan_layers = True
+  return cfg, params
+
+
+def _load(path: str):
   if os.path.isdir(path):
     cfg_json = os.path.join(path, "config.json")
     weights = os.path.join(path, "model.safetensors")
@@ -209,8 +246,11 @@ def load_pretrained(path: str):
 
 
 def load_into(model, params) -> None:
-  """Overwrites `model`'s parameters in place with a converted parameter dict."""
+  """Overwrites `model`'s parameters in place with a converted dict (loop layout is
+  stacked first when `model` scans its blocks)."""
   from flax import nnx
+  if model.visual.transformer.scan_layers:
+    params = stack_blocks(params)
   state = nnx.state(model, nnx.Param)
   nnx.replace_by_pure_dict(state, params)
   nnx.update(model, state)
