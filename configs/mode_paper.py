@@ -40,7 +40,8 @@ def paper_config(variant: str, arg) -> ml_collections.ConfigDict:
   c.model = clip_lib.default_config()   # full-size defaults: OpenAI context, vocab
   c.model.variant, c.model.image_size = variant, 224
   c.model.dtype = "bfloat16"
-  c.model.remat = variant.startswith("L")
+  c.model.remat = "full" if variant.startswith("L") else "none"
+  c.model.attention = "auto"   # cuDNN flash on GPU (bf16, 64-wide heads), XLA on TPU
   c.batch_size = constants.GLOBAL_BATCH
   c.optim.lr = constants.PEAK_LR[variant]
   c.optim.warmup_steps = constants.WARMUP_STEPS
