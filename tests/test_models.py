@@ -8,6 +8,7 @@ from flax import nnx
 
 from mode_jax.models import clip as clip_lib
 from mode_jax.models import convert
+from mode_jax.models import transformer
 
 
 def tiny_config(**kw):
@@ -55,16 +56,99 @@ def test_bfloat16_compute_float32_params():
   np.testing.assert_allclose(m.encode_text(t), ref.encode_text(t), atol=5e-2)
 
 
-def test_remat_gives_same_gradients():
-  x, t = jax.random.normal(jax.random.key(0), (2, 32, 32, 3)), jnp.array([[1, 5, 99], [1, 99, 0]])
+def _loss(x, t):
+  def loss(m):
+    img, txt, _, _ = m(x, t)
+    return jnp.sum(img * txt)
+  return loss
 
-  def grads(remat):
-    m = clip_lib.CLIP(tiny_config(remat=remat), rngs=nnx.Rngs(0))
-    loss = lambda m: jnp.sum(m(x, t)[0] * m(x, t)[1])
-    return jax.tree.leaves(nnx.grad(loss)(m))
 
-  for a, b in zip(grads(False), grads(True)):
+def _batch():
+  return jax.random.normal(jax.random.key(0), (2, 32, 32, 3)), jnp.array([[1, 5, 99], [1, 99, 0]])
+
+
+def _grads(cfg):
+  m = clip_lib.CLIP(cfg, rngs=nnx.Rngs(0))
+  return jax.tree.leaves(nnx.grad(_loss(*_batch()))(m))
+
+
+@pytest.mark.parametrize("remat", [r for r in transformer.REMAT_POLICIES if r != "none"])
+def test_remat_gives_same_gradients(remat):
+  for a, b in zip(_grads(tiny_config()), _grads(tiny_config(remat=remat))):
     np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+# --- attention kernels ----------------------------------------------------------------
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_xla_attention_equals_einsum(causal):
+  q, k, v = jax.random.normal(jax.random.key(1), (3, 2, 7, 4, 8))
+  run = lambda impl: lambda q, k, v: transformer.attend(q, k, v, causal=causal, impl=impl)
+  np.testing.assert_allclose(run("xla")(q, k, v), run("einsum")(q, k, v), atol=1e-5)
+  loss = lambda impl: lambda *a: jnp.sum(jnp.sin(run(impl)(*a)))
+  for a, b in zip(jax.grad(loss("xla"), (0, 1, 2))(q, k, v),
+                  jax.grad(loss("einsum"), (0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_xla_attention_model_equals_einsum():
+  """Both towers (the text one causal) through "xla": same outputs and gradients."""
+  x, t = _batch()
+  ref = clip_lib.CLIP(tiny_config(attention="einsum"), rngs=nnx.Rngs(0))
+  got = clip_lib.CLIP(tiny_config(attention="xla"), rngs=nnx.Rngs(0))
+  assert got.text.transformer.blocks[0].attn.impl == "xla"
+  for a, b in zip(ref(x, t)[:2], got(x, t)[:2]):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  for a, b in zip(_grads(tiny_config(attention="einsum")), _grads(tiny_config(attention="xla"))):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_pallas_tpu_padding_is_masked(monkeypatch):
+  """Padding to the TPU kernel's blocks changes nothing: checked on CPU with the
+  kernel's pure-JAX reference (same arguments) standing in for the kernel."""
+  from jax.experimental.pallas.ops.tpu import flash_attention as tpu_flash
+  monkeypatch.setattr(tpu_flash, "flash_attention", tpu_flash.mha_reference_no_custom_vjp)
+  q, k, v = jax.random.normal(jax.random.key(2), (3, 2, 9, 2, 8))
+  for causal in (False, True):
+    np.testing.assert_allclose(transformer.attend(q, k, v, causal=causal, impl="pallas_tpu"),
+                               transformer.attend(q, k, v, causal=causal), atol=1e-5)
+
+
+@pytest.mark.parametrize("backend,dtype,head_dim,tokens,want", [
+    ("cpu", "bfloat16", 64, 50, "einsum"),
+    ("cpu", "float32", 64, 128, "einsum"),
+    ("gpu", "bfloat16", 64, 50, "cudnn"),
+    ("gpu", "float16", 128, 77, "cudnn"),
+    ("gpu", "float32", 64, 50, "xla"),       # cuDNN flash takes bf16/fp16 only
+    ("gpu", "bfloat16", 12, 50, "xla"),      # head width not a multiple of 8
+    ("gpu", "bfloat16", 256, 50, "xla"),     # wider than pre-Hopper cuDNN takes
+    ("tpu", "bfloat16", 64, 256, "pallas_tpu"),
+    ("tpu", "bfloat16", 64, 197, "xla"),     # 197 tokens do not tile 128-blocks
+])
+def test_auto_attention_resolution(backend, dtype, head_dim, tokens, want):
+  resolve = lambda name: transformer.resolve_attention(
+      name, backend=backend, dtype=jnp.dtype(dtype), head_dim=head_dim, tokens=tokens)
+  assert resolve("auto") == want and resolve("xla") == "xla"
+
+
+# --- scan over blocks -----------------------------------------------------------------
+
+def test_scanned_blocks_equal_the_loop():
+  """Loop weights stacked into a scanned model (with remat inside the scanned body):
+  same outputs and gradients."""
+  x, t = _batch()
+  loop = clip_lib.CLIP(tiny_config(), rngs=nnx.Rngs(0))
+  scanned = clip_lib.CLIP(tiny_config(scan_layers=True, remat="save_attention"), rngs=nnx.Rngs(1))
+  convert.load_into(scanned, nnx.to_pure_dict(nnx.state(loop, nnx.Param)))
+  kernel = nnx.state(scanned, nnx.Param)["visual"]["transformer"]["blocks"]["c_fc"]["kernel"]
+  assert kernel.shape == (2, 64, 256)
+  for a, b in zip(loop(x, t)[:2], scanned(x, t)[:2]):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  want = convert.stack_blocks(nnx.to_pure_dict(nnx.grad(_loss(x, t))(loop)))
+  got = nnx.to_pure_dict(nnx.grad(_loss(x, t))(scanned))
+  assert jax.tree.structure(want) == jax.tree.structure(got)
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -73,6 +157,10 @@ def test_remat_gives_same_gradients():
     ("image_size", 30, "image_size"),
     ("dtype", "int8", "dtype"),
     ("act", "relu6", "act"),
+    ("remat", "sometimes", "remat"),
+    ("attention", "flash", "attention"),
+    ("attention", "cudnn", "attention"),       # the tests run on CPU
+    ("attention", "pallas_tpu", "attention"),
 ])
 def test_bad_config_names_the_field(field, value, match):
   with pytest.raises(ValueError, match=match):
@@ -128,13 +216,16 @@ def _ours(cfg, params, images, tokens):
   return np.asarray(img), np.asarray(txt), np.asarray(scale * img @ txt.T)
 
 
-@pytest.mark.parametrize("act", ["quick_gelu", "gelu"])
-def test_hf_clip_peer(tmp_path, act):
+@pytest.mark.parametrize("act,scan", [("quick_gelu", False), ("gelu", False), ("quick_gelu", True)])
+def test_hf_clip_peer(tmp_path, act, scan):
   torch, model = _hf_model(tmp_path, hidden_act=act)
   images, tokens = _inputs()
   ref = _torch_outputs(torch, model, images, tokens)
-  cfg, params = convert.load_pretrained(str(tmp_path))
+  cfg, params = convert.load_pretrained(str(tmp_path), scan_layers=scan)
   assert cfg.act == act and cfg.vision.heads == 4 and cfg.image_size == 32
+  assert cfg.scan_layers == scan and cfg.vision.depth == 2
+  if scan:
+    assert params["text"]["transformer"]["blocks"]["c_fc"]["kernel"].shape == (2, 48, 192)
   for ours, theirs in zip(_ours(cfg, params, images, tokens), ref):
     np.testing.assert_allclose(ours, theirs, atol=1e-4)
 
