@@ -74,7 +74,9 @@ def loss_and_metrics(graphdef, params, batch, loss_name):
 
 
 def _features(graphdef, params, images, tokens):
-  model = nnx.merge(graphdef, params)
+  # copy: fresh Variables at this trace level; params are closed over from
+  # outside the scan, and nnx.remat inside the towers may not update outer ones.
+  model = nnx.merge(graphdef, params, copy=True)
   return model.encode_image(images), model.encode_text(tokens)
 
 
