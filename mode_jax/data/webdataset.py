@@ -309,7 +309,7 @@ def decode_image(data: bytes, draft_size: int | None = None) -> np.ndarray:
   """Image bytes -> uint8 [H, W, 3] RGB; grey, palette and alpha are flattened on white.
 
   JPEG goes to simplejpeg (libjpeg-turbo without PIL's per-image overhead,
-  ~1.3-1.7x faster here, see benchmarks/loader_throughput.py --decoders);
+  ~1.3-1.5x faster than PIL + draft, benchmarks/loader_throughput.py --decoders);
   PNG, WebP and any JPEG it rejects (CMYK, corrupt: PIL then decides) go to
   PIL. `draft_size` decodes JPEG at a reduced power-of-two DCT scale that
   keeps the short side >= draft_size (PIL's `draft` rule; both give the same
