@@ -43,6 +43,10 @@ def paper_config(variant: str, arg) -> ml_collections.ConfigDict:
   c.model.remat = "full" if variant.startswith("L") else "none"
   c.model.attention = "auto"   # cuDNN flash on GPU (bf16, 64-wide heads), XLA on TPU
   c.batch_size = constants.GLOBAL_BATCH
+  # Exact accumulation (state.make_train_step) sized for 8xH100 by
+  # benchmarks/memory_plan.py: 128 (B/16) / 32 (L/14) images per device per
+  # micro-batch. On v4-64 pass --config.accum_steps=16 (B/16) or 32 (L/14).
+  c.accum_steps = {"B/16": 32, "L/14": 128}.get(variant, 1)
   c.optim.lr = constants.PEAK_LR[variant]
   c.optim.warmup_steps = constants.WARMUP_STEPS
   c.optim.weight_decay = constants.WEIGHT_DECAY
