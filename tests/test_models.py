@@ -297,3 +297,26 @@ def test_uint8_images_are_normalised_on_device_like_the_host():
   a = model.encode_image(jnp.asarray(u8))
   b = model.encode_image(jnp.asarray(host, jnp.float32))
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_trainer_loads_pretrained_weights_into_a_scanned_model(tmp_path):
+  """init.pretrained with scan_layers: the trainer once filled the stacked state with
+  the converter's per-layer layout (a structure mismatch)."""
+  from mode_jax.train import config as config_lib
+  from mode_jax.train import sharding
+  from mode_jax.train import state as state_lib
+  from mode_jax.train import trainer
+  torch, model = _hf_model(tmp_path)
+  images, tokens = _inputs()
+  ref = _torch_outputs(torch, model, images, tokens)
+  c = config_lib.train_config()
+  c.model, _ = convert.load_pretrained(str(tmp_path), scan_layers=True)
+  c.init.pretrained = str(tmp_path)
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 1}, devices=jax.devices()[:1])
+  graphdef, _, _, shardings, init_fn = state_lib.build(
+      c.model, c.optim, schedule_steps=2, mesh=mesh, rules=[(".*", "replicate")])
+  state = trainer._load_pretrained(c, init_fn(), shardings)
+  img, txt, _, _ = state_lib.model_from_state(graphdef, state)(jnp.asarray(images),
+                                                              jnp.asarray(tokens))
+  np.testing.assert_allclose(np.asarray(img), ref[0], atol=1e-4)
+  np.testing.assert_allclose(np.asarray(txt), ref[1], atol=1e-4)

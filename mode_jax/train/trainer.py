@@ -45,6 +45,7 @@ import tqdm
 from mode_jax import workdir as wd
 from mode_jax.models import clip as clip_lib
 from mode_jax.train import checkpoint as ckpt_lib
+from mode_jax.train import losses
 from mode_jax.train import metrics as metrics_lib
 from mode_jax.train import mfu as mfu_lib
 from mode_jax.train import optimizer, sharding
@@ -186,8 +187,7 @@ def check_config(config, n_devices: int | None = None) -> None:
   clip_lib.validate(config.model)
   optimizer.validate(config.optim)
   sharding.mesh_shape(config.mesh, n_devices)
-  if config.loss not in ("softmax", "sigmoid"):
-    raise ValueError(f"config.loss={config.loss!r}: use 'softmax' or 'sigmoid'")
+  losses.check_name(config.loss)
   if config.loss == "sigmoid" and not config.model.logit_bias:
     raise ValueError("config.model.logit_bias must be True with config.loss='sigmoid'")
   if config.accum_steps < 1:
@@ -283,7 +283,8 @@ def _restore_fork(config, abstract, shardings):
 def _load_pretrained(config, state, shardings):
   from flax import nnx
   from mode_jax.models import convert
-  _, params = convert.load_pretrained(config.init.pretrained)
+  _, params = convert.load_pretrained(config.init.pretrained,
+                                      scan_layers=config.model.get("scan_layers", False))
   new = jax.tree.map(lambda x: x, state["params"])
   nnx.replace_by_pure_dict(new, params)
   return jax.device_put(dict(state, params=new), shardings)
