@@ -166,11 +166,17 @@ class CLIP(nnx.Module):
     The scale is exp(logit_scale) with logit_scale clamped at ln 100 (OpenAI
     CLIP); the trainer also clamps the parameter itself after each update.
     """
-    img = self.encode_image(images)
-    txt = self.encode_text(tokens)
+    scale, bias = self.logit_terms()
+    return self.encode_image(images), self.encode_text(tokens), scale, bias
+
+  def logit_terms(self):
+    """(exp(logit_scale) clamped at ln 100, logit_bias or None), without running the towers.
+
+    The accumulated train step (train/state.py) needs them apart from the features.
+    """
     scale = jnp.exp(jnp.minimum(self.logit_scale.get_value(), constants.LOGIT_SCALE_MAX))
     bias = None if self.logit_bias is None else self.logit_bias.get_value()
-    return img, txt, scale, bias
+    return scale, bias
 
 
 def _l2_normalize(x, eps=1e-12):

@@ -37,7 +37,7 @@ LOSSES = {"softmax": softmax_clip_loss, "sigmoid": sigmoid_clip_loss}
 
 def check_name(loss_name):
   if loss_name not in LOSSES:
-    raise ValueError(f"config.loss={loss_name!r}: use 'softmax' or 'sigmoid'")
+    raise ValueError(f"config.loss={loss_name!r}: use one of {sorted(LOSSES)}")
 
 
 def clip_loss(loss_name, img, txt, scale, bias):

@@ -55,17 +55,6 @@ def clamp_logit_scale(params):
   return params
 
 
-def _logit_terms(model):
-  """exp(logit_scale) clamped at ln 100, and the bias or None: CLIP.__call__'s last two outputs.
-
-  The accumulated step needs them without running the towers; the test that
-  an accumulated step equals a full-batch one keeps the two in step.
-  """
-  scale = jnp.exp(jnp.minimum(model.logit_scale.get_value(), constants.LOGIT_SCALE_MAX))
-  bias = None if model.logit_bias is None else model.logit_bias.get_value()
-  return scale, bias
-
-
 def loss_and_metrics(graphdef, params, batch, loss_name):
   model = nnx.merge(graphdef, params)
   img, txt, scale, bias = model(batch["image"], batch["tokens"])
@@ -81,7 +70,7 @@ def _features(graphdef, params, images, tokens):
 
 
 def _loss_from_features(graphdef, loss_name, params, img, txt):
-  scale, bias = _logit_terms(nnx.merge(graphdef, params))
+  scale, bias = nnx.merge(graphdef, params).logit_terms()
   loss = losses.clip_loss(loss_name, img, txt, scale, bias)
   return loss, {"logit_scale": scale, "batch_acc": losses.contrastive_accuracy(img, txt)}
 
