@@ -7,6 +7,11 @@
   eval/meta_emb/<task>.npy  float32 [N_cls, D] class metadata embeddings; for a
                             retrieval task, one row per caption [N_txt, D]
                             (the per-query routing of DESIGN.md step 9)
+  eval/tasks/<task>.json    the task as evaluated: {"kind": "zeroshot" | "retrieval",
+                            "metric": "top1" | "mean_per_class" | "top1_top5" |
+                            "roc_auc" (zero-shot; retrieval is mean R@1), "source",
+                            "n_classes"}; older workdirs have only shards/eval/<task>.json
+  eval/skipped.json         {task: reason} of suite tasks not found on disk
 """
 
 from __future__ import annotations
@@ -47,6 +52,34 @@ def write_meta_emb(workdir: str, task: str, emb) -> str:
 
 def read_meta_emb(workdir: str, task: str) -> np.ndarray:
   return wd.load_npy(wd.require(workdir, meta_rel(task), EVAL_STAGE)).astype(np.float32)
+
+
+def task_spec_rel(task: str) -> str:
+  return f"eval/tasks/{task}.json"
+
+
+def write_task_spec(workdir: str, task: str, spec: dict) -> str:
+  p = wd.path(workdir, task_spec_rel(task))
+  wd.write_json(p, spec)
+  return p
+
+
+def read_task_spec(workdir: str, task: str) -> dict:
+  """eval/tasks/<task>.json, else (workdirs evaluated before suites) shards/eval/<task>.json."""
+  p = wd.path(workdir, task_spec_rel(task))
+  if wd.exists(p):
+    return wd.read_json(p)
+  return wd.read_json(wd.require(workdir, f"shards/eval/{task}.json", SHARDS_STAGE))
+
+
+def write_skipped(workdir: str, skipped: dict[str, str]) -> None:
+  wd.write_json(wd.path(workdir, "eval", "skipped.json"), dict(sorted(skipped.items())))
+
+
+def read_skipped(workdir: str) -> dict[str, str]:
+  """{task: reason} of suite tasks the evaluate stage did not find ({} when none)."""
+  p = wd.path(workdir, "eval", "skipped.json")
+  return wd.read_json(p) if wd.exists(p) else {}
 
 
 def txt_to_img_of(arrays: dict) -> np.ndarray:
