@@ -5,7 +5,8 @@ import importlib.util
 import jax
 import numpy as np
 import pytest
-from sklearn.metrics import balanced_accuracy_score, top_k_accuracy_score
+from sklearn.metrics import (balanced_accuracy_score, recall_score, roc_auc_score,
+                             top_k_accuracy_score)
 
 from mode_jax.eval import features, templates, zeroshot
 
@@ -118,6 +119,43 @@ def test_metrics_match_sklearn():
                                                                       logits.argmax(1)))
   assert zeroshot.accuracy(logits, labels, 5) == pytest.approx(m["top5"])
   assert zeroshot.mean_per_class_accuracy(logits, labels) == pytest.approx(m["mean_per_class"])
+
+
+def test_task_score_matches_sklearn():
+  rng = np.random.default_rng(1)
+  logits = rng.normal(size=(300, 11)).astype(np.float32)
+  labels = rng.integers(0, 11, 300)
+  cls = np.arange(11)
+  top = lambda k: top_k_accuracy_score(labels, logits, k=k, labels=cls)
+  assert zeroshot.task_score("top1", logits, labels) == pytest.approx(top(1))
+  assert zeroshot.task_score("top1_top5", logits, labels) == pytest.approx((top(1) + top(5)) / 2)
+  pred = logits.argmax(1)
+  recall = recall_score(labels, pred, average="macro", labels=np.unique(labels))
+  assert zeroshot.task_score("mean_per_class", logits, labels) == pytest.approx(recall)
+  assert recall == pytest.approx(balanced_accuracy_score(labels, pred))
+
+
+def test_roc_auc_with_ties_matches_sklearn():
+  rng = np.random.default_rng(2)
+  y = rng.integers(0, 2, 400)
+  logits = np.round(rng.normal(size=(400, 2)) + 0.5 * y[:, None] * [0, 1], 1)   # many ties
+  score = logits[:, 1] - logits[:, 0]
+  assert len(np.unique(score)) < 150
+  want = roc_auc_score(y, score)
+  assert zeroshot.task_score("roc_auc", logits, y) == pytest.approx(want, abs=1e-12)
+  # the score ranks like the softmax probability of class 1 (CLIP_benchmark's)
+  prob = np.exp(logits[:, 1]) / np.exp(logits).sum(1)
+  assert roc_auc_score(y, prob) == pytest.approx(want, abs=1e-12)
+  np.testing.assert_allclose(zeroshot.average_ranks([3, 1, 3, 2]), [3.5, 1, 3.5, 2])
+
+
+def test_bad_metric_or_task_shape():
+  with pytest.raises(ValueError, match="top1_top5"):
+    zeroshot.task_score("top3", np.zeros((2, 2)), [0, 1])
+  with pytest.raises(ValueError, match="binary"):
+    zeroshot.task_score("roc_auc", np.zeros((2, 3)), [0, 1])
+  with pytest.raises(ValueError, match="both classes"):
+    zeroshot.task_score("roc_auc", np.zeros((2, 2)), [1, 1])
 
 
 def test_evaluate_glue():

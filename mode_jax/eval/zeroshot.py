@@ -6,6 +6,11 @@ per-expert logit scale or softmax would change what is being averaged.
 Metrics are fractions in [0, 1]. A prediction's rank is the number of classes
 scoring strictly higher than the true class, so exact ties count in favour of
 the true class (float ties are vanishingly rare with real features).
+
+A task names the metric it is scored with (eval/tasks/<task>.json "metric",
+following CLIP_benchmark): "top1"; "mean_per_class" (per-class top-1 recall,
+averaged: Aircraft, Pets, Caltech101, Flowers); "top1_top5" ((top-1 + top-5) / 2,
+the Kinetics700 metric); "roc_auc" (binary tasks such as HatefulMemes).
 """
 
 from __future__ import annotations
@@ -48,6 +53,51 @@ def mean_per_class_accuracy(logits, labels) -> float:
   hit = np.asarray(true_class_rank(logits, labels)) == 0
   classes = np.unique(labels)
   return float(np.mean([hit[labels == c].mean() for c in classes]))
+
+
+METRICS = ("top1", "mean_per_class", "top1_top5", "roc_auc")
+
+
+def check_metric(metric: str) -> str:
+  if metric not in METRICS:
+    raise ValueError(f"unknown zero-shot metric {metric!r}: expected one of {METRICS}")
+  return metric
+
+
+def binary_score(logits) -> np.ndarray:
+  """logits[:, 1] - logits[:, 0]: ranks images exactly like the softmax probability of class 1
+  (CLIP_benchmark's HatefulMemes score), since softmax over two logits is monotone in it."""
+  logits = np.asarray(logits, np.float64)
+  if logits.ndim != 2 or logits.shape[1] != 2:
+    raise ValueError(f"roc_auc needs binary logits [N, 2], got {logits.shape}")
+  return logits[:, 1] - logits[:, 0]
+
+
+def average_ranks(x) -> np.ndarray:
+  """1-based ranks of x, tied values sharing the mean of their ranks (as scipy's rankdata)."""
+  _, inv, counts = np.unique(np.asarray(x), return_inverse=True, return_counts=True)
+  last = np.cumsum(counts)
+  return (last - (counts - 1) / 2.0)[inv]
+
+
+def roc_auc(scores, positive) -> float:
+  """Area under the ROC curve: P(a positive outscores a negative), ties counting one half
+  (the Mann-Whitney U statistic from average ranks; equals sklearn's roc_auc_score)."""
+  positive = np.asarray(positive, bool)
+  n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+  if not n_pos or not n_neg:
+    raise ValueError(f"roc_auc needs both classes, got {n_pos} positives and {n_neg} negatives")
+  rank_sum = average_ranks(scores)[positive].sum()
+  return float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def task_score(metric: str, logits, labels) -> float:
+  """One task's score (fraction in [0, 1]) under its metric (one of METRICS)."""
+  check_metric(metric)
+  if metric == "roc_auc":
+    return roc_auc(binary_score(logits), np.asarray(labels) == 1)
+  m = metrics(logits, labels)
+  return (m["top1"] + m["top5"]) / 2 if metric == "top1_top5" else m[metric]
 
 
 def metrics(logits, labels, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
