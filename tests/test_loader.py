@@ -251,6 +251,29 @@ def test_eval_batches_center_crop_in_order(tmp_path):
   np.testing.assert_array_equal(img, wide[2][:, 4:20])
 
 
+def test_eval_batches_keep_labelled_samples_without_captions(tmp_path):
+  """A classification set's samples carry a label and no caption (json label or a
+  CLIP_benchmark .cls member); regression: they were dropped -> "no image batches"."""
+  w = str(tmp_path)
+  samples = [{"__key__": "a0", "png": _img(0), "json": {"label": 3}},
+             {"__key__": "a1", "png": _img(1), "cls": "7"},
+             {"__key__": "a2", "png": _img(2), "cls": "1", "txt": "with a caption"}]
+  wds_writer.write_shards(os.path.join(w, "shards/eval/z-%05d.tar"), iter(samples), 10)
+  out = list(loader.eval_batches(_cfg(), w, "shards/eval/z-*.tar", batch_size=4))
+  valid = out[0]["valid"]
+  assert valid.tolist() == [True, True, True, False]
+  assert out[0]["label"][:3].tolist() == [3, 7, 1]
+  assert out[0]["text"][:3].tolist() == ["", "", "with a caption"]
+  # training still needs a caption: only a2 is a pair
+  seen = []
+  it = loader.train_iterator(_cfg(shards="shards/eval/z-*.tar", batch_size=2, shuffle=False),
+                             w, lambda t: seen.extend(t) or np.zeros((len(t), 2), np.int32),
+                             process_index=0, process_count=1)
+  next(it)
+  it.close()
+  assert set(seen) == {"with a caption"}   # a2 substitutes for a0 and a1
+
+
 def test_rrc_box_follows_torchvision_rules():
   rng = np.random.default_rng(0)
   for _ in range(500):

@@ -120,8 +120,9 @@ def load_index(cfg, workdir: str | None, pattern: str | None = None,
 class _Read:
   """Index -> decoded sample, or None (counted) when the data is bad."""
 
-  def __init__(self, reader, caption_keys, draft_size):
+  def __init__(self, reader, caption_keys, draft_size, require_caption: bool = True):
     self.reader, self.caption_keys, self.draft_size = reader, caption_keys, draft_size
+    self.require_caption = require_caption
     self.stats = wds.Stats()
 
   def __len__(self) -> int:
@@ -135,7 +136,8 @@ class _Read:
       log.warning("cannot read sample %d: %s", i, e)
       return None
     s = wds.make_sample(key, members, with_images=True, stats=self.stats,
-                        caption_keys=self.caption_keys, draft_size=self.draft_size)
+                        caption_keys=self.caption_keys, draft_size=self.draft_size,
+                        require_caption=self.require_caption)
     if s is None and self.stats.skipped & (self.stats.skipped - 1) == 0:   # 1, 2, 4, 8...
       self.stats.warn(f"loader process {os.getpid()}")
     return s
@@ -360,7 +362,8 @@ class _EvalLoad(grain.transforms.Map):
               "valid": False}
     return {"image": preprocess.resize_center_crop(s["image"], self.res),
             "label": np.int32(-1 if s["label"] is None else s["label"]),
-            "key": s["__key__"], "text": s["texts"][0], "index": np.int64(pos), "valid": True}
+            "key": s["__key__"], "text": s["texts"][0] if s["texts"] else "",
+            "index": np.int64(pos), "valid": True}
 
 
 def eval_batches(cfg, workdir: str | None, pattern: str | None, *,
@@ -373,14 +376,15 @@ def eval_batches(cfg, workdir: str | None, pattern: str | None, *,
   process count); this host yields its contiguous block of each, always
   b = batch_size / process_count rows. Yields {"image": uint8[b, res, res, 3]
   (resize short side + center crop; the model normalises), "label": int32[b] (-1 when absent),
-  "key": str[b], "text": str[b] (first caption), "index": int64[b] (position
+  "key": str[b], "text": str[b] (first caption, "" if none), "index": int64[b] (position
   in the set, -1 on padding), "valid": bool[b]} where padding rows and bad
   samples (counted and warned about) have valid False.
   """
   pi, pc = _processes(process_index, process_count)
   if source is None:
     index = index if index is not None else load_index(cfg, workdir, pattern)
-    source = _Read(index.reader(), tuple(cfg.caption_keys.split(",")), cfg.resolution)
+    source = _Read(index.reader(), tuple(cfg.caption_keys.split(",")), cfg.resolution,
+                   require_caption=False)   # zero-shot samples carry a label, no caption
   n = len(source)
   b = -(-(batch_size or cfg.batch_size) // pc)
   big = b * pc

@@ -292,6 +292,12 @@ def parse_texts(members: dict, stats: Stats | None = None,
     lab = meta.get("label")
     if isinstance(lab, (int, np.integer)) and not isinstance(lab, bool):
       label = int(lab)
+  if label is None and members.get("cls") is not None:   # CLIP_benchmark: the label as text
+    try:
+      label = int(members["cls"].decode("ascii").strip())
+    except (ValueError, UnicodeDecodeError):
+      if stats is not None:
+        stats.bad_json += 1
   for k in caption_keys:
     if k == "txt":
       if members.get("txt") is not None:
@@ -349,14 +355,19 @@ def to_rgb(im) -> np.ndarray:
 
 
 def make_sample(key: str, members: dict, *, with_images: bool, stats: Stats,
-                caption_keys=CAPTION_KEYS, draft_size: int | None = None) -> dict | None:
-  """The sample dict of `iter_shard`, or None (counted in stats) when it is unusable."""
+                caption_keys=CAPTION_KEYS, draft_size: int | None = None,
+                require_caption: bool = True) -> dict | None:
+  """The sample dict of `iter_shard`, or None (counted in stats) when it is unusable.
+
+  Training pairs need a caption; evaluation samples (`require_caption=False`)
+  need only an image: a classification set's samples carry just a label.
+  """
   ext = image_ext(members)
   if ext is None:
     stats.missing_images += 1
     return None
   texts, label = parse_texts(members, stats, caption_keys)
-  if not texts:
+  if not texts and require_caption:
     stats.missing_captions += 1
     return None
   image = None
