@@ -15,10 +15,12 @@ import ml_collections
 
 from clustering import config as cluster_config
 from configs import common
+from mode_jax import bundle
 from mode_jax.data import demo_corpus
 from mode_jax.data import expert_stream
 from mode_jax.data import loader
 from mode_jax.eval import report
+from mode_jax.eval import tasks as eval_tasks
 from mode_jax.text import embed_stage
 from mode_jax.train import config as train_config
 
@@ -37,6 +39,8 @@ def get_config(arg=None):
   c.expert_stream = expert_stream.default_config()
   c.expert_stream.ablation = arg.ablation
   c.report = report.default_config()
+  c.export = bundle.default_config()   # `export`: where the bundle goes
+  c.evaluate = eval_tasks.default_config()   # which tasks and models `evaluate` runs
   c.expert = arg.expert
 
   # ---- schedule: the paper's 27 + 5 of 32 epochs, scaled down ----

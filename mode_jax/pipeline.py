@@ -30,15 +30,12 @@ from __future__ import annotations
 import functools
 
 import ml_collections
-import numpy as np
 from flax import nnx
 
 from mode_jax import distributed
 from mode_jax import workdir as wd
 from mode_jax.data import expert_stream as expert_lib
 from mode_jax.data import loader
-from mode_jax.data import webdataset as wds
-from mode_jax.models import embedders
 from mode_jax.train import checkpoint as ckpt_lib
 from mode_jax.train import sharding
 from mode_jax.train import state as state_lib
@@ -206,91 +203,15 @@ def load_model(config, ck_dir: str, step: int, mesh=None):
 
 
 def eval_tasks(workdir: str) -> dict[str, dict]:
-  d = wd.require(workdir, wd.path("shards", "eval"), "prepare")
-  tasks = {f[:-5]: wd.read_json(wd.path(d, f)) for f in wd.listdir(d) if f.endswith(".json")}
-  if not tasks:
-    raise wd.MissingInput(wd.path(d, "<task>.json"), "prepare")
-  return tasks
-
-
-def _task_pattern(task):
-  """Relative to the workdir (the loader resolves it there)."""
-  return wd.path("shards", "eval", f"{task}-*.tar")
-
-
-def _captions_per_image(workdir, task):
-  stats = wds.Stats()
-  out = []
-  for shard in wds.expand_shards(wd.path(workdir, _task_pattern(task))):
-    out += [s["texts"] for s in wds.iter_shard(shard, with_images=False, stats=stats)]
-  return out
-
-
-def _write_meta_embeddings(config, workdir, tasks, captions):
-  """eval/meta_emb/<task>.npy with the clustering's sentence encoder (DESIGN.md step 8)."""
-  from mode_jax.eval import evaluate as ev
-  from mode_jax.eval import files
-  from mode_jax.text import embed_stage
-  encoder = None
-  for task, spec in tasks.items():
-    if not wd.exists(wd.path(workdir, files.meta_rel(task))):
-      encoder = encoder or embed_stage.make_encoder(config.embed)
-      emb = ev.metadata_embedding(lambda t: encoder.encode(list(t), progress=False), task, spec,
-                                  captions.get(task))
-      files.write_meta_emb(workdir, task, emb)
+  """shards/eval/<task>.json of the workdir's own evaluation tasks."""
+  from mode_jax.eval import tasks
+  return {n: t.spec() for n, t in tasks.workdir_tasks(workdir).items()}
 
 
 def run_evaluate(config, workdir: str):
-  """Raw cosine logits of every finished model on every task, and task metadata embeddings.
-
-  Images are split over all devices of all hosts (each host reads its block
-  of every batch) and class prompts likewise; process 0 writes eval/.
-  """
-  from mode_jax.eval import evaluate as ev
-  from mode_jax.eval import files
-  tasks = eval_tasks(workdir)
-  models = finished_models(config, workdir)
-  in_cfg = _input_cfg(config)
-  in_cfg.num_workers = 0
-  captions = {t: _captions_per_image(workdir, t) for t, s in tasks.items()
-              if s.get("kind") == "retrieval"}
-  distributed.on_primary("meta embeddings",
-                         lambda: _write_meta_embeddings(config, workdir, tasks, captions))
-
-  def batches(task):
-    for b in loader.eval_batches(in_cfg, workdir, _task_pattern(task),
-                                 batch_size=config.eval_batch_size):
-      yield b["image"], b["label"], np.where(b["valid"], b["index"], -1)
-
-  tok = clip_tokenizer()
-  mesh = eval_mesh()
-  for name, (ck_dir, step) in models.items():
-    done_p = wd.path(workdir, "eval", name, "done.json")
-    done = wd.read_json(done_p) if wd.exists(done_p) else {}
-    todo = [t for t in tasks if done.get(t) != step
-            or not wd.exists(wd.path(workdir, files.logits_rel(name, t)))]
-    if not todo:
-      continue
-    model = load_model(config, ck_dir, step, mesh)
-    embed_images, embed_texts = embedders.make_embedders(
-        model, tok, context_length=config.model.context_length,
-        batch_size=config.eval_batch_size, mesh=mesh)
-    for task in todo:
-      spec = tasks[task]
-      if spec.get("kind") == "retrieval":
-        out = ev.evaluate_retrieval(embed_images, embed_texts, captions[task], batches(task))
-      else:
-        out = ev.evaluate_zeroshot(embed_images, embed_texts, task, spec, batches(task))
-      done[task] = step
-
-      def write(out=out, task=task):
-        files.write_task_logits(workdir, name, task, out["logits"], out["labels"],
-                                out.get("txt_to_img"))
-        wd.write_json(done_p, done)
-
-      distributed.on_primary(f"eval {name} {task}", write)
-      if distributed.is_primary():
-        print(f"[evaluate] {name} {task}: {out['logits'].shape[0]} images")
+  """Every model on every task of config.evaluate (mode_jax/eval/evaluate_stage.py)."""
+  from mode_jax.eval import evaluate_stage
+  return evaluate_stage.run_evaluate(config, workdir)
 
 
 # ---- everything -----------------------------------------------------------------------

@@ -52,3 +52,48 @@ def metadata_embedding(embed_sentences: Callable, task: str, spec: dict,
     return np.asarray(features.l2_normalize(jnp.asarray(emb)))
   return features.class_features(embed_sentences, spec["classnames"],
                                  spec_templates(task, spec))
+
+
+def task_score(task_spec: dict, arrays: dict) -> float:
+  """A model's score on one task in percent: its metric for zero-shot, mean R@1 for retrieval."""
+  from mode_jax.eval import files
+  if task_spec.get("kind", "zeroshot") == "retrieval":
+    m = retrieval.recall(arrays["logits"], files.txt_to_img_of(arrays), ks=(1,))
+    return 100.0 * (m["i2t_R@1"] + m["t2i_R@1"]) / 2
+  return 100.0 * zeroshot.task_score(task_spec.get("metric", "top1"), arrays["logits"],
+                                     arrays["labels"])
+
+
+def write_scores(workdir: str, tasks: dict, models: Sequence[str]) -> str:
+  """eval/scores.{csv,md}: every model's score (percent) on every task, with the metric.
+
+  The plain table for public CLIPs; the MoDE comparison is the report stage's.
+  """
+  import csv
+  import io
+  from mode_jax import workdir as wd
+  from mode_jax.eval import files
+  rows = []
+  for name, task in tasks.items():
+    spec = task.spec()
+    row = {"task": name, "metric": spec["metric"]}
+    for m in models:
+      row[m] = task_score(spec, files.read_task_logits(workdir, m, name))
+    rows.append(row)
+  avg = {"task": "average", "metric": ""}
+  avg.update({m: float(np.mean([r[m] for r in rows])) for m in models})
+  head = ["task", "metric", *models]
+  buf = io.StringIO(newline="")
+  w = csv.writer(buf)
+  w.writerow(head)
+  for r in rows + [avg]:
+    w.writerow([f"{r[h]:.4f}" if isinstance(r[h], float) else r[h] for h in head])
+  wd.write_text(wd.path(workdir, "eval", "scores.csv"), buf.getvalue())
+  md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  md += ["| " + " | ".join(f"{r[h]:.2f}" if isinstance(r[h], float) else str(r[h])
+                           for h in head) + " |" for r in rows + [avg]]
+  skipped = files.read_skipped(workdir)
+  text = "# Scores (%) per model and task\n\n" + "\n".join(md) + "\n"
+  if skipped:
+    text += "\nSkipped:\n" + "".join(f"- {k}: {v}\n" for k, v in skipped.items())
+  return wd.write_text(wd.path(workdir, "eval", "scores.md"), text)

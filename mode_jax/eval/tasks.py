@@ -1,0 +1,208 @@
+"""Evaluation tasks: the workdir's own (shards/eval/) or a suite of CLIP_benchmark folders.
+
+A suite (configs/eval_mode26.py, configs/eval_datacomp38.py) is a tuple
+TASKS of entries {"name", "folders" (candidate folder names under
+config.evaluate.root), "metric", "kind", optional "cb" / "openai" (keys into
+the clip-benchmark package's lists / OpenAI's prompts.md), "templates" (a
+list with its source, for tasks neither has), "skip" (a reason, for metrics
+not implemented here)}. A task whose folder
+is absent is listed as skipped, never fatal.
+
+Class names and templates of a suite task, first found wins:
+  1. the folder's classnames.txt / zeroshot_classification_templates.txt
+     (they define the label order of its .cls files);
+  2. the clip-benchmark package's en_classnames.json / templates json;
+  3. OpenAI CLIP's data/prompts.md (configs/eval_data/openai_prompts.json);
+  4. templates only: the entry's own list, else OpenAI's 80 ImageNet templates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import json
+import logging
+import os
+
+import ml_collections
+
+from mode_jax import workdir as wd
+from mode_jax.data import clip_benchmark as cb
+from mode_jax.eval import templates as templates_lib
+
+log = logging.getLogger(__name__)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+OPENAI_PROMPTS = os.path.join(ROOT, "configs", "eval_data", "openai_prompts.json")
+SUITES = {"mode26": "configs.eval_mode26", "datacomp38": "configs.eval_datacomp38"}
+ZEROSHOT_METRICS = ("top1", "mean_per_class", "top1_top5", "roc_auc")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.suite = ""     # "" = the workdir's shards/eval tasks; "mode26", "datacomp38" or a module
+  c.root = ""      # directory (local, gs://, s3://) holding the suite's task folders
+  c.tasks = ""     # comma-separated subset of task names; "" = all
+  c.models = ""    # "" = this MoDE run's dense + experts; else "name=path,..." of public CLIPs
+  #                  (HF CLIPModel folder, OpenAI/OpenCLIP .pt, .safetensors); "mode" adds the run's
+  c.probe_holdout = 0.5   # probe on a task without a train split: this fraction of test images
+  #                         is held out for scoring, the rest fits the probe (seeded, stratified)
+  return c
+
+
+@dataclasses.dataclass
+class Task:
+  name: str
+  kind: str                     # "zeroshot" | "retrieval"
+  metric: str                   # a ZEROSHOT_METRICS name; "mean_R@1" for retrieval
+  pattern: str                  # test shards (relative patterns are inside the workdir)
+  classnames: list | None = None
+  templates: list[str] | None = None
+  source: str = "workdir"       # "workdir" or the task folder
+  train_pattern: str | None = None
+  captions: str = "json"        # where retrieval captions live: "json" (ours) or "txt_lines" (CB)
+
+  def spec(self) -> dict:
+    """What evaluate.evaluate_zeroshot needs, and what eval/tasks/<task>.json records."""
+    out = {"kind": self.kind, "metric": self.metric, "source": self.source}
+    if self.kind == "zeroshot":
+      out.update(classnames=self.classnames, templates=self.templates,
+                 n_classes=len(self.classnames))
+    return out
+
+
+# ---------------------------------------------------------------- sources ----
+@functools.cache
+def openai_prompts() -> dict:
+  with open(OPENAI_PROMPTS) as f:
+    return json.load(f)["datasets"]
+
+
+def package_classnames(entry: dict):
+  """clip-benchmark's list (entry "cb"), else OpenAI's prompts.md list (entry "openai")."""
+  try:
+    names = templates_lib.benchmark_classnames(entry["cb"]) if entry.get("cb") else None
+  except FileNotFoundError:
+    names = None
+  return names or openai_prompts().get(entry.get("openai", ""), {}).get("classes")
+
+
+def package_templates(entry: dict):
+  """clip-benchmark's, else prompts.md's, else the entry's own "templates" (with a source)."""
+  try:
+    t = templates_lib.benchmark_templates(entry["cb"]) if entry.get("cb") else None
+  except FileNotFoundError:
+    t = None
+  return t or openai_prompts().get(entry.get("openai", ""), {}).get("templates") or \
+      entry.get("templates")
+
+
+def suite_entries(suite: str) -> tuple[dict, ...]:
+  module = SUITES.get(suite, suite)
+  if module.endswith(".py"):
+    module = module[:-3].replace("/", ".")
+  try:
+    return tuple(importlib.import_module(module).TASKS)
+  except (ImportError, AttributeError) as e:
+    raise ValueError(f"config evaluate.suite={suite!r}: expected one of {sorted(SUITES)} or "
+                     f"a module with TASKS ({e})") from None
+
+
+# -------------------------------------------------------------- resolution ----
+def workdir_tasks(workdir: str) -> dict[str, Task]:
+  """The demo corpus's tasks: shards/eval/<task>.json + shards/eval/<task>-*.tar."""
+  d = wd.require(workdir, wd.path("shards", "eval"), "prepare")
+  specs = {f[:-5]: wd.read_json(wd.path(d, f)) for f in wd.listdir(d) if f.endswith(".json")}
+  if not specs:
+    raise wd.MissingInput(wd.path(d, "<task>.json"), "prepare")
+  out = {}
+  for name, s in sorted(specs.items()):
+    kind = s.get("kind", "zeroshot")
+    out[name] = Task(
+        name, kind, s.get("metric", "top1") if kind == "zeroshot" else "mean_R@1",
+        wd.path("shards", "eval", f"{name}-*.tar"), classnames=s.get("classnames"),
+        templates=list(s.get("templates") or templates_lib.task_templates(name)))
+  return out
+
+
+def _find_folder(root: str, entry: dict) -> str | None:
+  for f in entry.get("folders", (entry["name"],)):
+    p = wd.path(root, f)
+    if cb.is_task_folder(p):
+      return p
+  return None
+
+
+def suite_task(root: str, entry: dict) -> Task | str:
+  """The Task of a suite entry, or a one-line reason to skip it."""
+  name = entry["name"]
+  if entry.get("skip"):
+    return entry["skip"]
+  folder = _find_folder(root, entry)
+  if folder is None:
+    return f"no task folder {'|'.join(entry.get('folders', (name,)))} under {root}"
+  tf = cb.open_task(folder)
+  kind = entry.get("kind", "zeroshot")
+  if tf.kind != kind:
+    return f"{folder} is a {tf.kind} task but the suite expects {kind}"
+  train = tf.shard_pattern("train") if tf.has_split("train") else None
+  if kind == "retrieval":
+    return Task(name, kind, "mean_R@1", tf.shard_pattern("test"), source=folder,
+                train_pattern=train, captions="txt_lines")
+  metric = entry.get("metric", "top1")
+  if metric not in ZEROSHOT_METRICS:
+    raise ValueError(f"suite task {name}: metric {metric!r} not in {ZEROSHOT_METRICS}")
+  classnames = tf.classnames or package_classnames(entry)
+  if not classnames:
+    return f"{folder} has no {cb.CLASSNAMES} and no package lists its classes"
+  pkg = package_classnames(entry)
+  if tf.classnames and pkg and [c if isinstance(c, str) else c[0] for c in pkg] != tf.classnames:
+    log.warning("%s: classnames.txt differs from the packaged list; using the folder's "
+                "(it defines the label order of the .cls files)", folder)
+  templates = tf.templates or package_templates(entry) or \
+      templates_lib.openai_imagenet_templates()
+  return Task(name, kind, metric, tf.shard_pattern("test"), classnames=list(classnames),
+              templates=list(templates), source=folder, train_pattern=train,
+              captions="txt_lines")
+
+
+def resolve(cfg, workdir: str) -> tuple[dict[str, Task], dict[str, str]]:
+  """(tasks to evaluate by name, {skipped task: reason}) for config.evaluate."""
+  cfg = cfg if cfg is not None else default_config()
+  if not cfg.get("suite"):
+    tasks, skipped = workdir_tasks(workdir), {}
+  else:
+    if not cfg.get("root"):
+      raise ValueError("config evaluate.root is empty: set it to the directory holding the "
+                       f"{cfg.suite} task folders (--config.evaluate.root=/data/clip_benchmark)")
+    tasks, skipped = {}, {}
+    for entry in suite_entries(cfg.suite):
+      t = suite_task(cfg.root, entry)
+      if isinstance(t, Task):
+        tasks[t.name] = t
+      else:
+        skipped[entry["name"]] = t
+  want = [t.strip() for t in str(cfg.get("tasks") or "").split(",") if t.strip()]
+  if want:
+    unknown = sorted(set(want) - set(tasks) - set(skipped))
+    if unknown:
+      raise ValueError(f"config evaluate.tasks: unknown task(s) {unknown}; known: "
+                       f"{sorted(set(tasks) | set(skipped))}")
+    tasks = {k: v for k, v in tasks.items() if k in want}
+    skipped = {k: v for k, v in skipped.items() if k in want}
+  if not tasks:
+    raise ValueError(f"no evaluation task found (skipped: {skipped})")
+  return tasks, skipped
+
+
+def captions_per_image(task: Task, workdir: str) -> list[list[str]]:
+  """Every test image's captions, in the loader's index order."""
+  from mode_jax.data import loader
+  shards = loader.shard_paths(task.pattern, workdir)
+  if task.captions == "txt_lines":
+    return cb.captions_per_image(shards)
+  from mode_jax.data import webdataset as wds
+  stats, out = wds.Stats(), []
+  for shard in shards:
+    out += [s["texts"] for s in wds.iter_shard(shard, with_images=False, stats=stats)]
+  return out
