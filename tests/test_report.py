@@ -185,3 +185,101 @@ def test_bad_config_is_a_value_error(workdir):
   cfg.top_k = 7   # only 6 fine centers
   with pytest.raises(ValueError, match="report.top_k"):
     report.run_report(cfg, workdir)
+
+
+def add_binary_task(w, rng, task="memes", n=40):
+  """A 2-class task scored by ROC AUC (eval/tasks/<task>.json), like HatefulMemes."""
+  labels = rng.integers(0, 2, n).astype(np.int32)
+  M = np.load(f"{w}/cluster/fine_centers.npy")
+  np.save(f"{w}/eval/meta_emb/{task}.npy",
+          unit(M[[1, 5]] + 0.2 * rng.normal(size=(2, 8))).astype(np.float32))
+  for model in ["dense"] + [f"expert_{c}" for c in range(N_EXPERTS)]:
+    logits = np.round(rng.uniform(-1, 1, (n, 2)) + 0.5 * np.eye(2)[labels], 1)   # with ties
+    np.savez(f"{w}/eval/{model}/{task}.npz", logits=logits.astype(np.float32), labels=labels)
+  wd.write_json(f"{w}/eval/tasks/{task}.json", {"kind": "zeroshot", "metric": "roc_auc"})
+
+
+def test_metrics_significance_sharpness_probe_skipped(workdir):
+  from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+  rng = np.random.default_rng(5)
+  add_binary_task(workdir, rng)
+  wd.write_json(f"{workdir}/eval/tasks/toy.json", {"kind": "zeroshot", "metric": "mean_per_class"})
+  wd.write_json(f"{workdir}/eval/skipped.json", {"gone": "not found: /data/gone"})
+  probe = {"toy": [0.5, 0.6, 0.7, 0.4, 0.8], "memes": [0.25, 0.5, 0.5, 0.5, 0.75]}
+  for t, s in probe.items():
+    models = ["dense", "expert_0", "expert_1", "expert_2", "concat"]
+    wd.write_json(f"{workdir}/probe/{t}.json", {
+        "task": t, "metric": "top1", "split": "holdout", "n_train": 9, "n_val": 3, "n_test": 4,
+        "models": {m: {"score": v, "l2": 1e-3} for m, v in zip(models, s)}})
+  cfg = report.default_config()
+  cfg.plots, cfg.bootstrap_samples = False, 300
+  out = report.run_report(cfg, workdir)
+  res = read_csv(f"{workdir}/report/results.csv")
+  assert set(res) == {"toy", "caps", "memes", "average"}   # "gone" is skipped, not fatal
+  assert {t: res[t]["metric"] for t in res} == {
+      "toy": "mean_per_class", "caps": "mean_R@1", "memes": "roc_auc", "average": ""}
+
+  # each zero-shot task scored by its own metric
+  y = load(workdir, "dense", "toy")["labels"]
+  pred = load(workdir, "expert_1", "toy")["logits"].argmax(1)
+  assert float(res["toy"]["expert_1"]) == pytest.approx(100 * balanced_accuracy_score(y, pred))
+  d = load(workdir, "dense", "memes")
+  s = d["logits"].astype(np.float64)   # the score is taken in float64
+  auc = roc_auc_score(d["labels"], s[:, 1] - s[:, 0])
+  assert float(res["memes"]["dense"]) == pytest.approx(100 * auc)
+
+  # significance: one row per task and comparison, point = the results' difference
+  with open(f"{workdir}/report/significance.csv") as f:
+    sig = list(csv.DictReader(f))
+  comps = ["MoDE - dense", "MoDE - uniform", "MoDE - best_single"]
+  assert [(r["task"], r["comparison"]) for r in sig] == [
+      (t, c) for t in ["caps", "memes", "toy", "average"] for c in comps]
+  for r in sig:
+    base = r["comparison"].split(" - ")[1]
+    assert float(r["diff"]) == pytest.approx(float(res[r["task"]]["MoDE"])
+                                             - float(res[r["task"]][base]), abs=1e-6)
+    lo, hi = float(r["lo"]), float(r["hi"])
+    assert lo <= hi and r["significant"] == str(lo > 0 or hi < 0)
+  assert len({(r["lo"], r["hi"]) for r in sig}) > 3   # real intervals, not one constant
+  assert out["significance"][-1]["task"] == "average"
+  first = open(f"{workdir}/report/significance.csv").read()
+  report.run_report(cfg, workdir)
+  assert open(f"{workdir}/report/significance.csv").read() == first   # fixed seed
+
+  # routing sharpness
+  weights = read_csv(f"{workdir}/report/routing_weights.csv")
+  for t in ["toy", "caps", "memes"]:
+    w = np.array([float(weights[t][f"expert_{c}"]) for c in range(N_EXPERTS)])
+    ent = -np.sum(w * np.log(w))
+    assert float(weights[t]["max_weight"]) == pytest.approx(w.max(), rel=1e-4)
+    assert float(weights[t]["entropy"]) == pytest.approx(ent, rel=1e-4)
+    assert float(weights[t]["entropy_norm"]) == pytest.approx(ent / np.log(3), rel=1e-4)
+    assert out["sharpness"][t]["entropy_norm"] == pytest.approx(ent / np.log(3), rel=1e-4)
+
+  # linear probe table, in percent, with an average row
+  pr = read_csv(f"{workdir}/report/probe.csv")
+  assert set(pr) == {"toy", "memes", "average"}
+  assert float(pr["toy"]["concat"]) == pytest.approx(80.0)
+  assert float(pr["average"]["expert_2"]) == pytest.approx((40.0 + 50.0) / 2)
+  md = open(f"{workdir}/report/results.md").read()
+  assert "| task | kind | metric | n_classes |" in md
+  assert "- gone: not found: /data/gone" in md
+  assert "## Significance" in md and "MoDE - dense [lo, hi]" in md and "300 replicates" in md
+  assert "## Linear probe (paper Table 9)" in md and "| task | metric | split | dense |" in md
+  assert os.path.getsize(f"{workdir}/report/significance.md") > 0
+
+
+def test_no_bootstrap_no_probe_and_bad_metric(workdir):
+  cfg = report.default_config()
+  cfg.plots, cfg.bootstrap_samples = False, 0
+  out = report.run_report(cfg, workdir)
+  assert out["significance"] == [] and out["probe"] is None
+  assert not os.path.exists(f"{workdir}/report/significance.csv")
+  assert not os.path.exists(f"{workdir}/report/probe.csv")
+  assert "Significance" not in open(f"{workdir}/report/results.md").read()
+  wd.write_json(f"{workdir}/eval/tasks/toy.json", {"kind": "zeroshot", "metric": "top3"})
+  with pytest.raises(ValueError, match="task toy.*top1_top5"):
+    report.run_report(cfg, workdir)
+  cfg.bootstrap_samples = -1
+  with pytest.raises(ValueError, match="report.bootstrap_samples"):
+    report.run_report(cfg, workdir)

@@ -1,18 +1,24 @@
 """The report stage (DESIGN.md steps 8-10): route, ensemble, score, tabulate, plot.
 
 Reads eval/<model>/<task>.npz for 'dense', 'expert_0'..'expert_{n-1}' (and
-'seed' when present), eval/meta_emb/<task>.npy, shards/eval/<task>.json
-(kind), cluster/fine_centers.npy, cluster/fine_to_expert.npy and
-cluster/expert_order.json; writes report/results.{md,csv},
-report/routing_weights.{md,csv}, report/metrics.csv (every metric, long
-form) and report/routing_weights.png, report/scores.png.
+'seed' when present), eval/meta_emb/<task>.npy, the task spec (kind, metric:
+eval/tasks/<task>.json, else shards/eval/<task>.json), eval/skipped.json,
+cluster/fine_centers.npy, cluster/fine_to_expert.npy,
+cluster/expert_order.json and, when the probe stage ran, probe/<task>.json;
+writes report/results.{md,csv}, report/routing_weights.{md,csv} (with the
+routing sharpness), report/significance.{md,csv}, report/metrics.csv (every
+metric, long form), report/probe.{md,csv} and report/routing_weights.png,
+report/scores.png.
 
-Score per task, in percent: zero-shot -> top-1 accuracy; retrieval -> the
-mean of image->text R@1 and text->image R@1. Columns: dense, seed, each
-expert, uniform (mean of experts), best_single (ORACLE: best expert on the
-test labels), prior (the expert with the largest routing weight, alone),
-MoDE (routed ensemble), MoDE-k (progressive: first k experts of
-expert_order.json, weights renormalised over them).
+Score per task, in percent: zero-shot -> the task's metric (zeroshot.METRICS,
+default top-1); retrieval -> the mean of image->text R@1 and text->image R@1.
+Columns: dense, seed, each expert, uniform (mean of experts), best_single
+(ORACLE: best expert on the test labels), prior (the expert with the largest
+routing weight, alone), MoDE (routed ensemble), MoDE-k (progressive: first k
+experts of expert_order.json, weights renormalised over them).
+
+Significance: paired bootstrap intervals of MoDE - dense, MoDE - uniform and
+MoDE - best_single (eval/significance.py), on the logits scored here.
 """
 
 from __future__ import annotations
@@ -27,9 +33,10 @@ from tqdm import tqdm
 
 from mode_jax import workdir as wd
 from mode_jax.ensemble import ensemble, routing
-from mode_jax.eval import files, retrieval, zeroshot
+from mode_jax.eval import files, retrieval, significance, zeroshot
 
 CLUSTER_STAGE = "cluster"
+RETRIEVAL_METRIC = "mean_R@1"   # the metric column of a retrieval task
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -38,18 +45,23 @@ def default_config() -> ml_collections.ConfigDict:
   c.top_k = 1            # fine centers per class that vote (1 = the method as published)
   c.tasks = ""           # comma-separated task names; "" = every eval/meta_emb/<task>.npy
   c.plots = True         # write the PNG plots
+  c.bootstrap_samples = 1000   # paired bootstrap replicates per task (0 = no intervals)
+  c.bootstrap_seed = 0         # with the task name, seeds each task's resamples
   return c
 
 
 # ---------------------------------------------------------------- inputs ----
-def list_tasks(cfg, workdir: str) -> list[str]:
+def list_tasks(cfg, workdir: str, skipped=()) -> list[str]:
+  """The configured tasks (default: all with eval/meta_emb), less those the evaluate stage
+  skipped (they are listed in results.md instead)."""
   if cfg.get("tasks"):
-    return [t.strip() for t in str(cfg.tasks).split(",") if t.strip()]
-  d = wd.require(workdir, "eval/meta_emb", files.EVAL_STAGE)
-  tasks = sorted(f[:-4] for f in wd.listdir(d) if f.endswith(".npy"))
-  if not tasks:
-    raise wd.MissingInput(wd.path(d, "<task>.npy"), files.EVAL_STAGE)
-  return tasks
+    tasks = [t.strip() for t in str(cfg.tasks).split(",") if t.strip()]
+  else:
+    d = wd.require(workdir, "eval/meta_emb", files.EVAL_STAGE)
+    tasks = sorted(f[:-4] for f in wd.listdir(d) if f.endswith(".npy"))
+    if not tasks:
+      raise wd.MissingInput(wd.path(d, "<task>.npy"), files.EVAL_STAGE)
+  return [t for t in tasks if t not in skipped]
 
 
 def load_cluster(workdir: str):
@@ -64,18 +76,26 @@ def load_cluster(workdir: str):
   return centers.astype(np.float32), f2e.astype(np.int32), order
 
 
-def task_kind(workdir: str, task: str) -> str:
-  spec = wd.read_json(wd.require(workdir, f"shards/eval/{task}.json", files.SHARDS_STAGE))
+def task_kind_metric(workdir: str, task: str) -> tuple[str, str]:
+  """(kind, metric) of a task's spec, checked before any scoring."""
+  spec = files.read_task_spec(workdir, task)
   kind = spec.get("kind", "zeroshot")
-  if kind not in ("zeroshot", "retrieval"):
-    raise ValueError(f"shards/eval/{task}.json: unknown kind {kind!r}")
-  return kind
+  if kind == "retrieval":
+    return kind, RETRIEVAL_METRIC
+  if kind != "zeroshot":
+    raise ValueError(f"task {task}: unknown kind {kind!r}")
+  try:
+    return kind, zeroshot.check_metric(spec.get("metric", "top1"))
+  except ValueError as e:
+    raise ValueError(f"task {task}: {e}") from None
 
 
 # --------------------------------------------------------------- scoring ----
-def score_zeroshot(logits, labels) -> tuple[float, dict]:
+def score_zeroshot(logits, labels, metric: str = "top1") -> tuple[float, dict]:
   m = zeroshot.metrics(logits, labels)
-  return 100.0 * m["top1"], m
+  if metric not in m:
+    m[metric] = zeroshot.task_score(metric, logits, labels)
+  return 100.0 * m[metric], m
 
 
 def score_retrieval(i2t_logits, t2i_logits, txt_to_img) -> tuple[float, dict]:
@@ -83,10 +103,21 @@ def score_retrieval(i2t_logits, t2i_logits, txt_to_img) -> tuple[float, dict]:
   return 100.0 * (m["i2t_R@1"] + m["t2i_R@1"]) / 2, m
 
 
-def evaluate_task(cfg, workdir, task, fine_centers, fine_to_expert, order) -> dict:
-  """Scores of every model and ensemble on one task, plus its routing weights."""
+def routing_sharpness(weights) -> dict[str, float]:
+  """How decisively routing picks experts: the largest weight, and the entropy in nats and
+  over log n (1 = uniform, 0 = one expert). The reference formula's weights are gentle."""
+  w = np.asarray(weights, np.float64)
+  p = w[w > 0]
+  entropy = float(-np.sum(p * np.log(p)))
+  norm = entropy / np.log(len(w)) if len(w) > 1 else 1.0   # one expert: trivially uniform
+  return {"max_weight": float(w.max()), "entropy": entropy, "entropy_norm": float(norm)}
+
+
+def evaluate_task(cfg, workdir, task, fine_centers, fine_to_expert, order,
+                  kind="zeroshot", metric="top1") -> dict:
+  """Scores of every model and ensemble on one task, its routing weights and (for the
+  bootstrap) the per-image outcomes of dense, uniform, best_single and MoDE."""
   n = len(order)
-  kind = task_kind(workdir, task)
   meta = files.read_meta_emb(workdir, task)
   experts = [files.read_task_logits(workdir, f"expert_{c}", task) for c in range(n)]
   stack = jnp.asarray(np.stack([e["logits"] for e in experts]), jnp.float32)
@@ -96,19 +127,28 @@ def evaluate_task(cfg, workdir, task, fine_centers, fine_to_expert, order) -> di
                      f"eval/meta_emb/{task}.npy has {len(meta)} rows")
   args = (fine_centers, fine_to_expert, n, cfg.mode, int(cfg.top_k))
   weights = np.asarray(routing.routing_weights(jnp.asarray(meta), *args))
-  row = {"task": task, "kind": kind, "n_classes": len(meta)}
-  metrics = {}
+  row = {"task": task, "kind": kind, "metric": metric, "n_classes": len(meta)}
+  metrics, stats = {}, {}
+  keep = ("dense", "uniform", "MoDE") if cfg.get("bootstrap_samples", 0) else ()
 
   if kind == "retrieval":
     txt_to_img = files.txt_to_img_of(experts[0])
     qweights = routing.query_routing_weights(jnp.asarray(meta), *args)
 
+  def per_image(logits, t2i_logits=None):
+    if kind == "zeroshot":
+      return significance.zeroshot_stats(metric, logits, labels)
+    return significance.retrieval_stats(
+        logits, logits if t2i_logits is None else t2i_logits, txt_to_img)
+
   def score(name, logits, t2i_logits=None):
     if kind == "zeroshot":
-      row[name], metrics[name] = score_zeroshot(logits, labels)
+      row[name], metrics[name] = score_zeroshot(logits, labels, metric)
     else:
       row[name], metrics[name] = score_retrieval(
           logits, logits if t2i_logits is None else t2i_logits, txt_to_img)
+    if name in keep:
+      stats[name] = per_image(logits, t2i_logits)
 
   baselines = ["dense"] + (["seed"] if wd.exists(
       wd.path(workdir, files.logits_rel("seed", task))) else [])
@@ -119,6 +159,8 @@ def evaluate_task(cfg, workdir, task, fine_centers, fine_to_expert, order) -> di
   score("uniform", ensemble.uniform(stack))
   best = ensemble.best_single([row[f"expert_{c}"] for c in range(n)])
   row["best_single"], row["best_single_expert"] = row[f"expert_{best}"], best
+  if keep:
+    stats["best_single"] = per_image(stack[best])   # the oracle's expert, fixed in replicates
   prior = ensemble.prior_selection(weights)
   row["prior"], row["prior_expert"] = row[f"expert_{prior}"], prior
   if kind == "zeroshot":
@@ -129,7 +171,7 @@ def evaluate_task(cfg, workdir, task, fine_centers, fine_to_expert, order) -> di
     score("MoDE", *ensemble.retrieval_ensemble(stack, weights, qweights))
     for k, i2t, t2i in ensemble.progressive_retrieval(stack, order, weights, qweights):
       score(f"MoDE-{k}", i2t, t2i)
-  return {"row": row, "weights": weights, "metrics": metrics}
+  return {"row": row, "weights": weights, "metrics": metrics, "stats": stats}
 
 
 # ---------------------------------------------------------------- output ----
@@ -141,7 +183,7 @@ def columns(rows, n) -> list[str]:
 
 
 def with_average(rows, cols):
-  avg = {"task": "average", "kind": "", "n_classes": ""}
+  avg = {"task": "average", "kind": "", "metric": "", "n_classes": ""}
   for c in cols:
     vals = [r[c] for r in rows if c in r]
     avg[c] = float(np.mean(vals)) if len(vals) == len(rows) else ""   # only over all tasks
@@ -193,14 +235,86 @@ def plot(out_dir, tasks, weights, rows, n):
   ax.set_xticks(np.arange(len(tasks)) + 0.4 - width / 2, tasks)
   ax.set_ylabel("score (%)")
   ax.legend(fontsize=7, ncols=2)
-  ax.set_title("Per-task scores (zero-shot top-1; retrieval mean R@1)")
+  ax.set_title("Per-task scores (zero-shot: the task's metric; retrieval: mean R@1)")
   fig.tight_layout()
   wd.save_figure(wd.path(out_dir, "scores.png"), fig)
   plt.close(fig)
 
 
+# ---------------------------------------------------------- significance ----
+def bootstrap(cfg, results, tasks) -> list[dict]:
+  """significance.rows of the configured paired bootstrap, on the scored logits' stats."""
+  samples, seed = int(cfg.get("bootstrap_samples", 0)), int(cfg.get("bootstrap_seed", 0))
+  per_task = {t: significance.paired_bootstrap(r["stats"], significance.COMPARISONS, samples,
+                                               significance.task_rng(seed, t))
+              for t, r in zip(tasks, results)}
+  return significance.rows(per_task)
+
+
+def significance_note(cfg) -> str:
+  return (f"Paired bootstrap over test images (retrieval: images with their captions), "
+          f"{cfg.get('bootstrap_samples', 0)} replicates, seed {cfg.get('bootstrap_seed', 0)} "
+          f"(with the task name), both models scored on the same resamples; 95% percentile "
+          f"intervals in points; * = the interval excludes 0. The average row averages the "
+          f"tasks' differences per replicate.\n")
+
+
+def compact_significance(sig_rows) -> tuple[list[str], list[dict]]:
+  """One row per task: 'diff [lo, hi]' per comparison, '*' when significant."""
+  comparisons = list(dict.fromkeys(r["comparison"] for r in sig_rows))
+  by_task = {}
+  for r in sig_rows:
+    mark = " *" if r["significant"] else ""
+    by_task.setdefault(r["task"], {"task": r["task"]})[f"{r['comparison']} [lo, hi]"] = (
+        f"{r['diff']:+.2f} [{r['lo']:+.2f}, {r['hi']:+.2f}]{mark}")
+  return ["task"] + [f"{c} [lo, hi]" for c in comparisons], list(by_task.values())
+
+
+# ----------------------------------------------------------- linear probe ----
+def probe_columns(models) -> list[str]:
+  """dense, expert_0.. (numeric order), concat, then any others."""
+  experts = sorted((m for m in models if m.startswith("expert_") and m[7:].isdigit()),
+                   key=lambda m: int(m[7:]))
+  first = [m for m in ("dense",) if m in models] + experts
+  last = [m for m in ("concat",) if m in models]
+  return first + sorted(set(models) - set(first) - set(last)) + last
+
+
+def read_probe(workdir: str) -> tuple[list[str], list[dict]] | None:
+  """(model columns, rows in percent) of probe/<task>.json; None when the probe did not run."""
+  d = wd.path(workdir, "probe")
+  names = [f for f in wd.listdir(d) if f.endswith(".json")]
+  if not names:
+    return None
+  rows, models = [], []
+  for f in names:
+    spec = wd.read_json(wd.path(d, f))
+    row = {"task": spec.get("task", f[:-5]), "metric": spec.get("metric", ""),
+           "split": spec.get("split", "")}
+    for m, v in spec["models"].items():
+      row[m] = 100.0 * float(v["score"])
+      models.append(m)
+    rows.append(row)
+  return probe_columns(set(models)), rows
+
+
+def write_probe(out, probe) -> str:
+  """Writes report/probe.{md,csv}; returns the markdown table."""
+  cols, rows = probe
+  table = with_average(rows, cols)
+  for r in table:
+    r.setdefault("split", "")
+  head = ["task", "metric", "split"] + cols
+  write_csv(wd.path(out, "probe.csv"), head, table)
+  md = markdown(head, table)
+  wd.write_text(wd.path(out, "probe.md"), "# Linear probe (paper Table 9), % on the test split\n\n"
+                + md + "\n")
+  return md
+
+
 def run_report(cfg, workdir: str) -> dict | None:
-  """Writes report/ and returns {'rows', 'weights', 'columns'}; prints the markdown table.
+  """Writes report/; returns {'rows', 'weights', 'columns', 'sharpness', 'significance',
+  'skipped', 'probe'}; prints the markdown table.
 
   On a pod, process 0 writes the report (a few small arrays) while the
   others wait; they return None.
@@ -212,38 +326,67 @@ def run_report(cfg, workdir: str) -> dict | None:
 def _report(cfg, workdir: str) -> dict:
   if cfg.mode not in routing.MODES:
     raise ValueError(f"config report.mode={cfg.mode!r}: expected one of {routing.MODES}")
-  tasks = list_tasks(cfg, workdir)
+  if int(cfg.get("bootstrap_samples", 0)) < 0:
+    raise ValueError(f"config report.bootstrap_samples={cfg.bootstrap_samples}: must be >= 0")
+  skipped = files.read_skipped(workdir)
+  tasks = list_tasks(cfg, workdir, skipped)
+  specs = [task_kind_metric(workdir, t) for t in tasks]   # every spec checked before scoring
   fine_centers, fine_to_expert, order = load_cluster(workdir)
   n = len(order)
   if not 1 <= int(cfg.top_k) <= len(fine_centers):
     raise ValueError(f"config report.top_k={cfg.top_k}: must be in 1..{len(fine_centers)}")
   results = [evaluate_task(cfg, workdir, t, jnp.asarray(fine_centers),
-                           jnp.asarray(fine_to_expert), order)
-             for t in tqdm(tasks, desc="report", leave=False)]
+                           jnp.asarray(fine_to_expert), order, kind, metric)
+             for t, (kind, metric) in tqdm(list(zip(tasks, specs)), desc="report", leave=False)]
   rows = [r["row"] for r in results]
   cols = columns(rows, n)
   table = with_average(rows, cols)
 
   out = wd.path(workdir, "report")
-  head = ["task", "kind", "n_classes"] + cols + ["best_single_expert", "prior_expert"]
+  head = ["task", "kind", "metric", "n_classes"] + cols + ["best_single_expert", "prior_expert"]
   write_csv(wd.path(out, "results.csv"), head, table)
-  md = markdown(["task", "kind", "n_classes"] + cols, table)
+  md = markdown(["task", "kind", "metric", "n_classes"] + cols, table)
   notes = (
-      f"Scores in %: zero-shot = top-1 accuracy; retrieval = mean of image->text R@1 and "
-      f"text->image R@1.\nRouting: {cfg.mode} formula, top_k={cfg.top_k}; image->text uses "
+      f"Scores in %: zero-shot = the task's metric (top1; mean_per_class = per-class top-1 "
+      f"recall, averaged; top1_top5 = (top-1 + top-5) / 2; roc_auc = ROC AUC of binary "
+      f"tasks); retrieval = mean of image->text R@1 and text->image R@1.\n"
+      f"Routing: {cfg.mode} formula, top_k={cfg.top_k}; image->text uses "
       f"corpus-level weights, text->image per-query weights.\n"
       f"best_single is an ORACLE (chosen on test labels); prior = the expert with the largest "
       f"routing weight, alone.\nMoDE-k: first k experts of expert_order {order} (widest "
       f"spread first), weights renormalised over them.\n")
-  wd.write_text(wd.path(out, "results.md"), "# MoDE results\n\n" + notes + "\n" + md + "\n")
+  doc = "# MoDE results\n\n" + notes + "\n" + md + "\n"
+  if skipped:
+    doc += ("\nSkipped (not evaluated, not in the average):\n"
+            + "".join(f"- {t}: {why}\n" for t, why in sorted(skipped.items())))
 
+  sig_rows = bootstrap(cfg, results, tasks) if int(cfg.get("bootstrap_samples", 0)) else []
+  if sig_rows:
+    sig_head = ["task", "comparison", "diff", "lo", "hi", "significant"]
+    write_csv(wd.path(out, "significance.csv"), sig_head, sig_rows)
+    wd.write_text(wd.path(out, "significance.md"),
+                  "# Significance: MoDE vs baselines, points\n\n" + significance_note(cfg)
+                  + "\n" + markdown(sig_head, sig_rows) + "\n")
+    doc += ("\n## Significance\n\n" + significance_note(cfg) + "\n"
+            + markdown(*compact_significance(sig_rows)) + "\n")
+
+  probe = read_probe(workdir)
+  if probe:
+    doc += "\n## Linear probe (paper Table 9)\n\n% on the test split.\n\n" + write_probe(
+        out, probe) + "\n"
+  wd.write_text(wd.path(out, "results.md"), doc)
+
+  sharpness = {t: routing_sharpness(r["weights"]) for t, r in zip(tasks, results)}
   wrows = [{"task": t, "kind": r["row"]["kind"], "n_classes": r["row"]["n_classes"],
-            **{f"expert_{c}": float(r["weights"][c]) for c in range(n)}}
+            **{f"expert_{c}": float(r["weights"][c]) for c in range(n)}, **sharpness[t]}
            for t, r in zip(tasks, results)]
-  whead = ["task", "kind", "n_classes"] + [f"expert_{c}" for c in range(n)]
+  whead = (["task", "kind", "n_classes"] + [f"expert_{c}" for c in range(n)]
+           + ["max_weight", "entropy", "entropy_norm"])
   write_csv(wd.path(out, "routing_weights.csv"), whead, wrows)
   wd.write_text(wd.path(out, "routing_weights.md"),
                 "# Routing weights (retrieval: corpus-level, image->text)\n\n"
+                "Sharpness: max_weight = the largest weight; entropy in nats; entropy_norm = "
+                "entropy / log(n experts) (1 = uniform).\n\n"
                 + markdown(whead, wrows, "{:.4f}") + "\n")
 
   long = [{"task": t, "model": m, "metric": k, "value": v}
@@ -253,4 +396,5 @@ def _report(cfg, workdir: str) -> dict:
     plot(out, tasks, [r["weights"] for r in results], rows, n)
   print(md)
   return {"rows": table, "weights": {t: r["weights"] for t, r in zip(tasks, results)},
-          "columns": cols}
+          "columns": cols, "sharpness": sharpness, "significance": sig_rows,
+          "skipped": skipped, "probe": probe[1] if probe else None}
