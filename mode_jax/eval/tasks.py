@@ -30,12 +30,12 @@ import ml_collections
 from mode_jax import workdir as wd
 from mode_jax.data import clip_benchmark as cb
 from mode_jax.eval import templates as templates_lib
+from mode_jax.eval import zeroshot
 
 log = logging.getLogger(__name__)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OPENAI_PROMPTS = os.path.join(ROOT, "configs", "eval_data", "openai_prompts.json")
 SUITES = {"mode26": "configs.eval_mode26", "datacomp38": "configs.eval_datacomp38"}
-ZEROSHOT_METRICS = ("top1", "mean_per_class", "top1_top5", "roc_auc")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -54,7 +54,7 @@ def default_config() -> ml_collections.ConfigDict:
 class Task:
   name: str
   kind: str                     # "zeroshot" | "retrieval"
-  metric: str                   # a ZEROSHOT_METRICS name; "mean_R@1" for retrieval
+  metric: str                   # a zeroshot.METRICS name; "mean_R@1" for retrieval
   pattern: str                  # test shards (relative patterns are inside the workdir)
   classnames: list | None = None
   templates: list[str] | None = None
@@ -149,9 +149,7 @@ def suite_task(root: str, entry: dict) -> Task | str:
   if kind == "retrieval":
     return Task(name, kind, "mean_R@1", tf.shard_pattern("test"), source=folder,
                 train_pattern=train, captions="txt_lines")
-  metric = entry.get("metric", "top1")
-  if metric not in ZEROSHOT_METRICS:
-    raise ValueError(f"suite task {name}: metric {metric!r} not in {ZEROSHOT_METRICS}")
+  metric = zeroshot.check_metric(entry.get("metric", "top1"))
   classnames = tf.classnames or package_classnames(entry)
   if not classnames:
     return f"{folder} has no {cb.CLASSNAMES} and no package lists its classes"
