@@ -44,3 +44,12 @@ def test_a_train_split_is_used_when_present():
   out = probe_stage.probe_task(_task(train=True), per_model, holdout=0.5)
   assert out["split"] == "train" and out["n_train"] == 90 and out["n_test"] == 30
   assert out["models"]["dense"]["score"] > 0.9
+
+
+def test_a_task_too_small_to_split_is_refused_not_scored_nan():
+  """Regression: an empty validation part gave NaN accuracies and an arbitrary l2."""
+  import pytest
+  y = np.array([0, 1, 2, 0, 1, 2])
+  x = np.eye(6, dtype=np.float32)
+  with pytest.raises(ValueError, match="too few images"):
+    probe_stage.probe_task(_task(), {"dense": {"test": (x, y)}}, holdout=0.5)

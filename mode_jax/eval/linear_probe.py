@@ -99,6 +99,9 @@ def select_and_fit(x_train, y_train, x_test, y_test, *, n_classes: int,
   y_np = np.asarray(y_train)
   y_train = jnp.asarray(y_np, jnp.int32)
   fit_idx, val_idx = holdout_split(y_np, val_fraction, seed)
+  if not len(val_idx) or not len(x_test):
+    raise ValueError(f"too few images for a probe: {len(val_idx)} validation and "
+                     f"{len(x_test)} test images (a class needs >= 2 on each side)")
   fit_mask = np.zeros(len(y_np), np.float32)
   fit_mask[fit_idx] = 1.0
   fit_mask = jnp.asarray(fit_mask)

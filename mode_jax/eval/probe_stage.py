@@ -84,7 +84,12 @@ def run_probe(config, workdir: str):
       feats[n][name] = got
   results = {}
   for n in todo:
-    results[n] = probe_task(tasks[n], feats.pop(n), float(cfg.probe_holdout))
+    try:
+      results[n] = probe_task(tasks[n], feats.pop(n), float(cfg.probe_holdout))
+    except ValueError as e:   # a task too small to split: skipped, the others go on
+      if distributed.is_primary():
+        print(f"[probe] skipped {n}: {e}")
+      continue
     results[n]["idents"], results[n]["source"] = idents, tasks[n].source
     distributed.on_primary(f"probe {n}", lambda n=n: wd.write_json(
         wd.path(workdir, probe_rel(n)), results[n]))
