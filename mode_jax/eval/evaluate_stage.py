@@ -98,13 +98,13 @@ def batches(in_cfg, workdir: str, pattern: str, batch_size: int):
 
 
 def make_embedders(config, ref: ModelRef, mesh):
-  """(embed_images, embed_texts, image size) of one model on the evaluation mesh."""
+  """(embed_images, embed_texts, image size, logit scale) of one model on the eval mesh."""
   from mode_jax import pipeline
   from mode_jax.models import embedders
   model, res, ctx = load(config, ref, mesh)
   ei, et = embedders.make_embedders(model, pipeline.clip_tokenizer(), context_length=ctx,
                                     batch_size=config.eval_batch_size, mesh=mesh)
-  return ei, et, res
+  return ei, et, res, float(np.asarray(model.logit_terms()[0]))
 
 
 # ----------------------------------------------------------------- stage ----
@@ -149,7 +149,7 @@ def run_evaluate(config, workdir: str):
             or not wd.exists(wd.path(workdir, files.logits_rel(name, n)))]
     if not todo:
       continue
-    embed_images, embed_texts, res = make_embedders(config, ref, mesh)
+    embed_images, embed_texts, res, scale = make_embedders(config, ref, mesh)
     in_cfg = input_config(config, res)
     for n in todo:
       task = tasks[n]
@@ -162,7 +162,7 @@ def run_evaluate(config, workdir: str):
 
       def write(out=out, n=n):
         files.write_task_logits(workdir, name, n, out["logits"], out["labels"],
-                                out.get("txt_to_img"))
+                                out.get("txt_to_img"), logit_scale=scale)
         wd.write_json(done_p, done)
 
       distributed.on_primary(f"eval {name} {n}", write)

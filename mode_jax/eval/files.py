@@ -3,7 +3,9 @@
   eval/<model>/<task>.npz   logits float32 [N_img, N_cls | N_txt] raw cosines;
                             labels int32 [N_img]; retrieval adds
                             txt_to_img int32 [N_txt] (caption -> image row;
-                            identity when absent and N_txt == N_img)
+                            identity when absent and N_txt == N_img);
+                            logit_scale float32 [] (exp of the model's clamped
+                            logit scale; absent in older workdirs)
   eval/meta_emb/<task>.npy  float32 [N_cls, D] class metadata embeddings; for a
                             retrieval task, one row per caption [N_txt, D]
                             (the per-query routing of DESIGN.md step 9)
@@ -33,11 +35,13 @@ def meta_rel(task: str) -> str:
 
 
 def write_task_logits(workdir: str, model: str, task: str, logits, labels,
-                      txt_to_img=None) -> str:
+                      txt_to_img=None, logit_scale=None) -> str:
   """Writes eval/<model>/<task>.npz atomically; returns its path."""
   arrays = dict(logits=np.asarray(logits, np.float32), labels=np.asarray(labels, np.int32))
   if txt_to_img is not None:
     arrays["txt_to_img"] = np.asarray(txt_to_img, np.int32)
+  if logit_scale is not None:   # the model's own temperature (the specialisation losses)
+    arrays["logit_scale"] = np.asarray(logit_scale, np.float32)
   return wd.save_npz(wd.path(workdir, logits_rel(model, task)), **arrays)
 
 

@@ -72,7 +72,7 @@ def run_probe(config, workdir: str):
   mesh = pipeline.eval_mesh()
   feats = {n: {} for n in todo}   # task -> model -> {"train": (x, y), "test": (x, y)}
   for name, ref in models.items():
-    embed_images, _, res = es.make_embedders(config, ref, mesh)
+    embed_images, _, res, _ = es.make_embedders(config, ref, mesh)
     in_cfg = es.input_config(config, res)
     for n in todo:
       t = tasks[n]
