@@ -10,10 +10,19 @@ Stages (each reads and writes the workdir; see mode_jax/workdir.py), in order:
   seed      the dense seed CLIP on all data (seed/)
   experts   each expert forked from the seed, on its stream (experts/<c>/)
   dense     baseline: the seed continued on all data (dense/)
-  evaluate  raw cosine logits per model and task in eval/
+  evaluate  raw cosine logits per model and task in eval/ (config.evaluate: the
+            workdir's tasks or a suite, configs/eval_mode26.py; public CLIPs)
+  probe     linear probe on frozen image features (paper Table 9): probe/
   report    routed ensemble vs baselines: report/results.md, plots
   pipeline  all of the above; re-running resumes where it stopped
   train     train one CLIP from config.input (e.g. configs/fmnist_clip.py)
+  export    the finished models + routing as a bundle others can use (mode_jax/bundle.py):
+            HF CLIPModel folders, mode.json, routing arrays, sentence encoder
+            (--config.export.out=DIR; default <workdir>/bundle)
+
+Without a config or workdir, a bundle alone (mode_jax/classify.py):
+  python launch.py classify --bundle B --images DIR --classes "a,b,c"
+                            [--templates openai|FILE] [--top 3] [--out F.json|F.csv]
 
 A stage whose inputs are missing stops with one line naming the file and the
 stage that makes it; a bad config stops before any compute.
@@ -31,6 +40,14 @@ from ml_collections import config_flags
 config_flags.DEFINE_config_file("config", None, "Config file, optionally with :args.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory every stage reads and writes.")
+flags.DEFINE_string("bundle", None, "classify: a bundle folder (made by `export`).")
+flags.DEFINE_string("images", None, "classify: a folder of jpg/png/webp images.")
+flags.DEFINE_string("classes", None, "classify: comma-separated class names (a|b: synonyms), "
+                    "or a file with one class per line.")
+flags.DEFINE_string("templates", "openai", "classify: 'openai' (the bundle's 80) or a file, "
+                    "one template per line or a JSON list.")
+flags.DEFINE_integer("top", 3, "classify: classes printed per image.")
+flags.DEFINE_string("out", None, "classify: also write the results to this .json or .csv.")
 
 # stage -> "module:function"; each function takes (config, workdir).
 STAGES = {
@@ -42,10 +59,14 @@ STAGES = {
     "experts": "mode_jax.pipeline:run_experts",
     "dense": "mode_jax.pipeline:run_dense",
     "evaluate": "mode_jax.pipeline:run_evaluate",
+    "probe": "mode_jax.eval.probe_stage:run_probe",
     "report": "mode_jax.stages:run_report",
     "pipeline": "mode_jax.pipeline:run_pipeline",
     "train": "mode_jax.stages:run_train",
+    "export": "mode_jax.bundle:run_export",
 }
+# Commands that only read the workdir: its config.json stays the last stage's.
+READ_ONLY = ("export",)
 
 
 def parse_flags(argv):
@@ -65,9 +86,25 @@ def parse_flags(argv):
              + (f" ({hint.group(0)})" if hint else ""))
 
 
+def classify_main():
+  """`classify`: a bundle, images and class names; no config, workdir or pod."""
+  f = flags.FLAGS
+  if not (f.bundle and f.images and f.classes):
+    sys.exit("error: classify needs --bundle, --images and --classes")
+  logging.set_verbosity(logging.WARNING)
+  from mode_jax import classify
+  try:
+    classify.main(f.bundle, f.images, f.classes, templates=f.templates, top=f.top, out=f.out)
+  except (ValueError, FileNotFoundError) as e:
+    sys.exit(f"error: {e}")
+
+
 def main(argv):
+  if len(argv) == 2 and argv[1] == "classify":
+    return classify_main()
   if len(argv) != 2 or argv[1] not in STAGES:
     sys.exit(f"usage: launch.py <stage> --config FILE --workdir DIR\n"
+             f"       launch.py classify --bundle B --images DIR --classes a,b,c\n"
              f"stages: {', '.join(STAGES)}")
   config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
   if config is None or not workdir:
@@ -89,9 +126,10 @@ def main(argv):
   module, fn = STAGES[stage].split(":")
   workdir = wd.resolve(workdir)
   try:
-    wd.makedirs(workdir)
-    distributed.on_primary("config.json", lambda: wd.write_json(
-        wd.path(workdir, "config.json"), json.loads(config.to_json_best_effort())))
+    if stage not in READ_ONLY:
+      wd.makedirs(workdir)
+      distributed.on_primary("config.json", lambda: wd.write_json(
+          wd.path(workdir, "config.json"), json.loads(config.to_json_best_effort())))
     with wd.io_stage(stage):
       getattr(importlib.import_module(module), fn)(config, workdir)
   except (wd.MissingInput, ValueError, FileNotFoundError) as e:

@@ -15,6 +15,9 @@ the loop layout, or with `scan_layers=True` one blocks.* whose leaves are
 stacked on a leading depth axis (`stack_blocks`). Heads are not
 stored in state dicts; OpenAI's convention of 64-wide heads is used unless the
 HF config says otherwise.
+
+The inverse, `hf_from_params` + `hf_config`, writes our parameters as a HF
+`CLIPModel` (mode_jax/bundle.py exports every finished model that way).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import re
 import jax
 import numpy as np
 
+from mode_jax import constants
 from mode_jax.models import clip as clip_lib
 
 
@@ -254,3 +258,131 @@ def load_into(model, params) -> None:
   state = nnx.state(model, nnx.Param)
   nnx.replace_by_pure_dict(state, params)
   nnx.update(model, state)
+
+
+# --- our params -> Hugging Face CLIPModel (the inverse of params_from_hf) -------------
+
+# Our activations by their Hugging Face names (transformers ACT2FN); "gelu" is the exact
+# erf GELU in both, "gelu_pytorch_tanh" is the tanh approximation.
+HF_ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
+HF_LEGACY_EOS = 2   # HF CLIP pools at argmax(ids) when text_config.eos_token_id == 2
+
+
+def unstack_blocks(params) -> dict:
+  """A scanned model's layout (leaves stacked on a depth axis) -> loop layout {i: block}."""
+  out = dict(params)
+  for tower in ("visual", "text"):
+    blocks = params[tower]["transformer"]["blocks"]
+    if not _is_loop(blocks):
+      depth = _depth_of(blocks)
+      loop = {i: jax.tree.map(lambda x, i=i: np.asarray(x)[i], blocks) for i in range(depth)}
+      out[tower] = {**params[tower], "transformer": {"blocks": loop}}
+  return out
+
+
+def _put_ln(sd, prefix, p):
+  sd[prefix + ".weight"], sd[prefix + ".bias"] = p["scale"], p["bias"]
+
+
+def _put_linear(sd, prefix, p):
+  sd[prefix + ".weight"], sd[prefix + ".bias"] = _t(p["kernel"]), p["bias"]
+
+
+def _put_hf_block(sd, p, b):
+  qkv_w, qkv_b = _t(b["attn"]["qkv"]["kernel"]), np.asarray(b["attn"]["qkv"]["bias"])
+  for n, w, bias in zip("qkv", np.split(qkv_w, 3, 0), np.split(qkv_b, 3, 0)):
+    sd[f"{p}.self_attn.{n}_proj.weight"], sd[f"{p}.self_attn.{n}_proj.bias"] = w, bias
+  _put_linear(sd, f"{p}.self_attn.out_proj", b["attn"]["out"])
+  _put_ln(sd, f"{p}.layer_norm1", b["ln_1"])
+  _put_ln(sd, f"{p}.layer_norm2", b["ln_2"])
+  _put_linear(sd, f"{p}.mlp.fc1", b["c_fc"])
+  _put_linear(sd, f"{p}.mlp.fc2", b["c_proj"])
+
+
+def hf_from_params(params) -> dict:
+  """Our parameter dict (loop or scanned layout) -> a HF CLIPModel state dict of float32
+  numpy arrays; params_from_hf(hf_from_params(p)) == p in the loop layout."""
+  params = unstack_blocks(jax.tree.map(lambda x: np.asarray(x, np.float32), params))
+  vis, txt = params["visual"], params["text"]
+  v, t = "vision_model", "text_model"
+  pk = vis["patch_embed"]["kernel"]
+  patch, width = int(round((pk.shape[0] / 3) ** 0.5)), pk.shape[1]
+  sd = {
+      f"{v}.embeddings.patch_embedding.weight":   # inverse of _patch_kernel
+          pk.reshape(patch, patch, 3, width).transpose(3, 2, 0, 1),
+      f"{v}.embeddings.class_embedding": vis["class_embedding"],
+      f"{v}.embeddings.position_embedding.weight": vis["positional_embedding"],
+      "visual_projection.weight": _t(vis["proj"]),
+      f"{t}.embeddings.token_embedding.weight": txt["token_embedding"]["embedding"],
+      f"{t}.embeddings.position_embedding.weight": txt["positional_embedding"],
+      "text_projection.weight": _t(txt["text_projection"]),
+      "logit_scale": np.asarray(params["logit_scale"], np.float32).reshape(()),
+  }
+  _put_ln(sd, f"{v}.pre_layrnorm", vis["ln_pre"])
+  _put_ln(sd, f"{v}.post_layernorm", vis["ln_post"])
+  _put_ln(sd, f"{t}.final_layer_norm", txt["ln_final"])
+  for tower, prefix in ((vis, v), (txt, t)):
+    blocks = tower["transformer"]["blocks"]
+    for i in sorted(blocks):
+      _put_hf_block(sd, f"{prefix}.encoder.layers.{i}", blocks[i])
+  return {k: np.array(x, np.float32, order="C") for k, x in sd.items()}   # keeps 0-d scalars
+
+
+def hf_eos_token_id(cfg) -> int:
+  """text_config.eos_token_id that makes HF pool where our text tower pools.
+
+  Ours pools at argmax(ids) (eos_id None) or at the first `eos_id`; HF at the
+  first eos_token_id, or at argmax(ids) when it is 2 (legacy configs). With
+  the CLIP BPE vocabulary the EOT id is the largest id, so "first EOT" is
+  argmax; other vocabularies keep argmax through the legacy value 2.
+  """
+  eos = cfg.get("eos_id")
+  if eos is None:
+    return constants.VOCAB_SIZE - 1 if cfg.vocab_size == constants.VOCAB_SIZE else HF_LEGACY_EOS
+  if eos == HF_LEGACY_EOS:
+    raise ValueError(f"config.model.eos_id={eos}: HF CLIP reads eos_token_id {eos} as 'pool "
+                     "at argmax(ids)', so this pooling cannot be represented")
+  return int(eos)
+
+
+def hf_config(cfg, *, logit_scale: float | None = None) -> dict:
+  """The config.json of a HF CLIPModel with our model config `cfg` (config.model).
+
+  bos/pad are the CLIP BPE's <start_of_text> and our zero padding; HF keeps
+  text_config.max_position_embeddings = our context length.
+  """
+  validate_hf(cfg)
+  size, patch = clip_lib.parse_variant(cfg.variant)
+  v = clip_lib._size(clip_lib.VISION_SIZES, size, cfg.get("vision", {}))
+  t = clip_lib._size(clip_lib.TEXT_SIZES, size, cfg.get("text", {}))
+  act = HF_ACTIVATIONS[cfg.act]
+  embed_dim = cfg.get("embed_dim") or clip_lib.EMBED_DIMS[size]
+  sot = constants.VOCAB_SIZE - 2
+  text = dict(model_type="clip_text_model", vocab_size=cfg.vocab_size, hidden_size=t.width,
+              intermediate_size=4 * t.width, num_hidden_layers=t.depth,
+              num_attention_heads=t.heads, max_position_embeddings=cfg.context_length,
+              hidden_act=act, layer_norm_eps=1e-5, projection_dim=embed_dim,
+              eos_token_id=hf_eos_token_id(cfg), pad_token_id=0,
+              bos_token_id=sot if sot < cfg.vocab_size else 0)
+  vision = dict(model_type="clip_vision_model", hidden_size=v.width,
+                intermediate_size=4 * v.width, num_hidden_layers=v.depth,
+                num_attention_heads=v.heads, image_size=cfg.image_size, patch_size=patch,
+                num_channels=3, hidden_act=act, layer_norm_eps=1e-5, projection_dim=embed_dim)
+  init = constants.SIGLIP_SCALE_INIT if cfg.get("logit_bias") else constants.LOGIT_SCALE_INIT
+  return dict(architectures=["CLIPModel"], model_type="clip", projection_dim=embed_dim,
+              logit_scale_init_value=float(init if logit_scale is None else logit_scale),
+              initializer_factor=1.0, dtype="float32", text_config=text, vision_config=vision)
+
+
+def validate_hf(cfg) -> None:
+  """Refuses, in one line, a model config a HF CLIPModel cannot compute.
+
+  Representable elsewhere: scanned blocks are unstacked (hf_from_params); the
+  SigLIP logit_bias has no HF CLIP slot and travels beside the folder (bundle
+  mode.json); dtype, remat and attention change how, not what, is computed.
+  """
+  clip_lib.parse_variant(cfg.variant)
+  if cfg.act not in HF_ACTIVATIONS:
+    raise ValueError(f"config.model.act={cfg.act!r} has no Hugging Face CLIP activation "
+                     f"({sorted(HF_ACTIVATIONS)})")
+  hf_eos_token_id(cfg)
