@@ -160,3 +160,50 @@ def test_suite_needs_a_root():
   cfg.suite = "mode26"
   with pytest.raises(ValueError, match="evaluate.root"):
     tasks_lib.resolve(cfg, None)
+
+
+def test_evaluate_stage_runs_a_public_clip_from_a_local_folder_on_a_suite(tmp_path):
+  """`launch.py evaluate --config configs/eval_mode26.py:root=R,models=tiny=F`, in process:
+  a HF CLIPModel folder on the suite's one present task gives the logits its own forward
+  pass gives, the absent tasks are listed as skipped, and a rerun is skipped."""
+  from flax import nnx
+  from configs import eval_mode26
+  from mode_jax import bundle
+  from mode_jax import workdir as wd
+  from mode_jax.eval import files
+  from mode_jax.models import clip as clip_lib, convert, embedders
+  from mode_jax.text.clip_bpe import ClipTokenizer
+  root, w, folder = (str(tmp_path / p) for p in ("cb", "work", "tiny"))
+  images = [np.random.default_rng(i).integers(0, 256, (20, 24, 3), np.uint8) for i in range(5)]
+  _folder(root, "wds_mnist", ({"__key__": f"d{i}", "png": im, "cls": str(i)}
+                              for i, im in enumerate(images)), per_shard=3)
+  mc = clip_lib.default_config()
+  mc.variant, mc.image_size, mc.context_length = "mu/8", 16, 16
+  mc.vision.update(width=32, depth=1, heads=2)
+  mc.text.update(width=32, depth=1, heads=2)
+  mc.embed_dim = 16
+  model = clip_lib.CLIP(mc, rngs=nnx.Rngs(3))
+  bundle.write_hf_model(folder, mc, bundle.model_params(model))
+
+  config = eval_mode26.get_config(f"root={root},models=tiny={folder}")
+  config.eval_batch_size = 8
+  evaluate_stage.run_evaluate(config, w)
+  got = files.read_task_logits(w, "tiny", "mnist")
+  assert got["logits"].shape == (5, 10) and got["labels"].tolist() == list(range(5))
+  assert float(got["logit_scale"]) == pytest.approx(float(np.exp(model.logit_scale.get_value())))
+  assert len(files.read_skipped(w)) == 25 and not wd.exists(wd.path(w, "eval", "meta_emb"))
+  assert "| mnist | top1 |" in open(os.path.join(w, "eval", "scores.md")).read()
+  # the same numbers by hand: converted weights, center crop, the task's prompts
+  cfg, params = convert.load_pretrained(folder)
+  ref = clip_lib.CLIP(cfg, rngs=nnx.Rngs(0))
+  convert.load_into(ref, params)
+  ei, et = embedders.make_embedders(ref, ClipTokenizer(), context_length=16)
+  from mode_jax.data import preprocess
+  from mode_jax.eval import features
+  task = tasks_lib.resolve(config.evaluate, w)[0]["mnist"]
+  cls = features.class_features(et, task.classnames, task.templates)
+  x = np.stack([preprocess.resize_center_crop(im, 16) for im in images])
+  np.testing.assert_allclose(got["logits"], features.cosine_logits(ei(x), cls), atol=1e-5)
+  before = os.path.getmtime(os.path.join(w, files.logits_rel("tiny", "mnist")))
+  evaluate_stage.run_evaluate(config, w)
+  assert os.path.getmtime(os.path.join(w, files.logits_rel("tiny", "mnist"))) == before
