@@ -212,7 +212,9 @@ def tokenizer_info(model_cfg, bpe_file: str) -> dict:
           "cleaning": "ftfy, html unescape x2, whitespace collapse, lower case "
                       "(open_clip SimpleTokenizer clean='lower')",
           "truncation": "the last kept position becomes EOT",
-          "pooling": "text feature at the first EOT (= argmax id: EOT is the largest id)"}
+          "pooling": ("text feature at the first EOT (= the argmax id: EOT is the largest)"
+                      if model_cfg.get("eos_id") is None else
+                      f"text feature at the first id {model_cfg.eos_id}")}
 
 
 def routing_info(config) -> dict:
