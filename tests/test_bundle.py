@@ -77,6 +77,8 @@ def test_exported_folder_loads_in_transformers_with_our_embeddings(tmp_path, kw)
   assert hf_cfg["text_config"]["eos_token_id"] == constants.VOCAB_SIZE - 1
   assert hf_cfg["text_config"]["max_position_embeddings"] == CONTEXT
   assert (extras["logit_bias"] is not None) == bool(cfg.logit_bias)
+  # convert.load_pretrained reads the activation back (regression: gelu_tanh came back as gelu)
+  assert convert.load_pretrained(folder)[0].act == cfg.act
 
   hf = transformers.CLIPModel.from_pretrained(folder).eval()
   tokens = _tokenizer()(TEXTS)

@@ -234,7 +234,11 @@ def _load(path: str):
     hf = json.load(open(cfg_json)) if os.path.exists(cfg_json) else {}
     vc, tc = hf.get("vision_config", {}), hf.get("text_config", {})
     params = params_from_hf(sd)
-    act = "quick_gelu" if vc.get("hidden_act", "quick_gelu") == "quick_gelu" else "gelu"
+    hf_act = vc.get("hidden_act", "quick_gelu")
+    act = {v: k for k, v in HF_ACTIVATIONS.items()}.get(hf_act)
+    if act is None:
+      raise ValueError(f"{cfg_json}: hidden_act {hf_act!r} is not one of "
+                       f"{sorted(HF_ACTIVATIONS.values())}")
     heads = ((vc["num_attention_heads"], tc["num_attention_heads"])
              if "num_attention_heads" in vc and "num_attention_heads" in tc else None)
     # HF pools at argmax(ids) when eos_token_id == 2 (legacy configs), else at eos.
