@@ -11,6 +11,7 @@ from mode_jax import workdir as wd
 from mode_jax.eval import report
 
 N_EXPERTS, ORDER = 3, [2, 0, 1]
+SCALE = 50.0   # expert_2's logit_scale on the retrieval task (the others: none saved -> 100)
 
 
 def unit(x):
@@ -29,6 +30,13 @@ def ref_routing(E, M, pi, n, per_query=False):
   u = np.array([np.exp((a - d[c == k]) * tau).sum() for k in range(n)])
   e = np.exp(u / 8 - (u / 8).max())
   return e / e.sum()
+
+
+def ref_infonce(s, t2i):
+  """Symmetric InfoNCE, a loop per row; an image's positives are all its captions."""
+  i2t = [-np.log(np.exp(s[i, t2i == i]).sum() / np.exp(s[i]).sum()) for i in range(len(s))]
+  t2i_loss = [-np.log(np.exp(s[t2i[j], j]) / np.exp(s[:, j]).sum()) for j in range(s.shape[1])]
+  return (np.mean(i2t) + np.mean(t2i_loss)) / 2
 
 
 def top1(logits, labels):
@@ -67,8 +75,9 @@ def workdir(tmp_path):
   cap_meta = unit(M[rng.integers(0, 6, 12)] + 0.2 * rng.normal(size=(12, 8))).astype(np.float32)
   for model in ["dense"] + [f"expert_{c}" for c in range(N_EXPERTS)]:
     logits = rng.uniform(-1, 1, (6, 12)) + 0.7 * (t2i[None] == np.arange(6)[:, None])
+    extra = {"logit_scale": np.float32(SCALE)} if model == "expert_2" else {}
     put(model, "caps", dict(logits=logits.astype(np.float32), labels=np.arange(6, dtype=np.int32),
-                            txt_to_img=t2i))
+                            txt_to_img=t2i, **extra))
   os.makedirs(f"{w}/eval/meta_emb")
   np.save(f"{w}/eval/meta_emb/toy.npy", meta)
   np.save(f"{w}/eval/meta_emb/caps.npy", cap_meta)
@@ -134,6 +143,30 @@ def test_report_numbers(workdir, capsys):
                                                      t2i))
   assert row["seed"] == ""   # no seed logits for this task
 
+  # specialisation: each caption to the expert of its nearest fine center; every model on
+  # each cluster's pairs, at its logit_scale
+  cap_expert = pi[((cm[:, None].astype(np.float64) - M[None]) ** 2).sum(-1).argmin(1)]
+  with open(f"{workdir}/report/specialisation.csv") as f:
+    spec = list(csv.DictReader(f))
+  assert sorted((int(r["cluster"]), r["model"]) for r in spec) == sorted(
+      (c, m) for c in range(3) for m in caps)
+  scored = 0
+  for r in spec:
+    mine = np.flatnonzero(cap_expert == int(r["cluster"]))
+    imgs = np.unique(t2i[mine])
+    assert (int(r["n_pairs"]), int(r["n_images"])) == (len(mine), len(imgs))
+    if min(len(mine), len(imgs)) < 2:
+      assert r["loss"] == r["i2t_R@1"] == ""
+      continue
+    scored += 1
+    sub = caps[r["model"]]["logits"][np.ix_(imgs, mine)].astype(np.float64)
+    local = np.searchsorted(imgs, t2i[mine])
+    scale = SCALE if r["model"] == "expert_2" else 100.0
+    assert float(r["loss"]) == pytest.approx(ref_infonce(scale * sub, local), rel=1e-5)
+    r1 = 100 * np.mean([local[np.argmax(sub[i])] == i for i in range(len(imgs))])
+    assert float(r["i2t_R@1"]) == pytest.approx(r1)
+  assert scored >= 8   # at least two clusters really scored
+
   avg = res["average"]
   assert float(avg["MoDE"]) == pytest.approx((float(res["toy"]["MoDE"]) +
                                               float(res["caps"]["MoDE"])) / 2)
@@ -151,6 +184,8 @@ def test_report_numbers(workdir, capsys):
       assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
   md = open(f"{workdir}/report/results.md").read()
   assert "ORACLE" in md and "| toy |" in md
+  assert "## Specialisation" in md and "### caps" in md and "Expert c beats dense" in md
+  assert "## Clusters" not in md   # no assign/ outputs in this workdir
   printed = capsys.readouterr().out
   assert "| task | kind |" in printed and "| caps |" in printed
 
@@ -174,6 +209,27 @@ def test_tasks_from_config_and_paper_mode(workdir):
   out = report.run_report(cfg, workdir)
   assert [r["task"] for r in out["rows"]] == ["toy", "average"]
   assert not os.path.exists(f"{workdir}/report/scores.png")
+  assert out["specialisation"] == [] and out["clusters"] is None   # no retrieval task
+  assert not os.path.exists(f"{workdir}/report/specialisation.csv")
+
+
+def test_cluster_summary_linked(workdir):
+  from mode_jax.data import wds_writer
+  caps = ["a red dog", "a red dog", "a blue car", "a blue car"]
+  wds_writer.write_shard(f"{workdir}/shards/train-00000.tar", [
+      {"__key__": f"k{i}", "txt": t, "png": np.zeros((4, 4, 3), np.uint8)}
+      for i, t in enumerate(caps)])
+  wd.save_npz(f"{workdir}/assign/train-00000.npz", keys=np.asarray(["k0", "k1", "k2", "k3"]),
+              fine=np.array([0, 0, 2, 2], np.int32), expert=np.array([0, 0, 1, 1], np.int32),
+              cluster_fingerprint=np.asarray("x"))
+  cfg = report.default_config()
+  cfg.tasks, cfg.plots, cfg.bootstrap_samples = "toy", False, 0
+  out = report.run_report(cfg, workdir)
+  assert [[w for w, _ in r["words"]] for r in out["clusters"]["rows"]] == [
+      ["dog", "red"], ["blue", "car"], []]
+  md = open(f"{workdir}/report/results.md").read()
+  assert "## Clusters" in md and "[clusters.md](clusters.md)" in md
+  assert "clusters.png" not in md and not os.path.exists(f"{workdir}/report/clusters.png")
 
 
 def test_bad_config_is_a_value_error(workdir):

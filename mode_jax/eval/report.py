@@ -7,8 +7,11 @@ cluster/fine_centers.npy, cluster/fine_to_expert.npy,
 cluster/expert_order.json and, when the probe stage ran, probe/<task>.json;
 writes report/results.{md,csv}, report/routing_weights.{md,csv} (with the
 routing sharpness), report/significance.{md,csv}, report/metrics.csv (every
-metric, long form), report/probe.{md,csv} and report/routing_weights.png,
-report/scores.png.
+metric, long form), report/probe.{md,csv}, report/specialisation.{md,csv}
+(retrieval tasks: every model on every cluster's pairs, eval/specialisation.py),
+report/clusters.{md,png} (top words and sample images per expert, when assign/
+and the training shards exist: eval/cluster_summary.py) and
+report/routing_weights.png, report/scores.png.
 
 Score per task, in percent: zero-shot -> the task's metric (zeroshot.METRICS,
 default top-1); retrieval -> the mean of image->text R@1 and text->image R@1.
@@ -33,7 +36,8 @@ from tqdm import tqdm
 
 from mode_jax import workdir as wd
 from mode_jax.ensemble import ensemble, routing
-from mode_jax.eval import files, retrieval, significance, zeroshot
+from mode_jax.eval import cluster_summary, files, retrieval, significance, specialisation
+from mode_jax.eval import zeroshot
 
 CLUSTER_STAGE = "cluster"
 RETRIEVAL_METRIC = "mean_R@1"   # the metric column of a retrieval task
@@ -47,6 +51,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.plots = True         # write the PNG plots
   c.bootstrap_samples = 1000   # paired bootstrap replicates per task (0 = no intervals)
   c.bootstrap_seed = 0         # with the task name, seeds each task's resamples
+  c.clusters = True            # report/clusters.{md,png} when assign/ and the shards exist
+  c.cluster_words = 10         # top caption words per expert
+  c.cluster_images = 8         # sample training images per expert (0 = no clusters.png)
+  c.cluster_max_shards = 256   # shards read for words and images, evenly spaced (0 = all)
+  c.cluster_seed = 0           # seeds each expert's pick of images
   return c
 
 
@@ -114,9 +123,10 @@ def routing_sharpness(weights) -> dict[str, float]:
 
 
 def evaluate_task(cfg, workdir, task, fine_centers, fine_to_expert, order,
-                  kind="zeroshot", metric="top1") -> dict:
-  """Scores of every model and ensemble on one task, its routing weights and (for the
-  bootstrap) the per-image outcomes of dense, uniform, best_single and MoDE."""
+                  kind="zeroshot", metric="top1", assign_metric="euclidean") -> dict:
+  """Scores of every model and ensemble on one task, its routing weights, (for the
+  bootstrap) the per-image outcomes of dense, uniform, best_single and MoDE and, for
+  retrieval, the specialisation rows (every model on every cluster's pairs)."""
   n = len(order)
   meta = files.read_meta_emb(workdir, task)
   experts = [files.read_task_logits(workdir, f"expert_{c}", task) for c in range(n)]
@@ -152,8 +162,9 @@ def evaluate_task(cfg, workdir, task, fine_centers, fine_to_expert, order,
 
   baselines = ["dense"] + (["seed"] if wd.exists(
       wd.path(workdir, files.logits_rel("seed", task))) else [])
+  arrays = {name: files.read_task_logits(workdir, name, task) for name in baselines}
   for name in baselines:
-    score(name, files.read_task_logits(workdir, name, task)["logits"])
+    score(name, arrays[name]["logits"])
   for c in range(n):
     score(f"expert_{c}", stack[c])
   score("uniform", ensemble.uniform(stack))
@@ -171,7 +182,15 @@ def evaluate_task(cfg, workdir, task, fine_centers, fine_to_expert, order,
     score("MoDE", *ensemble.retrieval_ensemble(stack, weights, qweights))
     for k, i2t, t2i in ensemble.progressive_retrieval(stack, order, weights, qweights):
       score(f"MoDE-{k}", i2t, t2i)
-  return {"row": row, "weights": weights, "metrics": metrics, "stats": stats}
+  spec = []
+  if kind == "retrieval":
+    arrays.update({f"expert_{c}": e for c, e in enumerate(experts)})
+    _, caption_expert = specialisation.caption_experts(meta, fine_centers, fine_to_expert,
+                                                       assign_metric)
+    models = {m: (a["logits"], specialisation.logit_scale(a)) for m, a in arrays.items()}
+    spec = specialisation.task_rows(task, models, txt_to_img, caption_expert, n)
+  return {"row": row, "weights": weights, "metrics": metrics, "stats": stats,
+          "specialisation": spec}
 
 
 # ---------------------------------------------------------------- output ----
@@ -270,6 +289,16 @@ def compact_significance(sig_rows) -> tuple[list[str], list[dict]]:
   return ["task"] + [f"{c} [lo, hi]" for c in comparisons], list(by_task.values())
 
 
+# -------------------------------------------------------- specialisation ----
+def write_specialisation(out, rows) -> str:
+  """Writes report/specialisation.{csv,md}; returns the markdown for results.md."""
+  write_csv(wd.path(out, "specialisation.csv"), specialisation.HEADER, rows)
+  body = specialisation.NOTE + "\n" + specialisation.markdown(rows)
+  wd.write_text(wd.path(out, "specialisation.md"),
+                "# Specialisation: every model on every cluster's pairs\n\n" + body + "\n")
+  return body
+
+
 # ----------------------------------------------------------- linear probe ----
 def probe_columns(models) -> list[str]:
   """dense, expert_0.. (numeric order), concat, then any others."""
@@ -314,7 +343,8 @@ def write_probe(out, probe) -> str:
 
 def run_report(cfg, workdir: str) -> dict | None:
   """Writes report/; returns {'rows', 'weights', 'columns', 'sharpness', 'significance',
-  'skipped', 'probe'}; prints the markdown table.
+  'skipped', 'probe', 'specialisation' (long rows), 'clusters' (cluster_summary.run's
+  answer or None)}; prints the markdown table.
 
   On a pod, process 0 writes the report (a few small arrays) while the
   others wait; they return None.
@@ -335,8 +365,9 @@ def _report(cfg, workdir: str) -> dict:
   n = len(order)
   if not 1 <= int(cfg.top_k) <= len(fine_centers):
     raise ValueError(f"config report.top_k={cfg.top_k}: must be in 1..{len(fine_centers)}")
+  assign_metric = specialisation.cluster_metric(workdir)
   results = [evaluate_task(cfg, workdir, t, jnp.asarray(fine_centers),
-                           jnp.asarray(fine_to_expert), order, kind, metric)
+                           jnp.asarray(fine_to_expert), order, kind, metric, assign_metric)
              for t, (kind, metric) in tqdm(list(zip(tasks, specs)), desc="report", leave=False)]
   rows = [r["row"] for r in results]
   cols = columns(rows, n)
@@ -374,6 +405,17 @@ def _report(cfg, workdir: str) -> dict:
   if probe:
     doc += "\n## Linear probe (paper Table 9)\n\n% on the test split.\n\n" + write_probe(
         out, probe) + "\n"
+  spec_rows = [s for r in results for s in r["specialisation"]]
+  if spec_rows:
+    doc += "\n## Specialisation\n\n" + write_specialisation(out, spec_rows) + "\n"
+  clusters = None
+  if cfg.get("clusters", True):
+    clusters = cluster_summary.run(
+        workdir, out, n, words=int(cfg.get("cluster_words", 10)),
+        images=int(cfg.get("cluster_images", 8)) if cfg.get("plots", True) else 0,
+        max_shards=int(cfg.get("cluster_max_shards", 0)), seed=int(cfg.get("cluster_seed", 0)))
+  if clusters:
+    doc += "\n## Clusters\n\n" + cluster_summary.links(clusters)
   wd.write_text(wd.path(out, "results.md"), doc)
 
   sharpness = {t: routing_sharpness(r["weights"]) for t, r in zip(tasks, results)}
@@ -397,4 +439,5 @@ def _report(cfg, workdir: str) -> dict:
   print(md)
   return {"rows": table, "weights": {t: r["weights"] for t, r in zip(tasks, results)},
           "columns": cols, "sharpness": sharpness, "significance": sig_rows,
-          "skipped": skipped, "probe": probe[1] if probe else None}
+          "skipped": skipped, "probe": probe[1] if probe else None,
+          "specialisation": spec_rows, "clusters": clusters}
