@@ -14,7 +14,7 @@ Stages (each reads and writes the workdir; see mode_jax/workdir.py), in order:
             workdir's tasks or a suite, configs/eval_mode26.py; public CLIPs)
   probe     linear probe on frozen image features (paper Table 9): probe/
   report    routed ensemble vs baselines: report/results.md, plots
-  pipeline  all of the above; re-running resumes where it stopped
+  pipeline  prepare .. report (not probe); re-running resumes where it stopped
   train     train one CLIP from config.input (e.g. configs/fmnist_clip.py)
   export    the finished models + routing as a bundle others can use (mode_jax/bundle.py):
             HF CLIPModel folders, mode.json, routing arrays, sentence encoder

@@ -45,8 +45,10 @@ def _entry(task):
   cb_key = name if name != "mscoco_2014_5k_test_image_text_retrieval" else None
   if task in _RETRIEVAL:
     return dict(name=name, folders=_folders(task), kind="retrieval", metric="mean_R@1")
+  extra = {"cb_by_folder": {"wds_vtab-caltech101": "caltech101_vtab"}} if name == "caltech101" \
+      else {}
   return dict(name=name, folders=_folders(task), kind="zeroshot", cb=cb_key,
-              metric="mean_per_class" if task in _MPC else "top1")
+              metric="mean_per_class" if task in _MPC else "top1", **extra)
 
 
 TASKS = tuple(_entry(t) for t in _CLASSIFICATION + _RETRIEVAL) + tuple(

@@ -10,7 +10,8 @@
   #                       --config.evaluate.root=/data/clip_benchmark
 
 `run` (default demo) names the training config the workdir's models were
-trained with and `run_arg` its arguments, ';'-separated (run=mode_b16,run_arg=n=8). Each task is looked for under `root` by the folder names in
+trained with and `run_arg` its arguments; inside the argument, lists are
+';'-separated (run=mode_b16,run_arg=n=8;m=1024, models=a=/x;b=/y, tasks=pets;dtd). Each task is looked for under `root` by the folder names in
 `folders` (CLIP_benchmark's `wds_<name>` first); a task not found is listed
 as skipped in the report, never fatal.
 
@@ -62,7 +63,8 @@ TASKS = (
     _task("pets", ["wds_vtab-pets", "wds_pets", "pets"], "mean_per_class", cb="pets",
           openai="OxfordPets"),
     _task("caltech101", ["wds_vtab-caltech101", "wds_caltech101", "caltech101"],
-          "mean_per_class", cb="caltech101", openai="Caltech101"),
+          "mean_per_class", cb="caltech101", openai="Caltech101",
+          cb_by_folder={"wds_vtab-caltech101": "caltech101_vtab"}),   # VTAB label order
     _task("flowers", ["wds_vtab-flowers", "wds_flowers", "flowers"], "mean_per_class",
           cb="flowers", openai="Flowers102"),
     _task("mnist", ["wds_mnist", "mnist"], cb="mnist", openai="MNIST"),
@@ -96,7 +98,8 @@ def suite_config(suite: str, arg):
   import importlib
   run_arg = arg.run_arg.replace(";", ",") or None   # run_arg=n=8;m=128 (',' splits arg)
   c = importlib.import_module(f"configs.{arg.run}").get_config(run_arg)
-  c.evaluate.update(suite=suite, root=arg.root, models=arg.models, tasks=arg.tasks)
+  c.evaluate.update(suite=suite, root=arg.root, models=arg.models.replace(";", ","),
+                    tasks=arg.tasks.replace(";", ","))
   return c
 
 

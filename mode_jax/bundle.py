@@ -12,11 +12,12 @@ A bundle (default W/bundle; local, gs:// or s3://, written by process 0):
   fine_centers.npy           float32 [m, D]  mu_s, from cluster/
   fine_to_expert.npy         int32 [m]       pi: fine center -> expert id c
   expert_order.json          expert ids, widest spread first (progressive MoDE-k)
-  sentence_encoder/          the clustering's sentence encoder (MiniLM: ~91 MB), so
+  sentence_encoder/          the clustering's sentence encoder (MiniLM: 87 MiB), so
                              class names route exactly as the captions were clustered
   tokenizer/<bpe file>       the CLIP BPE merges the text towers read
 
-mode.json: format + version; models (folder, step, logit_scale, logit_bias: the
+mode.json: format + version; models (folder, step, logit_scale (ln of the multiplier,
+clamped at ln 100 as our model applies it; HF's config holds the same), logit_bias: the
 SigLIP bias has no HF CLIP slot, so it lives here), experts (index = expert id
 of fine_to_expert), dense; model (our config.model, shared by all models);
 routing (report.mode 'reference' | 'paper', top_k, the routing constants);
@@ -101,7 +102,9 @@ def model_params(model) -> dict:
 def write_hf_model(folder: str, model_cfg, params: dict) -> dict:
   """Writes folder/config.json + folder/model.safetensors; returns the extras HF CLIP
   cannot hold ({'logit_scale', 'logit_bias'}) for mode.json."""
-  scale = float(np.asarray(params["logit_scale"]))
+  # HF applies exp(logit_scale) unclamped; ours clamps at ln 100: export the clamped value
+  scale = float(min(float(np.asarray(params["logit_scale"])), constants.LOGIT_SCALE_MAX))
+  params = dict(params, logit_scale=np.asarray(scale, np.float32))
   hf_cfg = convert.hf_config(model_cfg, logit_scale=scale)   # refuses what HF cannot compute
   sd = convert.hf_from_params(params)
   wd.write_bytes(wd.path(folder, WEIGHTS), save_safetensors(sd, metadata={"format": "pt"}))
@@ -289,6 +292,10 @@ def write_bundle(out: str, models, *, model_cfg, centers, fine_to_expert, order,
       "templates": {"default": "openai", "openai": templates.openai_imagenet_templates()},
       "provenance": provenance,
   }
+  models = list(models)   # the params_fn stay lazy: one model in memory at a time
+  missing = [m for m in info["experts"] + [info["dense"]] if m not in {n for n, _, _ in models}]
+  if missing:
+    raise ValueError(f"bundle {out}: no weights for {missing}")
   distributed.on_primary("bundle dir", lambda: wd.makedirs(out))
   for name, step, params_fn in models:
     params = params_fn()
@@ -297,9 +304,6 @@ def write_bundle(out: str, models, *, model_cfg, centers, fine_to_expert, order,
     info["models"][name] = {"folder": name, "step": int(step), **(extras or {})}
     if distributed.is_primary():
       print(f"[export] {name} (step {step}) -> {wd.path(out, name)}")
-  missing = [m for m in info["experts"] + [info["dense"]] if m not in info["models"]]
-  if missing:
-    raise ValueError(f"bundle {out}: no weights for {missing}")
 
   def write_rest():
     wd.save_npy(wd.path(out, FINE_CENTERS), np.asarray(centers, np.float32))

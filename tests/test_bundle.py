@@ -113,6 +113,19 @@ def test_hf_state_dict_round_trips_exactly():
   jax.tree.map(np.testing.assert_array_equal, back, want)
 
 
+def test_export_clamps_the_logit_scale_as_our_model_applies_it(tmp_path):
+  """HF multiplies by exp(logit_scale) unclamped; ours clamps at ln 100 (regression:
+  the raw value was exported)."""
+  cfg = tiny_config()
+  params = dict(bundle.model_params(random_model(cfg)), logit_scale=np.float32(6.0))
+  extras = bundle.write_hf_model(str(tmp_path / "m"), cfg, params)
+  hf_cfg = json.load(open(tmp_path / "m" / "config.json"))
+  assert extras["logit_scale"] == pytest.approx(constants.LOGIT_SCALE_MAX)
+  assert hf_cfg["logit_scale_init_value"] == pytest.approx(constants.LOGIT_SCALE_MAX)
+  sd = convert.read_state_dict(str(tmp_path / "m" / "model.safetensors"))
+  assert float(sd["logit_scale"]) == pytest.approx(constants.LOGIT_SCALE_MAX)
+
+
 def test_unrepresentable_pooling_is_refused_in_one_line():
   with pytest.raises(ValueError, match="eos_id=2.*cannot be represented"):
     convert.hf_config(tiny_config(eos_id=2))

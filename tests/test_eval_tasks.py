@@ -116,6 +116,33 @@ def test_retrieval_folder_reads_every_caption_line(root):
   assert m["i2t_R@1"] == 1.0 and m["t2i_R@1"] == pytest.approx(5 / 6)
 
 
+def test_retrieval_keeps_each_caption_with_its_image_past_bad_samples(tmp_path):
+  """Regression: captions were paired with images by count, so an unreadable image (or,
+  in our own layout, a caption-less sample) shifted every later caption onto the wrong
+  image, or aborted the task."""
+  def samples(own_layout):
+    rows = [("red", "a red square"), (None, "green lies here"), ("blue", "blue sky"),
+            ("green", "")]
+    for i, (colour, cap) in enumerate(rows):
+      img = {"webp": _webp(COLOURS[colour])} if colour else {"webp": b"not an image"}
+      text = ({"json": {"texts": [cap]}} if cap else {"json": {"label": 0}}) if own_layout \
+          else {"txt": cap}
+      yield {"__key__": f"r{i}", **img, **text}
+  ei, et = colour_embedders()
+  for own in (False, True):
+    d = _folder(str(tmp_path), f"bad{own}", samples(own), kind="retrieval")
+    task = tasks_lib.Task("bad", "retrieval", "mean_R@1", tasks_lib.cb.TaskFolder(
+        d, "retrieval", None, None).shard_pattern(), captions="json" if own else "txt_lines")
+    caps = tasks_lib.captions_per_image(task, None)
+    assert caps == [["a red square"], ["green lies here"], ["blue sky"], []]
+    out = ev.evaluate_retrieval(ei, et, caps, evaluate_stage.batches(_in_cfg(), None,
+                                                                       task.pattern, 4))
+    assert out["logits"].shape == (3, 2)          # the unreadable image left with its caption
+    assert out["txt_to_img"].tolist() == [0, 1]   # red -> row 0 (red), blue -> row 1 (blue)
+    m = retrieval.recall(out["logits"], out["txt_to_img"], ks=(1,))
+    assert m["t2i_R@1"] == 1.0 and m["i2t_R@1"] == 1.0
+
+
 def test_suite_skips_absent_tasks_and_reads_package_lists(root, tmp_path):
   r = str(tmp_path)
   # an MNIST folder without classnames.txt or templates: the clip-benchmark package has both
@@ -144,12 +171,14 @@ def test_suite_skips_absent_tasks_and_reads_package_lists(root, tmp_path):
 def test_datacomp_suite_has_38_tasks_and_says_why_it_skips(tmp_path):
   r = str(tmp_path)
   _folder(r, "wds_retrieval-flickr30k", _retrieval_samples(), kind="retrieval")
+  _folder(r, "wds_voc2007", _zeroshot_samples(), kind="multilabel")   # one bad folder
   cfg = tasks_lib.default_config()
   cfg.suite, cfg.root = "datacomp38", r
   tasks, skipped = tasks_lib.resolve(cfg, None)
   assert list(tasks) == ["flickr30k"] and tasks["flickr30k"].kind == "retrieval"
   assert len(tasks) + len(skipped) == 38
   assert "not implemented" in skipped["winogavil"]
+  assert "multilabel" in skipped["voc2007"]          # skipped with its reason, not fatal
   cfg.tasks = "flickr30k,nonsense"
   with pytest.raises(ValueError, match="nonsense"):
     tasks_lib.resolve(cfg, None)
@@ -204,6 +233,26 @@ def test_evaluate_stage_runs_a_public_clip_from_a_local_folder_on_a_suite(tmp_pa
   cls = features.class_features(et, task.classnames, task.templates)
   x = np.stack([preprocess.resize_center_crop(im, 16) for im in images])
   np.testing.assert_allclose(got["logits"], features.cosine_logits(ei(x), cls), atol=1e-5)
-  before = os.path.getmtime(os.path.join(w, files.logits_rel("tiny", "mnist")))
+  npz = os.path.join(w, files.logits_rel("tiny", "mnist"))
+  before = os.path.getmtime(npz)
   evaluate_stage.run_evaluate(config, w)
-  assert os.path.getmtime(os.path.join(w, files.logits_rel("tiny", "mnist"))) == before
+  assert os.path.getmtime(npz) == before
+  # a changed task (here its templates) is evaluated again: done.json keys on its fingerprint
+  with open(os.path.join(root, "wds_mnist", cb.TEMPLATES), "w") as f:
+    f.write("a digit: {c}.\n")
+  evaluate_stage.run_evaluate(config, w)
+  assert os.path.getmtime(npz) > before
+  assert files.read_task_spec(w, "mnist")["templates"] == ["a digit: {c}."]
+  # a relative root is relative to where the command runs, not to the workdir
+  cwd = os.getcwd()
+  try:
+    os.chdir(tmp_path)
+    rel = eval_mode26.get_config("root=cb")
+    assert list(tasks_lib.resolve(rel.evaluate, w)[0]) == ["mnist"]
+    assert tasks_lib.resolve(rel.evaluate, w)[0]["mnist"].pattern.startswith(root)
+  finally:
+    os.chdir(cwd)
+  for bad in ("seed=" + folder, "dense=" + folder, "x=gs://b/m.pt", "y=" + folder + "|swish"):
+    config.evaluate.models = bad
+    with pytest.raises(ValueError):
+      evaluate_stage.eval_models(config, w)

@@ -6,8 +6,8 @@ from mode_jax.eval import probe_stage
 from mode_jax.eval import tasks as tasks_lib
 
 
-def _task(train=False):
-  return tasks_lib.Task("t", "zeroshot", "top1", "x", classnames=["a", "b", "c"],
+def _task(train=False, metric="top1"):
+  return tasks_lib.Task("t", "zeroshot", metric, "x", classnames=["a", "b", "c"],
                         templates=["{c}"], train_pattern="y" if train else None)
 
 
@@ -53,3 +53,15 @@ def test_a_task_too_small_to_split_is_refused_not_scored_nan():
   x = np.eye(6, dtype=np.float32)
   with pytest.raises(ValueError, match="too few images"):
     probe_stage.probe_task(_task(), {"dense": {"test": (x, y)}}, holdout=0.5)
+
+
+def test_the_probe_scores_in_the_task_metric():
+  """Regression: the probe scored top-1 for mean-per-class tasks (Pets, Flowers, ...)."""
+  rng = np.random.default_rng(2)
+  y = np.repeat(np.arange(3), [80, 20, 20])            # imbalanced: the two metrics differ
+  x = _feats(rng, y, [0]) * 0.3                          # weak signal: mistakes on rare classes
+  out = {m: probe_stage.probe_task(_task(metric=m), {"dense": {"test": (x, y)}}, holdout=0.5)
+         for m in ("top1", "mean_per_class")}
+  assert out["mean_per_class"]["metric"] == "mean_per_class"
+  a, b = (out[m]["models"]["dense"]["score"] for m in ("top1", "mean_per_class"))
+  assert a != b

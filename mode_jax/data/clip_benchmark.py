@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 
 from mode_jax import workdir as wd
-from mode_jax.data import webdataset as wds
 
 CLASSNAMES, TEMPLATES, TYPE = ("classnames.txt", "zeroshot_classification_templates.txt",
                                "dataset_type.txt")
@@ -68,22 +67,3 @@ def open_task(folder: str) -> TaskFolder:
   kind = "retrieval" if kind == "retrieval" else "zeroshot"
   return TaskFolder(folder, kind, _lines(wd.path(folder, CLASSNAMES)),
                     _lines(wd.path(folder, TEMPLATES)))
-
-
-def captions_per_image(shards: list[str]) -> list[list[str]]:
-  """Per image sample, in index order (shard order, then tar order), its `.txt` captions.
-
-  Only samples with an image member count, as in the loader's index; image
-  bytes are skipped with seeks.
-  """
-  out, stats = [], wds.Stats()
-  for shard in shards:
-    with wds.open_shard(shard) as f:
-      for _, _, _, members in wds.iter_samples_raw(f, with_images=False):
-        if wds.image_ext(members) is None:
-          stats.missing_images += 1
-          continue
-        txt = (members.get("txt") or b"").decode("utf-8", "replace")
-        out.append([c.strip() for c in txt.splitlines() if c.strip()])
-  stats.warn("retrieval captions")
-  return out

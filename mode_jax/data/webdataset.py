@@ -410,3 +410,36 @@ def iter_shard(path: str, *, with_images: bool = True,
       log.warning("shard %s is truncated (%s): kept the samples before the cut", path, e)
   if own:
     stats.warn(path)
+
+
+def captions_by_position(shards: list[str], *, split_lines: bool = False,
+                         caption_keys=CAPTION_KEYS) -> list[list[str]]:
+  """Per sample of the loader's index (shard order, tar order, an image member present:
+  shard_index.scan_shard's rule), its captions ([] when none). `split_lines`: a `.txt`
+  member holds one caption per line (CLIP_benchmark retrieval sets).
+
+  Image bytes are skipped with seeks. Unreadable shards add no samples and a
+  truncated shard keeps the samples before the cut, exactly as the index does,
+  so position p here is position p of loader.eval_batches.
+  """
+  out, stats = [], Stats()
+  for shard in shards:
+    try:
+      f = open_shard(shard)
+    except OSError:
+      stats.unreadable_shards += 1
+      continue
+    with f:
+      try:
+        for _, _, _, members in iter_samples_raw(f, with_images=False):
+          if image_ext(members) is None:
+            continue
+          if split_lines:
+            txt = (members.get("txt") or b"").decode("utf-8", "replace")
+            out.append([c.strip() for c in txt.splitlines() if c.strip()])
+          else:
+            out.append(parse_texts(members, stats, caption_keys)[0])
+      except TruncatedShard:
+        stats.truncated_shards += 1
+  stats.warn("captions")
+  return out

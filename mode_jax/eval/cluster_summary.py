@@ -215,7 +215,7 @@ def run(workdir: str, out_dir: str, n: int, words: int = 10, images: int = 8,
   assign_all = [wd.load_npz(a) for a, _ in pairs]
   fp = current_fingerprint(workdir)
   fresh = [i for i, z in enumerate(assign_all)
-           if fp is None or str(z["cluster_fingerprint"]) == fp]
+           if fp is None or str(z.get("cluster_fingerprint", "")) == fp]   # older: stale
   pairs, assign = [pairs[i] for i in fresh], [assign_all[i] for i in fresh]
   if not pairs:
     return None

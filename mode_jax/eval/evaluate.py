@@ -69,10 +69,8 @@ def write_scores(workdir: str, tasks: dict, models: Sequence[str]) -> str:
 
   The plain table for public CLIPs; the MoDE comparison is the report stage's.
   """
-  import csv
-  import io
   from mode_jax import workdir as wd
-  from mode_jax.eval import files
+  from mode_jax.eval import files, report
   rows = []
   for name, task in tasks.items():
     spec = task.spec()
@@ -83,17 +81,9 @@ def write_scores(workdir: str, tasks: dict, models: Sequence[str]) -> str:
   avg = {"task": "average", "metric": ""}
   avg.update({m: float(np.mean([r[m] for r in rows])) for m in models})
   head = ["task", "metric", *models]
-  buf = io.StringIO(newline="")
-  w = csv.writer(buf)
-  w.writerow(head)
-  for r in rows + [avg]:
-    w.writerow([f"{r[h]:.4f}" if isinstance(r[h], float) else r[h] for h in head])
-  wd.write_text(wd.path(workdir, "eval", "scores.csv"), buf.getvalue())
-  md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  md += ["| " + " | ".join(f"{r[h]:.2f}" if isinstance(r[h], float) else str(r[h])
-                           for h in head) + " |" for r in rows + [avg]]
+  report.write_csv(wd.path(workdir, "eval", "scores.csv"), head, rows + [avg])
+  text = "# Scores (%) per model and task\n\n" + report.markdown(head, rows + [avg]) + "\n"
   skipped = files.read_skipped(workdir)
-  text = "# Scores (%) per model and task\n\n" + "\n".join(md) + "\n"
   if skipped:
     text += "\nSkipped:\n" + "".join(f"- {k}: {v}\n" for k, v in skipped.items())
   return wd.write_text(wd.path(workdir, "eval", "scores.md"), text)

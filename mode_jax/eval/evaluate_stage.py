@@ -6,8 +6,10 @@ DataComp-38) where absent tasks are skipped (eval/skipped.json). Models:
 this MoDE run's dense baseline and experts (`mode`), and/or public CLIPs
 converted from local files (`name=path`). Per (model, task) the work is
 skipped when eval/<model>/done.json records the same checkpoint and task
-source. eval/tasks/<task>.json records each task as evaluated, and
-eval/scores.{md,csv} every model's score in the task's metric.
+fingerprint (tasks.fingerprint: spec and shard signatures); the metadata
+embeddings likewise, with the encoder's. eval/tasks/<task>.json records
+each task as evaluated, eval/scores.{md,csv} every model's score in the
+task's metric.
 
 Images are split over all devices of all hosts (each host reads its block
 of every batch), class prompts likewise; process 0 writes eval/.
@@ -27,12 +29,18 @@ from mode_jax.eval import files
 from mode_jax.eval import tasks as tasks_lib
 
 
+# eval/<name>/ folders that are not free for a public model: the run's own models and
+# the stage's files (`seed` would pass for the seed baseline in the report).
+RESERVED = ("dense", "seed", "meta_emb", "tasks", "mode")
+
+
 @dataclasses.dataclass
 class ModelRef:
   name: str
   kind: str            # "checkpoint" (this run) or "file" (a public CLIP)
   path: str            # checkpoint dir, or the file / HF folder
   ident: str           # what invalidates its outputs: the step, or the file's signature
+  act: str | None = None   # a file's activation when its weights cannot tell (OpenCLIP: gelu)
 
 
 def eval_config(config) -> ml_collections.ConfigDict:
@@ -50,17 +58,29 @@ def eval_models(config, workdir: str) -> dict[str, ModelRef]:
         out[name] = ModelRef(name, "checkpoint", ck, str(step))
       continue
     name, eq, path = item.partition("=")
-    name = name.strip()
-    if not eq or not name or not path.strip():
-      raise ValueError(f"config evaluate.models: {item!r} is not name=path (or 'mode')")
-    if name in out or name == "meta_emb" or name.startswith("expert_") or name == "dense":
-      raise ValueError(f"config evaluate.models: the name {name!r} is taken")
-    path = path.strip()
+    name, (path, _, act) = name.strip(), path.strip().partition("|")
+    if not eq or not name or not path:
+      raise ValueError(f"config evaluate.models: {item!r} is not name=path[|act] (or 'mode')")
+    if name in out or name in RESERVED or name.startswith("expert_") or "/" in name:
+      raise ValueError(f"config evaluate.models: the name {name!r} is taken or not a "
+                       f"folder name (reserved: {RESERVED}, expert_<c>)")
+    if act and act not in convert_acts():
+      raise ValueError(f"config evaluate.models: {item!r}: activation {act!r} not in "
+                       f"{convert_acts()}")
+    if wd.is_remote(path):
+      raise ValueError(f"config evaluate.models: {path}: public checkpoints are read from "
+                       "local files; copy it down first")
     weights = wd.path(path, "model.safetensors") if wd.isdir(path) else path
     if not wd.exists(weights):
       raise FileNotFoundError(f"config evaluate.models: {weights} not found")
-    out[name] = ModelRef(name, "file", path, wd.signature(weights))
+    out[name] = ModelRef(name, "file", path, wd.signature(weights) + (f"|{act}" if act else ""),
+                         act or None)
   return out
+
+
+def convert_acts() -> tuple[str, ...]:
+  from mode_jax.models import convert
+  return tuple(convert.HF_ACTIVATIONS)
 
 
 def load(config, ref: ModelRef, mesh):
@@ -75,6 +95,8 @@ def load(config, ref: ModelRef, mesh):
   from mode_jax.models import convert
   from mode_jax.train import sharding
   cfg, params = convert.load_pretrained(ref.path)
+  if ref.act:   # an OpenAI-layout state dict cannot say (OpenAI: quick_gelu; OpenCLIP: gelu)
+    cfg.act = ref.act
   model = clip_lib.CLIP(cfg, rngs=nnx.Rngs(0))
   convert.load_into(model, params)
   graphdef, state = nnx.split(model)
@@ -108,17 +130,23 @@ def make_embedders(config, ref: ModelRef, mesh):
 
 
 # ----------------------------------------------------------------- stage ----
-def write_meta_embeddings(config, workdir, tasks, captions):
-  """eval/meta_emb/<task>.npy with the clustering's sentence encoder (DESIGN.md step 8)."""
+def write_meta_embeddings(config, workdir, tasks, captions, fps):
+  """eval/meta_emb/<task>.npy with the clustering's sentence encoder (DESIGN.md step 8);
+  redone when the task or the encoder changed (eval/meta_emb/<task>.json records both)."""
   from mode_jax.eval import evaluate as ev
   from mode_jax.text import embed_stage
-  encoder = None
+  encoder, enc_fp = None, embed_stage.fingerprint(config.embed)
   for name, task in tasks.items():
-    if not wd.exists(wd.path(workdir, files.meta_rel(name))):
-      encoder = encoder or embed_stage.make_encoder(config.embed)
-      emb = ev.metadata_embedding(lambda t: encoder.encode(list(t), progress=False), name,
-                                  task.spec(), captions.get(name))
-      files.write_meta_emb(workdir, name, emb)
+    stamp = {"task": fps[name], "encoder": enc_fp}
+    stamp_p = wd.path(workdir, files.meta_rel(name))[:-4] + ".json"
+    if wd.exists(wd.path(workdir, files.meta_rel(name))) and wd.exists(stamp_p) \
+        and wd.read_json(stamp_p) == stamp:
+      continue
+    encoder = encoder or embed_stage.make_encoder(config.embed)
+    emb = ev.metadata_embedding(lambda t: encoder.encode(list(t), progress=False), name,
+                                task.spec(), captions.get(name))
+    files.write_meta_emb(workdir, name, emb)
+    wd.write_json(stamp_p, stamp)
 
 
 def run_evaluate(config, workdir: str):
@@ -128,13 +156,14 @@ def run_evaluate(config, workdir: str):
   models = eval_models(config, workdir)
   captions = {n: tasks_lib.captions_per_image(t, workdir) for n, t in tasks.items()
               if t.kind == "retrieval"}
+  fps = {n: tasks_lib.fingerprint(t, workdir) for n, t in tasks.items()}
 
   def record():
     files.write_skipped(workdir, skipped)
     for n, t in tasks.items():
       files.write_task_spec(workdir, n, t.spec())
     if any(m.name.startswith("expert_") for m in models.values()):   # routing needs them
-      write_meta_embeddings(config, workdir, tasks, captions)
+      write_meta_embeddings(config, workdir, tasks, captions, fps)
 
   distributed.on_primary("task specs and meta embeddings", record)
   for reason in (f"{k}: {v}" for k, v in skipped.items()):
@@ -145,7 +174,7 @@ def run_evaluate(config, workdir: str):
   for name, ref in models.items():
     done_p = wd.path(workdir, "eval", name, "done.json")
     done = wd.read_json(done_p) if wd.exists(done_p) else {}
-    todo = [n for n, t in tasks.items() if done.get(n) != [ref.ident, t.source]
+    todo = [n for n in tasks if done.get(n) != [ref.ident, fps[n]]
             or not wd.exists(wd.path(workdir, files.logits_rel(name, n)))]
     if not todo:
       continue
@@ -158,7 +187,7 @@ def run_evaluate(config, workdir: str):
         out = ev.evaluate_retrieval(embed_images, embed_texts, captions[n], data)
       else:
         out = ev.evaluate_zeroshot(embed_images, embed_texts, n, task.spec(), data)
-      done[n] = [ref.ident, task.source]
+      done[n] = [ref.ident, fps[n]]
 
       def write(out=out, n=n):
         files.write_task_logits(workdir, name, n, out["logits"], out["labels"],

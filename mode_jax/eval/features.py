@@ -95,13 +95,15 @@ def gather_rows(index: np.ndarray, *arrays: np.ndarray) -> tuple[np.ndarray, ...
 
 
 def image_logits(embed_images: Callable, text_feats, batches: Iterable, *,
-                 desc: str = "images") -> tuple[np.ndarray, np.ndarray]:
-  """Streams batches through `embed_images` -> (logits [N, T], labels [N]).
+                 desc: str = "images", return_index: bool = False):
+  """Streams batches through `embed_images` -> (logits [N, T], labels [N][, index [N]]).
 
   `batches` yields (images, labels) or (images, labels, index). With an
   index (each row's position in the evaluation set, -1 for rows to drop:
   padding, bad samples) the rows of every host are gathered in index order,
   so every host returns the whole set (multi-host evaluation).
+  `return_index`: also the position of every returned row (0..N-1 without
+  an index), which is how a caller lines up per-sample data (captions).
   """
   logits, labels, index, pad_to = [], [], [], None
   text_feats = jnp.asarray(text_feats, jnp.float32)
@@ -116,8 +118,9 @@ def image_logits(embed_images: Callable, text_feats, batches: Iterable, *,
   if not logits:
     raise ValueError("no image batches")
   logits, labels = np.concatenate(logits), np.concatenate(labels)
+  pos = np.arange(len(logits), dtype=np.int64)
   if index:
-    _, logits, labels = gather_rows(np.concatenate(index), logits, labels)
+    pos, logits, labels = gather_rows(np.concatenate(index), logits, labels)
     if not len(logits):
       raise ValueError("no valid images")
-  return logits, labels
+  return (logits, labels, pos) if return_index else (logits, labels)

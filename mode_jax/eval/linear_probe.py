@@ -88,13 +88,19 @@ def holdout_split(labels, test_fraction: float, seed: int) -> tuple[np.ndarray, 
 
 def select_and_fit(x_train, y_train, x_test, y_test, *, n_classes: int,
                    l2_grid: Sequence[float] = L2_GRID, val_fraction: float = 0.2,
-                   seed: int = 0, max_iter: int = MAX_ITER, tol: float = TOL) -> dict:
-  """Pick l2 by validation accuracy on a stratified split of the train set, refit on all of it, score the test set.
+                   seed: int = 0, max_iter: int = MAX_ITER, tol: float = TOL,
+                   score=None) -> dict:
+  """Pick l2 by the validation score on a stratified split of the train set, refit on all
+  of it, score the test set.
 
-  Ties go to the larger l2 (the simpler model). Returns {"score" (test top-1),
-  "l2", "val_scores" {l2: val accuracy}, "n_train" (refit size), "n_fit",
-  "n_val", "n_test"}.
+  `score(logits, labels) -> float` is the task's metric (default top-1
+  accuracy; the probe stage passes zeroshot.task_score's, e.g. mean
+  per-class accuracy for Pets). Ties go to the larger l2 (the simpler
+  model). Returns {"score" (test), "l2", "val_scores" {l2: validation
+  score}, "n_train" (refit size), "n_fit", "n_val", "n_test"}.
   """
+  measure = (lambda p, x, y: accuracy(p, x, y)) if score is None else \
+      (lambda p, x, y: float(score(np.asarray(predict(p, x)), np.asarray(y))))
   x_train, x_test = jnp.asarray(x_train), jnp.asarray(x_test)
   y_np = np.asarray(y_train)
   y_train = jnp.asarray(y_np, jnp.int32)
@@ -111,11 +117,11 @@ def select_and_fit(x_train, y_train, x_test, y_test, *, n_classes: int,
   val_scores, solutions, params = {}, {}, _zeros(x_train.shape[1], n_classes)
   for l2 in sorted(map(float, l2_grid), reverse=True):   # strongest first: warm starts follow the path
     params = _fit(x_train, y_train, fit_mask, l2, params, **kw)
-    val_scores[l2], solutions[l2] = accuracy(params, x_val, y_val), params
+    val_scores[l2], solutions[l2] = measure(params, x_val, y_val), params
   best = max(val_scores, key=lambda l2: (val_scores[l2], l2))   # ties -> larger l2
 
   final = _fit(x_train, y_train, jnp.ones(len(y_np), jnp.float32), best, solutions[best], **kw)
-  return {"score": accuracy(final, x_test, y_test), "l2": best, "val_scores": val_scores,
+  return {"score": measure(final, x_test, y_test), "l2": best, "val_scores": val_scores,
           "n_train": len(y_np), "n_fit": len(fit_idx), "n_val": len(val_idx),
           "n_test": int(x_test.shape[0])}
 

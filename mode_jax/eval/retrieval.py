@@ -36,15 +36,23 @@ def retrieval_logits(embed_images: Callable, embed_texts: Callable, batches: Ite
                      captions_per_image: Sequence[Sequence[str]]):
   """(logits float32 [N_img, N_txt] raw cosines, labels int32 [N_img], txt_to_img int32 [N_txt]).
 
-  `batches` yields (images, labels) in the order of `captions_per_image`.
+  `captions_per_image[p]` are the captions of the sample at position p of
+  the evaluation set (the loader's index order); `batches` yields (images,
+  labels[, index]). Images the loader drops (unreadable) are dropped with
+  their captions, so every caption stays with its own image.
   """
-  texts, txt_to_img = caption_index(captions_per_image)
+  texts, txt_to_pos = caption_index(captions_per_image)
   txt = features.embed_texts_batched(embed_texts, texts, desc="captions")
   txt = np.asarray(features.l2_normalize(jnp.asarray(txt)))
-  logits, labels = features.image_logits(embed_images, txt, batches, desc="retrieval")
-  if len(logits) != len(captions_per_image):
-    raise ValueError(f"{len(logits)} images but captions for {len(captions_per_image)}")
-  return logits, labels, txt_to_img
+  logits, labels, pos = features.image_logits(embed_images, txt, batches, desc="retrieval",
+                                              return_index=True)
+  if len(pos) and pos.max() >= len(captions_per_image):
+    raise ValueError(f"image position {pos.max()} but captions for "
+                     f"{len(captions_per_image)} images")
+  row = np.full(len(captions_per_image), -1, np.int64)
+  row[pos] = np.arange(len(pos))
+  keep = row[txt_to_pos] >= 0          # captions of the images that were read
+  return logits[:, keep], labels, row[txt_to_pos[keep]].astype(np.int32)
 
 
 @jax.jit

@@ -3,8 +3,9 @@
 A suite (configs/eval_mode26.py, configs/eval_datacomp38.py) is a tuple
 TASKS of entries {"name", "folders" (candidate folder names under
 config.evaluate.root), "metric", "kind", optional "cb" / "openai" (keys into
-the clip-benchmark package's lists / OpenAI's prompts.md), "templates" (a
-list with its source, for tasks neither has), "skip" (a reason, for metrics
+the clip-benchmark package's lists / OpenAI's prompts.md), "cb_by_folder"
+({folder: key} where one folder's label order needs another list),
+"templates" (a list with its source, for tasks neither has), "skip" (a reason, for metrics
 not implemented here)}. A task whose folder
 is absent is listed as skipped, never fatal.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import importlib
 import json
 import logging
@@ -43,8 +45,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.suite = ""     # "" = the workdir's shards/eval tasks; "mode26", "datacomp38" or a module
   c.root = ""      # directory (local, gs://, s3://) holding the suite's task folders
   c.tasks = ""     # comma-separated subset of task names; "" = all
-  c.models = ""    # "" = this MoDE run's dense + experts; else "name=path,..." of public CLIPs
-  #                  (HF CLIPModel folder, OpenAI/OpenCLIP .pt, .safetensors); "mode" adds the run's
+  c.models = ""    # "" = this MoDE run's dense + experts; else "name=path[|act],..." of public
+  #                  CLIPs (HF CLIPModel folder, OpenAI/OpenCLIP .pt, .safetensors; a state dict is
+  #                  read as quick_gelu unless |gelu says otherwise, as most OpenCLIP
+  #                  LAION models need); "mode" adds the run's
   c.probe_holdout = 0.5   # probe on a task without a train split: this fraction of test images
   #                         is held out for scoring, the rest fits the probe (seeded, stratified)
   return c
@@ -121,7 +125,8 @@ def workdir_tasks(workdir: str) -> dict[str, Task]:
     out[name] = Task(
         name, kind, s.get("metric", "top1") if kind == "zeroshot" else "mean_R@1",
         wd.path("shards", "eval", f"{name}-*.tar"), classnames=s.get("classnames"),
-        templates=list(s.get("templates") or templates_lib.task_templates(name)))
+        templates=None if kind == "retrieval" else
+        list(s.get("templates") or templates_lib.task_templates(name)))
   return out
 
 
@@ -134,13 +139,21 @@ def _find_folder(root: str, entry: dict) -> str | None:
 
 
 def suite_task(root: str, entry: dict) -> Task | str:
-  """The Task of a suite entry, or a one-line reason to skip it."""
-  name = entry["name"]
+  """The Task of a suite entry, or a one-line reason to skip it (one bad folder never
+  stops the suite)."""
   if entry.get("skip"):
     return entry["skip"]
   folder = _find_folder(root, entry)
   if folder is None:
-    return f"no task folder {'|'.join(entry.get('folders', (name,)))} under {root}"
+    return f"no task folder {'|'.join(entry.get('folders', (entry['name'],)))} under {root}"
+  try:
+    return _folder_task(folder, entry)
+  except (ValueError, FileNotFoundError, OSError) as e:
+    return f"{folder}: {e}"
+
+
+def _folder_task(folder: str, entry: dict) -> Task | str:
+  name = entry["name"]
   tf = cb.open_task(folder)
   kind = entry.get("kind", "zeroshot")
   if tf.kind != kind:
@@ -150,6 +163,8 @@ def suite_task(root: str, entry: dict) -> Task | str:
     return Task(name, kind, "mean_R@1", tf.shard_pattern("test"), source=folder,
                 train_pattern=train, captions="txt_lines")
   metric = zeroshot.check_metric(entry.get("metric", "top1"))
+  # a folder may need its own package list (VTAB's Caltech101 has another label order)
+  entry = dict(entry, cb=entry.get("cb_by_folder", {}).get(wd.basename(folder), entry.get("cb")))
   classnames = tf.classnames or package_classnames(entry)
   if not classnames:
     return f"{folder} has no {cb.CLASSNAMES} and no package lists its classes"
@@ -173,9 +188,9 @@ def resolve(cfg, workdir: str) -> tuple[dict[str, Task], dict[str, str]]:
     if not cfg.get("root"):
       raise ValueError("config evaluate.root is empty: set it to the directory holding the "
                        f"{cfg.suite} task folders (--config.evaluate.root=/data/clip_benchmark)")
-    tasks, skipped = {}, {}
+    tasks, skipped, root = {}, {}, wd.resolve(cfg.root)   # relative to here, not the workdir
     for entry in suite_entries(cfg.suite):
-      t = suite_task(cfg.root, entry)
+      t = suite_task(root, entry)
       if isinstance(t, Task):
         tasks[t.name] = t
       else:
@@ -194,13 +209,17 @@ def resolve(cfg, workdir: str) -> tuple[dict[str, Task], dict[str, str]]:
 
 
 def captions_per_image(task: Task, workdir: str) -> list[list[str]]:
-  """Every test image's captions, in the loader's index order."""
+  """Every test sample's captions, by position in the loader's index."""
+  from mode_jax.data import loader
+  from mode_jax.data import webdataset as wds
+  return wds.captions_by_position(loader.shard_paths(task.pattern, workdir),
+                                  split_lines=task.captions == "txt_lines")
+
+
+def fingerprint(task: Task, workdir: str) -> str:
+  """What invalidates a task's outputs: its spec (names, templates, metric, source) and
+  its test shards' sizes and modification times (a regenerated or re-downloaded set)."""
   from mode_jax.data import loader
   shards = loader.shard_paths(task.pattern, workdir)
-  if task.captions == "txt_lines":
-    return cb.captions_per_image(shards)
-  from mode_jax.data import webdataset as wds
-  stats, out = wds.Stats(), []
-  for shard in shards:
-    out += [s["texts"] for s in wds.iter_shard(shard, with_images=False, stats=stats)]
-  return out
+  blob = json.dumps([task.spec(), [wd.signature(p) for p in shards]], sort_keys=True)
+  return hashlib.sha1(blob.encode()).hexdigest()[:16]
