@@ -126,7 +126,7 @@ def test_iconify_real_sets(tmp_path):
                                                   "cat", "home-variant"]), "mdi", version, names)
   by = {r["key"].rsplit("/", 1)[1]: r for r in mdi}
   assert by["account-circle-outline"]["concept"] == by["account-circle"]["concept"]
-  assert by["account-circle-outline"]["concept"] == "name:accountcircle"
+  assert by["account-circle-outline"]["concept"] == "name:account-circle"
   assert by["cat"]["concept"] == "emoji:1F408"   # joins the emoji families' cat
   assert by["account-circle"]["category"] == "Account / User"
   assert by["cat"]["licence"] == "Apache-2.0" and "mdi.json" in by["cat"]["attribution"]
@@ -258,3 +258,23 @@ def test_attribution_files(tmp_path):
   assert om["images"] == 3 and om["attributions"] == [f"by Ann; {via}", f"by Bob; {via}"]
   md = open(paths["md"]).read()
   assert "| game-icons | iconify/game-icons | 1 | CC-BY-3.0 | 1 |" in md
+
+
+# --- the render cache ---------------------------------------------------------------
+
+def test_render_records_pool_cache_and_failures(tmp_path):
+  def rec(i, source, svg):
+    return {"key": f"{source}/{i}", "source": source, "version": "1", "render": {"svg": svg}}
+  box = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 8 8">'
+         '<rect width="{}" height="4"/></svg>')
+  recs = [rec(i, "a", box.format(i % 7 + 1).encode()) for i in range(40)]   # > one chunk: pool
+  recs += [rec(0, "b", b"<svg"), rec(1, "b", b'<svg xmlns="http://www.w3.org/2000/svg"/>')]
+  stats = {}
+  images = render_cache.render_records(recs, 16, str(tmp_path), workers=2, stats=stats)
+  assert len(images) == 40 and "b/0" not in images and "b/1" not in images   # broken, blank
+  assert stats["b"]["failed"] == 2 and stats["a"]["rendered"] == 40
+  assert (images["a/3"][:8].mean(-1) < 128).sum() == 8 * 8   # a 4x4 box at 2x scale, top left
+  assert os.path.basename(stats["a"]["cache"]) == "a-1-16.npz"
+  again = {}
+  render_cache.render_records(recs, 16, str(tmp_path), workers=2, stats=again)
+  assert again["a"]["rendered"] == again["b"]["rendered"] == 0   # failures are not retried

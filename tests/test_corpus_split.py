@@ -38,7 +38,8 @@ def test_split_style(name, suffixes, prefixes, stem, style):
 def test_name_concepts_join_emoji():
   assert cs.icon_concept("cat-outline", FakeEmoji()) == "emoji:1F408"
   assert cs.name_concept("Giraffe", FakeEmoji()) == "emoji:1F992"
-  assert cs.name_concept("top hat") == cs.name_concept("tophat") == "name:tophat"
+  assert cs.name_concept("cart-shopping") == cs.name_concept("Shopping cart")
+  assert cs.name_concept("cart-shopping") == "name:cart-shopping"
 
 
 def test_concept_holdout_is_seeded_by_key():

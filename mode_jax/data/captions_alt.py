@@ -44,6 +44,10 @@ def with_article(name: str) -> str:
   return ("an " if vowel else "a ") + name
 
 
+def _letters(text: str) -> str:
+  return re.sub(r"[^a-z0-9]+", "", text.lower())
+
+
 def _cap(text: str) -> str:
   return text[:1].upper() + text[1:]
 
@@ -60,7 +64,8 @@ def _tags(name: str, tags) -> list[str]:
 
 
 # Each form: (kind, needs, template). `needs` names the context fields it uses
-# beyond the name; a form is skipped when one of them is empty.
+# beyond the name; a form is skipped when one of them is empty. "descx" is the
+# description when it says more than the name ("A frog." does not: no "A frog: A frog.").
 FORMS = [
     ("emoji", (), "{n} emoji"),
     ("emoji", (), "{N}"),
@@ -96,10 +101,10 @@ FORMS = [
     ("icon", ("alias",), "{N} ({alias})"),
     ("icon", ("alias",), "{alias} icon"),
     ("icon", ("tags",), "{n} icon ({tags})"),
-    ("stamp", ("desc",), "Tux Paint stamp of {an}: {desc}"),
+    ("stamp", ("desc", "descx"), "Tux Paint stamp of {an}: {desc}"),
     ("stamp", ("desc",), "{desc}"),
-    ("stamp", ("desc",), "{An}: {desc}"),
-    ("stamp", ("desc",), "{N}. {desc}"),
+    ("stamp", ("desc", "descx"), "{An}: {desc}"),
+    ("stamp", ("desc", "descx"), "{N}. {desc}"),
     ("stamp", (), "clip art of {an}"),
     ("stamp", (), "{an} stamp"),
     ("stamp", (), "drawing of {an}"),
@@ -149,6 +154,8 @@ def alt_texts(key: str, kind: str, name: str, *, raw: str = "", source: str = ""
       "alias": rng.choice(alias_list) if alias_list else "",
       "desc": re.sub(r"\s+", " ", description).strip(),
   }
+  bare = {_letters(name), _letters(with_article(name))}
+  ctx["descx"] = ctx["desc"] if _letters(ctx["desc"]) not in bare else ""
   forms = [(needs, t) for needs, t in _BY_KIND[kind] if all(ctx[n] for n in needs)]
   rng.shuffle(forms)
   must = ALWAYS.get(kind)

@@ -64,10 +64,6 @@ def emoji_concept(hexcode: str) -> str:
   return "emoji:" + h
 
 
-def _compact(text: str) -> str:
-  return re.sub(r"[^a-z0-9]+", "", text.lower())
-
-
 def split_style(name: str, suffixes=(), prefixes=()) -> tuple[str, list[str]]:
   """An icon name without its style, and the style words: 'home-bold-duotone' -> 'home', [...].
 
@@ -101,13 +97,17 @@ def icon_stem(name: str, suffixes=(), prefixes=()) -> str:
 
 
 def name_concept(name: str, emoji_names=None) -> str:
-  """A name's concept: the emoji's when an emoji has that CLDR name, else 'name:<letters>'.
+  """A name's concept: the emoji's when an emoji has that CLDR name, else 'name:<words>'.
 
   So Tux Paint's 'giraffe', mdi's 'cat' and every emoji family's giraffe or
-  cat are one concept, held out or trained together.
+  cat are one concept, held out or trained together. Other names keep their
+  words sorted: Font Awesome 6 renamed 'shopping-cart' to 'cart-shopping'
+  (the same picture, found by the pHash dedup), and sets copy either order.
   """
   hexcode = emoji_names.hexcode(name) if emoji_names is not None else None
-  return emoji_concept(hexcode) if hexcode else "name:" + _compact(name)
+  if hexcode:
+    return emoji_concept(hexcode)
+  return "name:" + "-".join(sorted(re.findall(r"[a-z0-9]+", name.lower())))
 
 
 def icon_concept(name: str, emoji_names=None, suffixes=(), prefixes=()) -> str:

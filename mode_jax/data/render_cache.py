@@ -108,30 +108,34 @@ def render_records(records: list[dict], size: int, cache_dir: str, workers: int 
     groups.setdefault((r["source"], r["version"]), []).append(r)
   out = {}
   stats = {} if stats is None else stats
-  for (source, version), recs in groups.items():
-    path = cache_path(cache_dir, source, version, size)
-    entries = _load(path, size)
-    todo = [(r["key"], r["render"], size) for r in recs if r["key"] not in entries]
-    start = time.time()
-    if todo:
-      bar = tqdm(total=len(todo), desc=f"render {source} {size}px", unit="img")
-      if workers > 1 and len(todo) > CHUNKSIZE:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-          for key, _, image in pool.imap_unordered(_process, todo, chunksize=CHUNKSIZE):
-            entries[key] = image
-            bar.update()
-      else:
-        for job in todo:
-          key, _, image = _process(job)
+  pool = None   # one pool for all groups: a spawn start costs about a second
+  try:
+    for (source, version), recs in groups.items():
+      path = cache_path(cache_dir, source, version, size)
+      entries = _load(path, size)
+      todo = [(r["key"], r["render"], size) for r in recs if r["key"] not in entries]
+      start = time.time()
+      if todo:
+        bar = tqdm(total=len(todo), desc=f"render {source} {size}px", unit="img")
+        if workers > 1 and len(todo) > CHUNKSIZE:
+          pool = pool or multiprocessing.get_context("spawn").Pool(workers)
+          results = pool.imap_unordered(_process, todo, chunksize=CHUNKSIZE)
+        else:
+          results = map(_process, todo)
+        for key, _, image in results:
           entries[key] = image
           bar.update()
-      bar.close()
-      _save(path, entries, size)
-    seconds = time.time() - start
-    kept = {r["key"]: entries[r["key"]] for r in recs if entries.get(r["key"]) is not None}
-    out.update(kept)
-    stats[source] = {"records": len(recs), "rendered": len(todo),
-                     "seconds": round(seconds, 2),
-                     "per_s": round(len(todo) / seconds, 1) if todo and seconds > 0 else None,
-                     "failed": len(recs) - len(kept), "cache": path}
+        bar.close()
+        _save(path, entries, size)
+      seconds = time.time() - start
+      kept = {r["key"]: entries[r["key"]] for r in recs if entries.get(r["key"]) is not None}
+      out.update(kept)
+      stats[source] = {"records": len(recs), "rendered": len(todo),
+                       "seconds": round(seconds, 2),
+                       "per_s": round(len(todo) / seconds, 1) if todo and seconds > 0 else None,
+                       "failed": len(recs) - len(kept), "cache": path}
+  finally:
+    if pool is not None:
+      pool.close()
+      pool.join()
   return out

@@ -27,43 +27,44 @@ DENIED_SETS = frozenset({"twemoji", "emoji-datasource-twitter"})
 DENIED_WORDS = ("twemoji", "twitter")
 REFUSED_SETS = {"openmoji": "iconify's openmoji is the npm openmoji family, held out whole"}
 
-# set -> (design family, label used in captions, style word or "").
+# set -> (design family, label used in captions, style word or "", kind). The kind is
+# stated, not read from info.category: iconify files fluent-emoji under no category.
 # Emoji: the emoji families with names or hexcodes (DATA.md table). Icons: sets with
 # categories (mdi 61, fa7 74, icon-park 39, healthicons 21, ...) plus large named sets
 # (game-icons, pinhead, tabler, phosphor) for volume; permissive or attribution
 # licences only (no NC, no GPL). Variants of one design share a family.
 ICONIFY_SETS = {
-    "noto": ("noto", "Noto", ""),
-    "noto-v1": ("noto", "Noto", "classic"),
-    "fluent-emoji-flat": ("fluent", "Fluent", "flat"),
-    "fluent-emoji": ("fluent", "Fluent", "color"),
-    "fluent-emoji-high-contrast": ("fluent", "Fluent", "high contrast"),
-    "emojione": ("emojione", "EmojiOne", ""),
-    "emojione-monotone": ("emojione", "EmojiOne", "monochrome"),
-    "emojione-v1": ("emojione", "EmojiOne", "classic"),
-    "fxemoji": ("fxemoji", "Firefox OS", ""),
-    "streamline-emojis": ("streamline", "Streamline", ""),
-    "mdi": ("mdi", "mdi", ""),
-    "material-symbols": ("material", "Material Symbols", ""),
-    "solar": ("solar", "Solar", ""),
-    "icon-park": ("icon-park", "IconPark", "multicolor"),
-    "icon-park-outline": ("icon-park", "IconPark", "outline"),
-    "icon-park-solid": ("icon-park", "IconPark", "solid"),
-    "healthicons": ("healthicons", "Health Icons", ""),
-    "fa7-solid": ("fontawesome", "Font Awesome", "solid"),
-    "fa7-regular": ("fontawesome", "Font Awesome", "regular"),
-    "fa7-brands": ("fontawesome", "Font Awesome", "brand"),
-    "streamline": ("streamline", "Streamline", ""),
-    "carbon": ("carbon", "Carbon", ""),
-    "ri": ("remix", "Remix Icon", ""),
-    "iconoir": ("iconoir", "Iconoir", ""),
-    "uil": ("unicons", "Unicons", "line"),
-    "la": ("line-awesome", "Line Awesome", ""),
-    "lets-icons": ("lets-icons", "Lets Icons", ""),
-    "game-icons": ("game-icons", "Game Icons", ""),
-    "pinhead": ("pinhead", "Pinhead", ""),
-    "tabler": ("tabler", "Tabler", ""),
-    "ph": ("phosphor", "Phosphor", ""),
+    "noto": ("noto", "Noto", "", "emoji"),
+    "noto-v1": ("noto", "Noto", "classic", "emoji"),
+    "fluent-emoji-flat": ("fluent", "Fluent", "flat", "emoji"),
+    "fluent-emoji": ("fluent", "Fluent", "color", "emoji"),
+    "fluent-emoji-high-contrast": ("fluent", "Fluent", "high contrast", "emoji"),
+    "emojione": ("emojione", "EmojiOne", "", "emoji"),
+    "emojione-monotone": ("emojione", "EmojiOne", "monochrome", "emoji"),
+    "emojione-v1": ("emojione", "EmojiOne", "classic", "emoji"),
+    "fxemoji": ("fxemoji", "Firefox OS", "", "emoji"),
+    "streamline-emojis": ("streamline", "Streamline", "", "emoji"),
+    "mdi": ("mdi", "mdi", "", "icon"),
+    "material-symbols": ("material", "Material Symbols", "", "icon"),
+    "solar": ("solar", "Solar", "", "icon"),
+    "icon-park": ("icon-park", "IconPark", "multicolor", "icon"),
+    "icon-park-outline": ("icon-park", "IconPark", "outline", "icon"),
+    "icon-park-solid": ("icon-park", "IconPark", "solid", "icon"),
+    "healthicons": ("healthicons", "Health Icons", "", "icon"),
+    "fa7-solid": ("fontawesome", "Font Awesome", "solid", "icon"),
+    "fa7-regular": ("fontawesome", "Font Awesome", "regular", "icon"),
+    "fa7-brands": ("fontawesome", "Font Awesome", "brand", "icon"),
+    "streamline": ("streamline", "Streamline", "", "icon"),
+    "carbon": ("carbon", "Carbon", "", "icon"),
+    "ri": ("remix", "Remix", "", "icon"),
+    "iconoir": ("iconoir", "Iconoir", "", "icon"),
+    "uil": ("unicons", "Unicons", "line", "icon"),
+    "la": ("line-awesome", "Line Awesome", "", "icon"),
+    "lets-icons": ("lets-icons", "Lets Icons", "", "icon"),
+    "game-icons": ("game-icons", "Game Icons", "", "icon"),
+    "pinhead": ("pinhead", "Pinhead", "", "icon"),
+    "tabler": ("tabler", "Tabler", "", "icon"),
+    "ph": ("phosphor", "Phosphor", "", "icon"),
 }
 # cairosvg ignores luminance masks, so a masked body renders as a filled box
 # (icon-park-solid: 953 of 1,970; icon-park-twotone: all, hence not listed): skipped.
@@ -71,6 +72,8 @@ MASKED = "<mask"
 # Emoji sets whose icon names are run-together Unicode names ('whiteflower'):
 # an image is kept only when emojibase names it.
 NEEDS_EMOJI_NAME = frozenset({"fxemoji"})
+# Style words of icon names as a caption says them; "" = not a style to mention.
+STYLE_WORDS = {"fill": "filled", "o": "outline", "alt": "", "variant": "", "mono": "monochrome"}
 DEFAULT_SIZE = 16   # iconify's default viewBox width/height when a set gives none
 SKIN_TONES = {"light": "light skin tone", "medium-light": "medium-light skin tone",
               "medium": "medium skin tone", "medium-dark": "medium-dark skin tone",
@@ -131,6 +134,8 @@ class EmojiNames:
     self.version = npm_packages.package_json(pkg_dir)["version"]
     groups = {g["order"]: g["message"] for g in messages["groups"]}
     subgroups = {g["order"]: g["message"] for g in messages["subgroups"]}
+    # CLDR group key -> readable name ('people-body' -> 'people & body'), as OpenMoji keys them
+    self.group_names = {g["key"]: g["message"] for g in messages["groups"]}
     self.entries, self._by_name = {}, {}
     for e in data:
       for item in [e] + e.get("skins", []):
@@ -276,9 +281,11 @@ def set_records(data: dict, set_name: str, version: str, names: EmojiNames,
                 texts_per_image: int = 3, seed: int = 0) -> list[dict]:
   """Records of one iconify set (see corpus_split.RECORD_FIELDS)."""
   check_allowed(set_name)
-  family, label, style = ICONIFY_SETS.get(set_name, (set_name, set_name, ""))
   info = data.get("info", {})
-  is_emoji = info.get("category") == "Emoji"
+  default = (set_name, info.get("name", set_name), "",
+             "emoji" if info.get("category") == "Emoji" else "icon")
+  family, label, style, kind = ICONIFY_SETS.get(set_name, default)
+  is_emoji = kind == "emoji"
   licence, attribution = _attribution(data, set_name, version)
   category = {}
   for cat, members in data.get("categories", {}).items():
@@ -292,7 +299,7 @@ def set_records(data: dict, set_name: str, version: str, names: EmojiNames,
     if icon is None or MASKED in icon["body"]:
       continue
     rec = {"key": f"iconify/{set_name}/{name}", "family": family, "source": f"iconify/{set_name}",
-           "kind": "emoji" if is_emoji else "icon",
+           "kind": kind,
            "version": version, "licence": licence, "attribution": attribution,
            "render": {"svg": icon_svg(icon)}, "set": set_name}
     cat = category.get(name, "")
@@ -310,16 +317,17 @@ def set_records(data: dict, set_name: str, version: str, names: EmojiNames,
       if entry:
         rec["group"], rec["subgroup"] = entry["group"], entry["subgroup"]
       tags = entry["tags"] if entry else []
-      kind = "emoji"
     else:
       text_name, words = corpus_split.split_style(name, suffixes, prefixes)
       rec["concept"] = corpus_split.name_concept(text_name, names)
-      tags, kind = [], "icon"
+      words = [STYLE_WORDS.get(w, w) for w in words]
+      tags = []
     if cat:
       rec["category"] = cat
     rec["captions"] = captions_alt.alt_texts(
         rec["key"], kind, text_name, raw=raw, source=label,
-        style=" ".join(dict.fromkeys(w for w in [style] + words if w)), aliases=aliases,
+        style=captions_alt.readable(" ".join(dict.fromkeys(w for w in [style] + words if w))),
+        aliases=aliases,
         tags=tags, category=cat, k=texts_per_image, seed=seed)
     out.append(rec)
   return out

@@ -30,8 +30,14 @@ def _tags(entry: dict) -> list[str]:
 
 
 def records(styles=tuple(STYLES), cache_dir: str = npm_packages.NPM_CACHE,
-            texts_per_image: int = 3, seed: int = 0, fetch: bool = True) -> list[dict]:
-  """One record per (emoji, style) whose SVG ships; group/subgroup kept for zero-shot."""
+            texts_per_image: int = 3, seed: int = 0, fetch: bool = True,
+            emoji_names=None) -> list[dict]:
+  """One record per (emoji, style) whose SVG ships; group/subgroup kept for zero-shot.
+
+  `emoji_names` (sources_icons.EmojiNames) names groups in captions as
+  emojibase does ('people & body'); OpenMoji's extras groups get no category.
+  """
+  group_names = emoji_names.group_names if emoji_names is not None else {}
   pkg = package_dir(cache_dir, fetch)
   version = npm_packages.package_json(pkg)["version"]
   with open(os.path.join(pkg, "data", "openmoji.json")) as f:
@@ -44,6 +50,8 @@ def records(styles=tuple(STYLES), cache_dir: str = npm_packages.NPM_CACHE,
         continue
       key = f"openmoji/{style}/{e['hexcode']}"
       author = e.get("openmoji_author") or "the OpenMoji contributors"
+      group = e.get("group", "")
+      said = "" if group.startswith("extras") else group_names.get(group, group)
       out.append({
           "key": key, "family": "openmoji", "style": style, "kind": "emoji",
           "source": f"openmoji/{style}",
@@ -54,6 +62,6 @@ def records(styles=tuple(STYLES), cache_dir: str = npm_packages.NPM_CACHE,
                           f"via npm {PACKAGE}@{version} ({style}/svg/{e['hexcode']}.svg)"),
           "captions": captions_alt.alt_texts(
               key, "emoji", e["annotation"], source="OpenMoji", style=STYLES[style],
-              tags=_tags(e), category=e.get("group", ""), k=texts_per_image, seed=seed),
+              tags=_tags(e), category=said, k=texts_per_image, seed=seed),
       })
   return out
