@@ -3,9 +3,9 @@ PY      ?= python3.11
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 WORKDIR ?= workdirs/demo
-APT_PKGS := openclipart-svg dataset-fashion-mnist wordnet-base
+APT_PKGS := openclipart-svg dataset-fashion-mnist wordnet-base tuxpaint-stamps-default nodejs
 
-.PHONY: demo demo-fmnist test bench env apt clean
+.PHONY: demo demo-fmnist test bench env apt npm clean
 
 $(BIN)/.ok: requirements.txt requirements-test.txt requirements-data.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,7 +32,12 @@ demo: env apt
 demo-fmnist: env apt
 	$(BIN)/python launch.py train --config configs/fmnist_clip.py --workdir workdirs/fmnist
 
-test: env apt
+# npm tarballs with icon and emoji art (mode_jax/data/npm_packages.py PINNED), cached once
+# in ~/.cache/mode_jax/npm; the corpus tests read them (and skip, naming this, without them).
+npm: env apt
+	$(BIN)/python -c "from mode_jax.data import npm_packages as n; [n.tarball(k) for k in n.PINNED]"
+
+test: env apt npm
 	$(BIN)/python -m pytest
 
 bench: env apt
