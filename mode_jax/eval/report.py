@@ -40,6 +40,10 @@ from mode_jax.eval import cluster_summary, files, retrieval, significance, speci
 from mode_jax.eval import zeroshot
 
 CLUSTER_STAGE = "cluster"
+PROBE_NOTE = ("% on the test split (split `train`: the task's train split fits the probe; "
+              "`holdout`: a seeded stratified half of the test images fits it, the other half "
+              "scores it); the L2 penalty is chosen on a validation part of the fitting images; "
+              "concat = the experts' features side by side.")
 RETRIEVAL_METRIC = "mean_R@1"   # the metric column of a retrieval task
 
 
@@ -336,7 +340,7 @@ def write_probe(out, probe) -> str:
   head = ["task", "metric", "split"] + cols
   write_csv(wd.path(out, "probe.csv"), head, table)
   md = markdown(head, table)
-  wd.write_text(wd.path(out, "probe.md"), "# Linear probe (paper Table 9), % on the test split\n\n"
+  wd.write_text(wd.path(out, "probe.md"), "# Linear probe (paper Table 9)\n\n" + PROBE_NOTE + "\n\n"
                 + md + "\n")
   return md
 
@@ -403,7 +407,7 @@ def _report(cfg, workdir: str) -> dict:
 
   probe = read_probe(workdir)
   if probe:
-    doc += "\n## Linear probe (paper Table 9)\n\n% on the test split.\n\n" + write_probe(
+    doc += "\n## Linear probe (paper Table 9)\n\n" + PROBE_NOTE + "\n\n" + write_probe(
         out, probe) + "\n"
   spec_rows = [s for r in results for s in r["specialisation"]]
   if spec_rows:
