@@ -44,10 +44,21 @@ Layout and formats (all arrays little-endian numpy):
                                       (retrieval); labels: int32[N_img];
                                       retrieval also has txt_to_img: int32[N_txt]
                                       (the image of each caption; absent = one
-                                      caption per image, in order)
+                                      caption per image, in order); logit_scale:
+                                      float32[] (the model's exp(scale))
+  eval/<model>/done.json              {task: [model ident, task fingerprint]}
   eval/meta_emb/<task>.npy            float32[N_cls, D] class metadata embeddings
-                                      (retrieval: one row per caption)
-  report/                             results.md, results.csv, *.png
+                                      (retrieval: one row per caption); .json
+                                      beside it: the task and encoder fingerprints
+  eval/tasks/<task>.json              the task as evaluated (kind, metric, names,
+                                      templates, source); eval/skipped.json
+                                      {task: reason}; eval/scores.{md,csv}
+  probe/<task>.json                   linear-probe scores per model (+ concat)
+  report/                             results.md/csv (+ significance, probe,
+                                      specialisation), routing_weights.md/csv,
+                                      clusters.md, metrics.csv, *.png
+  bundle/                             `export`: HF CLIPModel folders, mode.json,
+                                      routing arrays (mode_jax/bundle.py)
 
 A stage whose inputs are missing raises `MissingInput`, which the launcher
 prints as one line naming the file and the command that makes it.
