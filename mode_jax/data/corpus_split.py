@@ -12,6 +12,23 @@ The evaluation tasks (zero-shot over OpenMoji groups and subgroups and Tux
 Paint categories; retrieval over held-out concepts) are built from what is
 left. A record is a dict with RECORD_FIELDS, plus "group", "subgroup",
 "category", "style" where the source has them.
+
+Wiring into the `prepare` stage (not done yet, issue 13):
+
+  names = sources_icons.EmojiNames(sources_icons.emojibase_dir())
+  recs = (sources_icons.records(texts_per_image=k, seed=seed)
+          + sources_openmoji.records(texts_per_image=k, seed=seed, emoji_names=names)
+          + sources_fluent3d.records(texts_per_image=k, seed=seed, stats=stats)
+          + sources_tuxpaint.records(emoji_names=names, texts_per_image=k, seed=seed))
+  images = render_cache.render_records(recs, size, cache_dir, num_workers, stats)
+  sp = split(recs, images, heldout_families=HELDOUT_FAMILIES, concept_frac=0.1, seed=seed,
+             extra_train_hashes=phash(clipart_train_images))   # drops stamps copied from clip art
+  train samples: sp["train"] -> {"__key__": numbered (record keys hold '/'), "png": image,
+                                 "json": {"texts": rec["captions"], "source": rec["family"]}}
+  eval tasks: openmoji_zeroshot(recs, sp, "group" | "subgroup", "color" | "black"),
+              tuxpaint_zeroshot(recs, sp, depth=1), concept_retrieval(recs, sp)
+  attribution.write(used records, <workdir>/shards); add npm_packages.PINNED and the set
+  list to the prepare fingerprint.
 """
 
 from __future__ import annotations
