@@ -44,7 +44,7 @@ def _entry(task):
   name = task.split("/")[-1]
   cb_key = name if name != "mscoco_2014_5k_test_image_text_retrieval" else None
   if task in _RETRIEVAL:
-    return dict(name=name, folders=_folders(task), kind="retrieval", metric="mean_R@1")
+    return dict(name=name, folders=_folders(task), kind="retrieval")   # scored by mean R@1
   extra = {"cb_by_folder": {"wds_vtab-caltech101": "caltech101_vtab"}} if name == "caltech101" \
       else {}
   return dict(name=name, folders=_folders(task), kind="zeroshot", cb=cb_key,

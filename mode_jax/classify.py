@@ -40,7 +40,7 @@ from mode_jax.models import embedders
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
+IMAGE_EXTS = tuple("." + e for e in wds.IMAGE_EXTS)   # what the shard reader decodes
 SYNONYM_SEP = "|"
 
 

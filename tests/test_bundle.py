@@ -18,20 +18,16 @@ from mode_jax import constants
 from mode_jax.models import clip as clip_lib
 from mode_jax.models import convert
 from mode_jax.models import embedders
+from tests import test_models
 
 CONTEXT = 16
 
 
 def tiny_config(**kw):
-  """A CPU-sized CLIP over the real CLIP BPE vocabulary, so our tokenizer's ids fit."""
-  c = clip_lib.default_config()
-  c.variant, c.image_size, c.context_length = "mu/8", 32, CONTEXT
-  c.vision.update(width=64, depth=2, heads=4)
-  c.text.update(width=48, depth=2, heads=4)
-  c.embed_dim = 32
-  for k, v in kw.items():
-    setattr(c, k, v)
-  return c
+  """test_models' CPU-sized CLIP over the real CLIP BPE vocabulary, so our tokenizer's ids
+  fit."""
+  return test_models.tiny_config(**{"vocab_size": constants.VOCAB_SIZE,
+                                    "context_length": CONTEXT, **kw})
 
 
 def random_model(cfg, seed=0):

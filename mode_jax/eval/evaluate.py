@@ -55,13 +55,14 @@ def metadata_embedding(embed_sentences: Callable, task: str, spec: dict,
 
 
 def task_score(task_spec: dict, arrays: dict) -> float:
-  """A model's score on one task in percent: its metric for zero-shot, mean R@1 for retrieval."""
-  from mode_jax.eval import files
+  """A model's score on one task in percent, as the report scores it: its metric for
+  zero-shot, mean R@1 for retrieval."""
+  from mode_jax.eval import files, report
   if task_spec.get("kind", "zeroshot") == "retrieval":
-    m = retrieval.recall(arrays["logits"], files.txt_to_img_of(arrays), ks=(1,))
-    return 100.0 * (m["i2t_R@1"] + m["t2i_R@1"]) / 2
-  return 100.0 * zeroshot.task_score(task_spec.get("metric", "top1"), arrays["logits"],
-                                     arrays["labels"])
+    return report.score_retrieval(arrays["logits"], arrays["logits"],
+                                  files.txt_to_img_of(arrays))[0]
+  return report.score_zeroshot(arrays["logits"], arrays["labels"],
+                               task_spec.get("metric", "top1"))[0]
 
 
 def write_scores(workdir: str, tasks: dict, models: Sequence[str]) -> str:

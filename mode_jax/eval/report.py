@@ -44,7 +44,7 @@ PROBE_NOTE = ("% on the test split (split `train`: the task's train split fits t
               "`holdout`: a seeded stratified half of the test images fits it, the other half "
               "scores it); the L2 penalty is chosen on a validation part of the fitting images; "
               "concat = the experts' features side by side.")
-RETRIEVAL_METRIC = "mean_R@1"   # the metric column of a retrieval task
+RETRIEVAL_METRIC = retrieval.TASK_METRIC   # the metric column of a retrieval task
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -22,6 +22,7 @@ import numpy as np
 from mode_jax.eval import features
 
 KS = (1, 5, 10)
+TASK_METRIC = "mean_R@1"   # a retrieval task's score: mean of image->text and text->image R@1
 
 
 def caption_index(captions_per_image: Sequence[Sequence[str]]) -> tuple[list[str], np.ndarray]:

@@ -31,6 +31,7 @@ import ml_collections
 
 from mode_jax import workdir as wd
 from mode_jax.data import clip_benchmark as cb
+from mode_jax.eval import retrieval
 from mode_jax.eval import templates as templates_lib
 from mode_jax.eval import zeroshot
 
@@ -58,7 +59,7 @@ def default_config() -> ml_collections.ConfigDict:
 class Task:
   name: str
   kind: str                     # "zeroshot" | "retrieval"
-  metric: str                   # a zeroshot.METRICS name; "mean_R@1" for retrieval
+  metric: str                   # a zeroshot.METRICS name; retrieval.TASK_METRIC for retrieval
   pattern: str                  # test shards (relative patterns are inside the workdir)
   classnames: list | None = None
   templates: list[str] | None = None
@@ -123,7 +124,7 @@ def workdir_tasks(workdir: str) -> dict[str, Task]:
   for name, s in sorted(specs.items()):
     kind = s.get("kind", "zeroshot")
     out[name] = Task(
-        name, kind, s.get("metric", "top1") if kind == "zeroshot" else "mean_R@1",
+        name, kind, s.get("metric", "top1") if kind == "zeroshot" else retrieval.TASK_METRIC,
         wd.path("shards", "eval", f"{name}-*.tar"), classnames=s.get("classnames"),
         templates=None if kind == "retrieval" else
         list(s.get("templates") or templates_lib.task_templates(name)))
@@ -160,7 +161,7 @@ def _folder_task(folder: str, entry: dict) -> Task | str:
     return f"{folder} is a {tf.kind} task but the suite expects {kind}"
   train = tf.shard_pattern("train") if tf.has_split("train") else None
   if kind == "retrieval":
-    return Task(name, kind, "mean_R@1", tf.shard_pattern("test"), source=folder,
+    return Task(name, kind, retrieval.TASK_METRIC, tf.shard_pattern("test"), source=folder,
                 train_pattern=train, captions="txt_lines")
   metric = zeroshot.check_metric(entry.get("metric", "top1"))
   # a folder may need its own package list (VTAB's Caltech101 has another label order)
