@@ -58,6 +58,12 @@ def read_meta_emb(workdir: str, task: str) -> np.ndarray:
   return wd.load_npy(wd.require(workdir, meta_rel(task), EVAL_STAGE)).astype(np.float32)
 
 
+def expert_names(models) -> list[str]:
+  """The expert_<c> names among `models`, in expert order (expert_10 after expert_9)."""
+  return sorted((m for m in models if m.startswith("expert_") and m[7:].isdigit()),
+                key=lambda m: int(m[7:]))
+
+
 def task_spec_rel(task: str) -> str:
   return f"eval/tasks/{task}.json"
 

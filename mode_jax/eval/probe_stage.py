@@ -29,6 +29,7 @@ from mode_jax import distributed
 from mode_jax import workdir as wd
 from mode_jax.eval import evaluate_stage as es
 from mode_jax.eval import features
+from mode_jax.eval import files
 from mode_jax.eval import linear_probe
 from mode_jax.eval import tasks as tasks_lib
 from mode_jax.eval import zeroshot
@@ -118,8 +119,7 @@ def _up_to_date(workdir, task, idents, fp) -> bool:
 
 def probe_task(task, per_model: dict, holdout: float) -> dict:
   """Fits and scores every model's probe (and `concat` of the experts) on one task."""
-  experts = sorted((m for m in per_model if m.startswith("expert_")),
-                   key=lambda m: int(m.split("_")[1]))
+  experts = files.expert_names(per_model)
   if len(experts) > 1:
     per_model["concat"] = {s: (np.concatenate([per_model[m][s][0] for m in experts], axis=1),
                                per_model[experts[0]][s][1]) for s in per_model[experts[0]]}

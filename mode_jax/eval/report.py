@@ -306,9 +306,7 @@ def write_specialisation(out, rows) -> str:
 # ----------------------------------------------------------- linear probe ----
 def probe_columns(models) -> list[str]:
   """dense, expert_0.. (numeric order), concat, then any others."""
-  experts = sorted((m for m in models if m.startswith("expert_") and m[7:].isdigit()),
-                   key=lambda m: int(m[7:]))
-  first = [m for m in ("dense",) if m in models] + experts
+  first = [m for m in ("dense",) if m in models] + files.expert_names(models)
   last = [m for m in ("concat",) if m in models]
   return first + sorted(set(models) - set(first) - set(last)) + last
 
