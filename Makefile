@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 WORKDIR ?= workdirs/demo
 APT_PKGS := openclipart-svg dataset-fashion-mnist wordnet-base tuxpaint-stamps-default nodejs
 
-.PHONY: demo demo-fmnist test bench env apt npm clean
+.PHONY: demo demo-full demo-fmnist test bench env apt npm clean
 
 $(BIN)/.ok: requirements.txt requirements-test.txt requirements-data.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,9 +24,13 @@ apt:
 	  else echo "missing Debian packages:$$missing (sudo apt-get install -y --no-install-recommends$$missing)"; fi; \
 	fi
 
-# The whole MoDE pipeline on the embedded real corpus; re-running resumes.
-demo: env apt
+# The whole MoDE pipeline on the embedded real corpus (<= 10 min on 2 cores, render cache
+# warm); re-running resumes. demo-full: the whole icon corpus and more epochs (<= 60 min).
+demo: env apt npm
 	$(BIN)/python launch.py pipeline --config configs/demo.py --workdir $(WORKDIR)
+
+demo-full: env apt npm
+	$(BIN)/python launch.py pipeline --config configs/demo.py:full --workdir workdirs/demo_full
 
 # A single CLIP from scratch on Fashion-MNIST, zero-shot with held-out templates.
 demo-fmnist: env apt

@@ -355,3 +355,72 @@ def test_unknown_source_rejected(tmp_path):
   cfg = _tiny_config(tmp_path, "", sources="mnist,imagenet")
   with pytest.raises(ValueError, match="imagenet"):
     demo_corpus.run_prepare(cfg, str(tmp_path / "w"))
+
+
+# --- icons: the npm / Debian icon-emoji-stamp corpus -------------------------
+
+def _needs_icon_packages():
+  from mode_jax.data import npm_packages, sources_tuxpaint
+  missing = [npm_packages.install_command(n) for n in
+             ("@iconify/json", "openmoji", "emojibase-data") if not npm_packages.available(n)]
+  if not os.path.isdir(sources_tuxpaint.TUXPAINT_DIR):
+    missing.append(sources_tuxpaint.INSTALL)
+  if missing:
+    pytest.skip("needs `make npm apt` (" + "; ".join(missing) + ")")
+
+
+def test_icon_pick_is_seeded_and_caps_each_side():
+  from mode_jax.data import icon_corpus
+  recs = [{"key": f"k{i}", "family": "openmoji" if i % 3 == 0 else "mdi"} for i in range(90)]
+  a = icon_corpus.pick(recs, 20, 5, seed=0)
+  assert a == icon_corpus.pick(recs, 20, 5, seed=0) != icon_corpus.pick(recs, 20, 5, seed=1)
+  assert collections.Counter(r["family"] for r in a) == {"mdi": 20, "openmoji": 5}
+  assert [r["key"] for r in a] == sorted((r["key"] for r in a), key=lambda k: int(k[1:]))
+  assert icon_corpus.pick(recs, 0, 0, seed=0) == recs
+
+
+def test_prepare_icons_from_real_packages_never_leaks(tmp_path):
+  """A tiny real corpus: held-out families and concepts stay out of training."""
+  _needs_icon_packages()
+  from mode_jax.data import corpus_split, icon_corpus, sources_icons
+  cfg = _tiny_config(tmp_path, "", sources="icons")
+  cfg.icon_packages, cfg.icon_sets = "iconify,openmoji,tuxpaint", "mdi"
+  cfg.max_icons, cfg.max_heldout_icons, cfg.icon_size = 120, 160, 16
+  cfg.min_category_images = 2
+  marker = demo_corpus.run_prepare(cfg, str(tmp_path / "w"))
+  shards = str(tmp_path / "w" / "shards")
+  samples = _all_samples(shards, marker["files"])
+  recs = icon_corpus.pick(icon_corpus.records(cfg, {}), 120, 160, cfg.seed)   # as built
+  rec = lambda key: recs[int(key.split("-")[1])]
+
+  train = [rec(k) for f, ss in samples.items() if f.startswith("train-") for k, _ in ss]
+  assert len(train) == marker["train"]["icons"] > 50
+  assert {r["family"] for r in train} == {"mdi"}   # openmoji and tuxpaint are held out whole
+  train_concepts = {r["concept"] for r in train}
+  evals = collections.defaultdict(list)
+  for f, ss in samples.items():
+    if f.startswith("eval/"):
+      evals[f[5:].rsplit("-", 1)[0]] += [(rec(k), s) for k, s in ss]
+  assert set(evals) <= set(icon_corpus.TASKS) and "icon_retrieval" in evals
+  for task, items in evals.items():
+    for r, s in items:
+      if task == "icon_retrieval":   # held-out concepts: never trained on, in any family
+        assert r["concept"] not in train_concepts
+        assert s["json"]["texts"] == r["captions"]
+      else:
+        assert r["family"] in corpus_split.HELDOUT_FAMILIES
+      assert s["png"].shape == (16, 16, 3)
+  for task in ("openmoji_groups", "openmoji_line_groups"):
+    meta = json.load(open(os.path.join(shards, "eval", task + ".json")))
+    style = "color" if task == "openmoji_groups" else "black"
+    assert {r["style"] for r, _ in evals[task]} == {style}
+    assert [meta["classes"][s["json"]["label"]] for r, s in evals[task]] == \
+        [r["group"] for r, _ in evals[task]]
+  # Licences beside the corpus, per family and package; the Twemoji deny list holds.
+  licences = open(os.path.join(shards, "LICENSES.md")).read()
+  assert "CC-BY-SA-4.0" in licences and "Apache-2.0" in licences   # OpenMoji, mdi
+  assert "twemoji" not in licences.lower()
+  cfg.icon_sets = "mdi,twemoji"
+  with pytest.raises(sources_icons.ReservedForEvaluation):
+    demo_corpus.run_prepare(cfg, str(tmp_path / "w2"))
+  assert not os.path.exists(tmp_path / "w2")   # refused before any work

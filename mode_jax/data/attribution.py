@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import collections
 import json
-import os
+
+from mode_jax import workdir as wd
 
 
 def entries(records: list[dict]) -> list[dict]:
@@ -35,14 +36,15 @@ def _without_file(line: str) -> str:
   return line.rsplit(" (", 1)[0] if line.endswith(")") and "/" in line.rsplit(" (", 1)[-1] else line
 
 
-def write(records: list[dict], out_dir: str) -> dict:
-  """Writes out_dir/LICENSES.md and out_dir/attribution.json; returns their paths."""
-  items = entries(records)
-  os.makedirs(out_dir, exist_ok=True)
-  paths = {"json": os.path.join(out_dir, "attribution.json"),
-           "md": os.path.join(out_dir, "LICENSES.md")}
-  with open(paths["json"], "w") as f:
-    json.dump(items, f, indent=1)
+def write(records: list[dict], out_dir: str, extra: list[dict] = ()) -> dict:
+  """Writes out_dir/LICENSES.md and out_dir/attribution.json (local or object store).
+
+  `extra`: entries of sources that are not records (clip art, Fashion-MNIST),
+  in the shape entries() returns. Returns the two paths.
+  """
+  items = entries(records) + list(extra)
+  paths = {"json": wd.path(out_dir, "attribution.json"), "md": wd.path(out_dir, "LICENSES.md")}
+  wd.write_text(paths["json"], json.dumps(items, indent=1))
   lines = ["# Licences of the images in this corpus", "",
            "Each family's images keep their licence; credit as below when redistributing.", "",
            "| family | source | version | licence | images |", "|---|---|---|---|---|"]
@@ -51,6 +53,5 @@ def write(records: list[dict], out_dir: str) -> dict:
   for e in items:
     lines += ["", f"## {e['family']}: {e['source']} {e['version']} ({e['licence']})", ""]
     lines += [f"- {a}" for a in e["attributions"]]
-  with open(paths["md"], "w") as f:
-    f.write("\n".join(lines) + "\n")
+  wd.write_text(paths["md"], "\n".join(lines) + "\n")
   return paths

