@@ -6,24 +6,28 @@
   python launch.py experts --config configs/demo.py:expert=2 --workdir workdirs/demo
   python launch.py pipeline --config configs/demo.py:ablation=random --workdir workdirs/random
 
-Arguments: n (experts, 4), m (fine clusters; 0 = one per ~400 pairs: 64, full 256),
+Arguments: n (experts, 4), m (fine clusters; 0 = one per ~400 pairs: 32, full 256),
 expert (-1 = all), ablation ("" or "random": paper Table 5's Random-n split),
 full (`make demo-full`), runlocal (tests).
 
 Both sizes were fixed from the paper's ratios and the compute budget before
-any score was seen (issue 13), and keep the paper's 27:5 seed-to-expert split
-(seed_epochs = 27/32 of total_epochs). Training costs total_epochs x N x
-(27 + 5 x 4 + 5) / 32 = 1.625 x total_epochs x N samples (the seed, then 4
-experts and the dense baseline each running the last 5/32 on their own
-stream), at ~370 samples/s on 2 CPU cores:
-  demo  ~25k pairs (14k icon records, all clip art, 2k Fashion-MNIST, 4k MNIST),
-        total_epochs 2.56: ~104k samples, ~5 min of training, <= 10 min in all.
-  full  ~108k pairs (the whole icon corpus, 5k Fashion-MNIST), total_epochs 4:
-        ~700k samples, ~32 min of training (+7 min embedding 100k captions),
-        <= 60 min in all. Every pair is seen 3.4 times by the seed, and each
-        expert sees 5/32 x 4 = 0.62 data-set's worth of its own cluster.
-The held-out families (OpenMoji, Tux Paint) are evaluated in full at both sizes.
-The model is the same at both sizes; the full run has more data and epochs.
+any score was seen (issue 13). Both keep the paper's 27:5 seed-to-expert split
+(seed_epochs = 27/32 of total_epochs) and its MoDE-4. Training costs
+(27 + 5 x 4 + 5) / 32 x total_epochs x N = 1.625 E N samples (the seed, then
+4 experts and the dense baseline each running the last 5/32 on their own
+stream). Budget: 195 samples/s measured on 2 CPU cores (the first demo run on
+this machine; earlier machines ran 340-390), plus measured fixed costs
+(prepare, embedding ~240 captions/s, ~20 s per training job, evaluation,
+report), with ~10% left for noise:
+  demo  ~14k pairs: 9k icon records, 3k clip art, 1k Fashion-MNIST, 2k MNIST;
+        E = 1.6: ~36k samples, ~3 min of steps, ~9 min in all (<= 10).
+        Held-out families subsampled to 3k records to keep evaluation ~75 s.
+  full  ~108k pairs: the whole corpus (92k icons, 6.9k clip art, 5k
+        Fashion-MNIST, 4k MNIST); E = 2.4: ~420k samples, ~36 min of steps,
+        ~18 min of fixed costs (7 min of it embedding 100k captions), <= 60 min.
+        The held-out families are evaluated in full (9.9k records).
+The model is the same at both sizes (a 32 px ViT with 4x4 patches, 128 wide):
+a bigger one would cost epochs the budget does not have.
 """
 
 import ml_collections
@@ -49,7 +53,7 @@ def get_config(arg=None):
   c.prepare = demo_corpus.default_config()
   c.embed = embed_stage.default_config()
   c.cluster = cluster_config.default_config()
-  c.cluster.n, c.cluster.m = arg.n, arg.m or (256 if arg.full else 64)
+  c.cluster.n, c.cluster.m = arg.n, arg.m or (256 if arg.full else 32)
   c.input = loader.default_config()
   c.input.num_workers = 0
   c.expert_stream = expert_stream.default_config()
@@ -60,11 +64,15 @@ def get_config(arg=None):
   c.expert = arg.expert
 
   # ---- corpus (see the docstring for the sizes) ----
-  c.prepare.max_icons = 0 if arg.full else 14_000
-  c.prepare.fmnist_train_limit = 5_000 if arg.full else 2_000
+  if arg.full:
+    c.prepare.fmnist_train_limit = 5_000
+  else:
+    c.prepare.max_icons, c.prepare.max_heldout_icons = 9_000, 3_000
+    c.prepare.max_clipart, c.prepare.fmnist_train_limit, c.prepare.eval_limit = 3_000, 1_000, 1_000
+    c.prepare.mnist_limit = 2_500   # 2,000 train / 500 zero-shot
 
   # ---- schedule: the paper's 27 + 5 of 32 epochs, scaled down ----
-  total = 4.0 if arg.full else 2.56
+  total = 2.4 if arg.full else 1.6
   seed_frac = constants.SEED_EPOCHS / (constants.SEED_EPOCHS + constants.EXPERT_EPOCHS)
   c.mode = ml_collections.ConfigDict(dict(total_epochs=total, seed_epochs=total * seed_frac))
 
@@ -74,7 +82,8 @@ def get_config(arg=None):
   c.model.text.update(width=128, depth=3, heads=4)
   c.model.embed_dim = 128
   c.batch_size = 256
-  c.optim.lr, c.optim.warmup_steps, c.optim.weight_decay = 1e-3, 50, 0.1
+  c.optim.lr, c.optim.weight_decay = 1e-3, 0.1
+  c.optim.warmup_steps = 50 if arg.full else 20   # of ~850 / ~75 seed steps
   c.log_every, c.ckpt_every = 20, 100
   c.eval_batch_size = 256
 
