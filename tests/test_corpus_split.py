@@ -136,6 +136,22 @@ def test_split_holds_out_families_and_concepts_without_overlap():
   assert sp["counts"]["by_family"]["om"]["heldout_family"] == 60
 
 
+def test_split_joins_the_other_sources_concepts():
+  """A concept another source trains on stays in training; one it holds out is held out."""
+  recs, images = _records()
+  held = sorted(c for c in {r["concept"] for r in recs} if cs.concept_heldout(c, 0.2, 0))
+  free = sorted({r["concept"] for r in recs} - set(held))
+  trained, also_held = held[:2], free[:3]   # e.g. Fashion-MNIST's 'dress', a clip-art title
+  sp = cs.split(recs, images, heldout_families=("om",), concept_frac=0.2, seed=0,
+                train_concepts=trained + ["name:absent"], heldout_concepts=also_held)
+  by = {r["key"]: r for r in recs}
+  con = {by[k]["concept"] for k in sp["heldout_concept"]}
+  assert con == (set(held) - set(trained)) | set(also_held)
+  assert {by[k]["concept"] for k in sp["train"]} == (set(free) - set(also_held)) | set(trained)
+  assert sp["counts"]["kept_for_other_sources"] == 2
+  assert sp["counts"]["held_for_other_sources"] == 3
+
+
 def test_split_drops_planted_near_duplicate_keeps_different_image():
   recs, images = _records()
   sp0 = cs.split(recs, images, heldout_families=("om",), concept_frac=0.2, seed=0)

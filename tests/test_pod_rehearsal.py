@@ -29,12 +29,10 @@ import numpy as np
 import portpicker
 import pytest
 
-from mode_jax.data import sources_fmnist
-from tests.helpers import stores
+from tests.helpers import demo_data, stores
 from tests.helpers.procs import clean_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLIPART = "/usr/share/openclipart/svg"
 BUCKET = "mode"
 # 6 shards (3 per host); a seed stage long enough to be killed in the middle
 # (5 epochs of 16 steps, a checkpoint every 10), then 1-epoch experts and dense.
@@ -50,10 +48,7 @@ def _base_env(**kw):
 @pytest.fixture(scope="module")
 def gcs():
   """A GCS emulator on localhost with one bucket; yields the env that points clients at it."""
-  for p, cmd in ((CLIPART, "apt-get install -y --no-install-recommends openclipart-svg"),
-                 (sources_fmnist.FMNIST_DIR, sources_fmnist.INSTALL)):
-    if not os.path.exists(p):
-      pytest.skip(cmd)
+  demo_data.skip_without("runlocal")
   pytest.importorskip("gcp_storage_emulator",
                       reason="pip install -r requirements-test.txt (gcp-storage-emulator)")
   with stores.gcs_emulator(BUCKET) as env:

@@ -226,19 +226,26 @@ def near_duplicates(query: np.ndarray, reference: np.ndarray, max_distance: int)
 
 def split(records: list[dict], images: dict, heldout_families=HELDOUT_FAMILIES,
           concept_frac: float = HELDOUT_CONCEPT_FRAC, seed: int = 0,
-          max_distance: int = PHASH_MAX_DISTANCE, extra_train_hashes=None) -> dict:
+          max_distance: int = PHASH_MAX_DISTANCE, extra_train_hashes=None,
+          train_concepts=(), heldout_concepts=()) -> dict:
   """{"train", "heldout_family", "heldout_concept", "near_duplicates", "counts"}.
 
   Records without an image (render failed or blank) are left out. Keys of a
   held-out family whose concept is also held out are in both held-out lists.
-  `extra_train_hashes` (phash of other training sources, e.g. clip art, which
-  shares about 50 SVGs with Tux Paint) count as training images for the dedup.
+  Other sources of the same corpus: `extra_train_hashes` (phash of their
+  training images: clip art shares about 50 SVGs with Tux Paint) count as
+  training images for the dedup; `train_concepts` (concepts they train on,
+  e.g. Fashion-MNIST's 'dress') are never held out, since they are seen in
+  training anyway; `heldout_concepts` (concepts they hold out, e.g. clip
+  art's held-out titles) are held out here too, so no source trains on them.
   """
   recs = [r for r in records if r["key"] in images]
   families = set(heldout_families)
   unknown = families - {r["family"] for r in records}
   concepts = sorted({r["concept"] for r in recs})
-  held = {c for c in concepts if concept_heldout(c, concept_frac, seed)}
+  trained, also_held = set(train_concepts), set(heldout_concepts)
+  held = {c for c in concepts if (concept_heldout(c, concept_frac, seed) or c in also_held)
+          and c not in trained}
   train = [r["key"] for r in recs if r["family"] not in families and r["concept"] not in held]
   fam = [r["key"] for r in recs if r["family"] in families]
   con = [r["key"] for r in recs if r["concept"] in held]
@@ -261,6 +268,9 @@ def split(records: list[dict], images: dict, heldout_families=HELDOUT_FAMILIES,
       "records": len(records), "rendered": len(recs), "train": len(train),
       "heldout_family": len(fam), "heldout_concept": len(con),
       "near_duplicates": len(dropped), "concepts": len(concepts), "heldout_concepts": len(held),
+      "kept_for_other_sources": len(trained & {c for c in concepts
+                                                if concept_heldout(c, concept_frac, seed)}),
+      "held_for_other_sources": len((also_held - trained) & set(concepts)),
       "heldout_families": sorted(families), "unknown_heldout_families": sorted(unknown),
       "max_distance": max_distance, "by_family": {f: dict(c) for f, c in sorted(by_family.items())},
   }

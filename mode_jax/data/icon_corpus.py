@@ -6,7 +6,9 @@ the shared render cache, and are split by corpus_split so nothing leaks:
 whole held-out families (OpenMoji, Tux Paint), ~10% of concept keys held
 out in every family, and held-out images near any training image dropped
 (clip-art training images count as training images: Tux Paint copies ~50
-Open Clip Art SVGs). The held-out side becomes the evaluation tasks in TASKS.
+Open Clip Art SVGs). The other sources' names count too: a concept that clip
+art, Fashion-MNIST or MNIST trains on is never held out, and one that clip
+art holds out is held out here. The held-out side becomes the tasks in TASKS.
 
 A run may take a seeded subset (`max_icons` training-family records,
 `max_heldout_icons` held-out-family records) before anything is rendered:
@@ -64,17 +66,15 @@ def icon_sets(cfg) -> list[str]:
   return sets
 
 
-def check(cfg) -> dict:
-  """Fails before any work when a package is missing; fetches pinned npm tarballs once.
-
-  Returns the provenance of every package used, for prepare.json.
-  """
+def check(cfg, fetch: bool = True) -> dict:
+  """Fails before any work when a package is missing; fetches pinned npm tarballs once
+  (`fetch`). Returns the provenance of every package used, for prepare.json."""
   names = packages(cfg)
   icon_sets(cfg)
   info = {}
   for p in names:
     for pkg in NPM_NEEDS[p]:
-      npm_packages.tarball(pkg, cache_dir=cfg.npm_cache)   # MissingSource names `npm pack`
+      npm_packages.tarball(pkg, cache_dir=cfg.npm_cache, fetch=fetch)   # names `npm pack`
       info[f"npm:{pkg}"] = {"package": f"{pkg} (npm)", "version": npm_packages.PINNED[pkg]}
   if "tuxpaint" in names:
     if not os.path.isdir(cfg.tuxpaint_dir):
@@ -85,11 +85,15 @@ def check(cfg) -> dict:
   return info
 
 
-def records(cfg, stats: dict) -> list[dict]:
+def emoji_names(cfg) -> sources_icons.EmojiNames:
+  return sources_icons.EmojiNames(sources_icons.emojibase_dir(cfg.npm_cache))
+
+
+def records(cfg, stats: dict, emoji=None) -> list[dict]:
   """All records of the configured packages (captions included), before any pick."""
   names_used = packages(cfg)
   k, seed, cache = cfg.texts_per_image, cfg.seed, cfg.npm_cache
-  emoji = sources_icons.EmojiNames(sources_icons.emojibase_dir(cache))
+  emoji = emoji or emoji_names(cfg)
   recs = []
   if "iconify" in names_used:
     recs += sources_icons.records(icon_sets(cfg), cache, texts_per_image=k, seed=seed)
@@ -118,13 +122,16 @@ def pick(recs: list[dict], max_train: int, max_heldout: int, seed: int,
   return [r for r, k in zip(recs, keep) if k]
 
 
-def build(cfg, extra_train_images, stats: dict):
+def build(cfg, extra_train_images, stats: dict, train_names=(), heldout_names=()):
   """(train samples, {task: (samples, meta)}, records used) for the shard writer.
 
-  `extra_train_images` (uint8 [N, H, W, 3], the clip-art training images)
-  count as training images for the near-duplicate drop.
+  The other sources of the corpus: `extra_train_images` (uint8 [N, H, W, 3],
+  clip-art training images) count as training images for the near-duplicate
+  drop; `train_names` / `heldout_names` (clip-art titles, class names) are
+  names they train on / hold out, joined to concepts as icon names are.
   """
-  recs = records(cfg, stats)
+  emoji = emoji_names(cfg)
+  recs = records(cfg, stats, emoji)
   stats["icons_records"] = len(recs)
   recs = pick(recs, cfg.max_icons, cfg.max_heldout_icons, cfg.seed)
   render_stats = {}
@@ -134,7 +141,10 @@ def build(cfg, extra_train_images, stats: dict):
                            for s, d in render_stats.items()}
   extra = (corpus_split.phash(extra_train_images) if len(extra_train_images)
            else np.zeros(0, np.uint64))
-  sp = corpus_split.split(recs, images, seed=cfg.seed, extra_train_hashes=extra)
+  concept = lambda names: {corpus_split.name_concept(n, emoji) for n in names}
+  sp = corpus_split.split(recs, images, seed=cfg.seed, extra_train_hashes=extra,
+                          train_concepts=concept(train_names),
+                          heldout_concepts=concept(heldout_names))
   stats["icons_split"] = sp["counts"]
   number = {r["key"]: i for i, r in enumerate(recs)}   # record keys hold '/': shards get numbers
   by_key = {r["key"]: r for r in recs}
