@@ -20,11 +20,13 @@ this machine; earlier machines ran 340-390), plus measured fixed costs
 (prepare, embedding ~240 captions/s, ~20 s per training job, evaluation,
 report), with ~10% left for noise:
   demo  ~14k pairs: 9k icon records, 3k clip art, 1k Fashion-MNIST, 2k MNIST;
-        E = 1.6: ~36k samples, ~3 min of steps, ~9 min in all (<= 10).
+        E = 1.6: ~36k samples, ~3 min of steps, ~9 min in all (<= 10;
+        measured 6 min 57 s).
         Held-out families subsampled to 3k records to keep evaluation ~75 s.
   full  ~108k pairs: the whole corpus (92k icons, 6.9k clip art, 5k
         Fashion-MNIST, 4k MNIST); E = 2.4: ~420k samples, ~36 min of steps,
-        ~18 min of fixed costs (7 min of it embedding 100k captions), <= 60 min.
+        ~18 min of fixed costs (7 min of it embedding 100k captions), <= 60 min
+        (measured 46 min 32 s).
         The held-out families are evaluated in full (9.9k records).
 The model is the same at both sizes (a 32 px ViT with 4x4 patches, 128 wide):
 a bigger one would cost epochs the budget does not have.

@@ -63,7 +63,7 @@ def launch(*args, env):
 def test_stages_run_on_s3_with_checkpoints_on_a_local_folder(s3, tmp_path):
   demo_data.skip_without("runlocal")
   w = f"s3://{BUCKET}/w"
-  cfg = ["--config", "configs/demo.py:runlocal"]
+  cfg = ["--config", "configs/demo.py:runlocal", "--config.prepare.sources=clipart,fmnist,mnist"]
   for stage in ("prepare", "embed", "cluster", "assign"):
     r = launch(stage, *cfg, "--workdir", w, env=s3)
     assert r.returncode == 0, (stage, r.stderr[-3000:])

@@ -36,8 +36,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = "mode"
 # 6 shards (3 per host); a seed stage long enough to be killed in the middle
 # (5 epochs of 16 steps, a checkpoint every 10), then 1-epoch experts and dense.
+# The three small sources: the rehearsal tests hosts, not the corpus (test_pipeline runs it).
 OVERRIDES = ["--config.prepare.shard_size=100", "--config.mode.total_epochs=6",
-             "--config.mode.seed_epochs=5"]
+             "--config.mode.seed_epochs=5", "--config.prepare.sources=clipart,fmnist,mnist"]
 TIMEOUT = 1500
 
 
