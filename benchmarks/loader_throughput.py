@@ -58,8 +58,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mode_jax import constants  # noqa: E402
-from mode_jax.data import loader, preprocess, wds_writer  # noqa: E402
-from mode_jax.data import webdataset as wds  # noqa: E402
+from mode_jax.data.io import loader, preprocess, wds_writer  # noqa: E402
+from mode_jax.data.io import webdataset as wds  # noqa: E402
 
 RES = 224
 SIZE = (666, 500)          # (width, height) of the written JPEGs

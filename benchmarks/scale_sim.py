@@ -27,7 +27,7 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
-from mode_jax.data import wds_writer  # noqa: E402
+from mode_jax.data.io import wds_writer  # noqa: E402
 from mode_jax.text import random_bert  # noqa: E402
 
 VOCAB = [f"w{a}{b}" for a in "abcdefghijklmnop" for b in "abcdefghijklmnop"]   # 256 words

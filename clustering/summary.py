@@ -83,7 +83,7 @@ class Collector:
 
 def read_captions(tar_path: str, keys: set[str]) -> dict[str, str]:
   """First caption of each of `keys` in a shard, read with the training reader."""
-  from mode_jax.data import webdataset as wds
+  from mode_jax.data.io import webdataset as wds
   return {s["__key__"]: s["texts"][0]
           for s in wds.iter_shard(tar_path, with_images=False, stats=wds.Stats())
           if s["__key__"] in keys}
@@ -91,7 +91,7 @@ def read_captions(tar_path: str, keys: set[str]) -> dict[str, str]:
 
 def _shard_of_stem(workdir: str, shards) -> dict[str, str]:
   """stem -> shard path from config.input.shards ({} when they cannot be found)."""
-  from mode_jax.data import loader
+  from mode_jax.data.io import loader
   try:
     return {wd.shard_stem(p): p for p in loader.shard_paths(shards or wd.TRAIN_SHARDS,
                                                             workdir)}

@@ -38,9 +38,9 @@ from clustering import config as cluster_config
 from configs import common
 from mode_jax import constants
 from mode_jax import bundle
-from mode_jax.data import demo_corpus
+from mode_jax.data.corpus import build as demo_corpus
 from mode_jax.data import expert_stream
-from mode_jax.data import loader
+from mode_jax.data.io import loader
 from mode_jax.eval import report
 from mode_jax.eval import tasks as eval_tasks
 from mode_jax.text import embed_stage

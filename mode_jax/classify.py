@@ -32,8 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mode_jax import bundle as bundle_lib
-from mode_jax.data import preprocess
-from mode_jax.data import webdataset as wds
+from mode_jax.data.io import preprocess
+from mode_jax.data.io import webdataset as wds
 from mode_jax.ensemble import ensemble, routing
 from mode_jax.eval import evaluate, features
 from mode_jax.models import embedders

@@ -13,7 +13,7 @@ import numpy as np
 
 from mode_jax import pipeline
 from mode_jax import workdir as wd
-from mode_jax.data import loader, preprocess, webdataset as wds
+from mode_jax.data.io import loader, preprocess, webdataset as wds
 from mode_jax.ensemble import routing
 from mode_jax.eval import evaluate as ev
 from mode_jax.eval import files, report

@@ -35,7 +35,7 @@ from flax import nnx
 from mode_jax import distributed
 from mode_jax import workdir as wd
 from mode_jax.data import expert_stream as expert_lib
-from mode_jax.data import loader
+from mode_jax.data.io import loader
 from mode_jax.train import checkpoint as ckpt_lib
 from mode_jax.train import sharding
 from mode_jax.train import state as state_lib

@@ -35,7 +35,7 @@ def run_train(config, workdir: str):
 
 def run_prepare(config, workdir: str):
   """Builds the embedded demo corpus (training + evaluation shards) into workdir/shards."""
-  from mode_jax.data import demo_corpus
+  from mode_jax.data.corpus import build as demo_corpus
   return distributed.on_primary("prepare", lambda: demo_corpus.run_prepare(config.prepare,
                                                                            workdir))
 

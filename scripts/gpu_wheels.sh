@@ -36,7 +36,7 @@ rm -rf "$DEST/demo" "$DEST/bert"
 "$PY" - "$DEST" <<'EOF'
 import glob, re, sys
 sys.path.insert(0, ".")
-from mode_jax.data import webdataset
+from mode_jax.data.io import webdataset
 from mode_jax.text import random_bert
 dest = sys.argv[1]
 words = set()

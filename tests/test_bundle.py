@@ -150,8 +150,8 @@ def _write_images(folder):
 
 
 def test_classify_equals_the_repo_pipeline_functions(tmp_path):
-  from mode_jax.data import preprocess
-  from mode_jax.data import webdataset as wds
+  from mode_jax.data.io import preprocess
+  from mode_jax.data.io import webdataset as wds
   from mode_jax.ensemble import ensemble, routing
   from mode_jax.eval import features, templates
   from mode_jax.text import embed_stage, sentence_encoder

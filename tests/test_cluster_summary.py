@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from mode_jax import workdir as wd
-from mode_jax.data import wds_writer
-from mode_jax.data import webdataset as wds
+from mode_jax.data.io import wds_writer
+from mode_jax.data.io import webdataset as wds
 from mode_jax.eval import cluster_summary as cs
 
 # (expert, captions): expert 0 is about red dogs, expert 1 about blue cars; "photo" is as

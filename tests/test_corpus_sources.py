@@ -13,9 +13,16 @@ import tarfile
 import numpy as np
 import pytest
 
-from mode_jax.data import (attribution, captions_alt, corpus_split, npm_packages, render_cache,
-                           sources_fluent3d, sources_icons, sources_openmoji, sources_tuxpaint)
-from mode_jax.data.sources_common import MissingSource
+from mode_jax.data.corpus import attribution
+from mode_jax.data.corpus import captions as captions_alt
+from mode_jax.data.corpus import split as corpus_split
+from mode_jax.data.corpus import npm_packages
+from mode_jax.data.corpus import render_cache
+from mode_jax.data.corpus.sources import fluent3d as sources_fluent3d
+from mode_jax.data.corpus.sources import icons as sources_icons
+from mode_jax.data.corpus.sources import openmoji as sources_openmoji
+from mode_jax.data.corpus.sources import tuxpaint as sources_tuxpaint
+from mode_jax.data.corpus.sources.common import MissingSource
 
 
 def needs_npm(*names):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from mode_jax.data import corpus_split as cs
+from mode_jax.data.corpus import split as cs
 
 
 class FakeEmoji:

@@ -13,8 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mode_jax.data import demo_corpus, sources_clipart, sources_fmnist, sources_mnist
-from mode_jax.data.sources_common import MissingSource
+from mode_jax.data.corpus import build as demo_corpus
+from mode_jax.data.corpus.sources import clipart as sources_clipart
+from mode_jax.data.corpus.sources import fmnist as sources_fmnist
+from mode_jax.data.corpus.sources import mnist as sources_mnist
+from mode_jax.data.corpus.sources.common import MissingSource
 from tests.helpers import demo_data
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
@@ -361,7 +364,7 @@ def test_unknown_source_rejected(tmp_path):
 # --- icons: the npm / Debian icon-emoji-stamp corpus -------------------------
 
 def test_icon_pick_is_seeded_and_caps_each_side():
-  from mode_jax.data import icon_corpus
+  from mode_jax.data.corpus import icon_corpus
   recs = [{"key": f"k{i}", "family": "openmoji" if i % 3 == 0 else "mdi"} for i in range(90)]
   a = icon_corpus.pick(recs, 20, 5, seed=0)
   assert a == icon_corpus.pick(recs, 20, 5, seed=0) != icon_corpus.pick(recs, 20, 5, seed=1)
@@ -372,7 +375,8 @@ def test_icon_pick_is_seeded_and_caps_each_side():
 
 def test_prepare_icons_from_real_packages_never_leaks(tmp_path):
   """A tiny real corpus: held-out families and concepts stay out of training."""
-  from mode_jax.data import corpus_split, icon_corpus, sources_icons
+  from mode_jax.data.corpus import split as corpus_split, icon_corpus
+  from mode_jax.data.corpus.sources import icons as sources_icons
   cfg = _tiny_config(tmp_path, "", sources="icons")
   cfg.icon_packages, cfg.icon_sets = "iconify,openmoji,tuxpaint", "mdi"
   demo_data.skip_without(sources=cfg.sources, icon_packages=cfg.icon_packages)
@@ -420,7 +424,7 @@ def test_prepare_icons_from_real_packages_never_leaks(tmp_path):
 @needs_mnist
 def test_prepare_passes_other_sources_names_to_the_icon_split(fake_tree, tmp_path, monkeypatch):
   """Clip-art titles (each side) and class names reach the icon split: no cross-source leak."""
-  from mode_jax.data import icon_corpus
+  from mode_jax.data.corpus import icon_corpus
   seen = {}
 
   def build(cfg, images, stats, train_names=(), heldout_names=()):

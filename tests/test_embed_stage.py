@@ -199,7 +199,7 @@ def test_truncated_shard(tmp_path, fake, cut):
 
 def test_candidate_captions_rules():
   """The embed stage sees the training reader's caption candidates."""
-  from mode_jax.data import webdataset as wds
+  from mode_jax.data.io import webdataset as wds
   texts = lambda j, t: wds.parse_texts({"json": j, "txt": t})[0]
   assert texts(js({"texts": [" a ", "b", "a"], "caption": "c"}), b"d\n") == ["a", "b", "c", "d"]
   assert texts(js({"texts": "solo"}), None) == ["solo"]

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mode_jax.data import clip_benchmark as cb
-from mode_jax.data import loader, wds_writer
+from mode_jax.data.io import clip_benchmark as cb
+from mode_jax.data.io import loader, wds_writer
 from mode_jax.eval import evaluate as ev
 from mode_jax.eval import evaluate_stage
 from mode_jax.eval import retrieval
@@ -227,7 +227,7 @@ def test_evaluate_stage_runs_a_public_clip_from_a_local_folder_on_a_suite(tmp_pa
   ref = clip_lib.CLIP(cfg, rngs=nnx.Rngs(0))
   convert.load_into(ref, params)
   ei, et = embedders.make_embedders(ref, ClipTokenizer(), context_length=16)
-  from mode_jax.data import preprocess
+  from mode_jax.data.io import preprocess
   from mode_jax.eval import features
   task = tasks_lib.resolve(config.evaluate, w)[0]["mnist"]
   cls = features.class_features(et, task.classnames, task.templates)

@@ -7,9 +7,9 @@ import pytest
 
 from mode_jax import constants, workdir as wd
 from mode_jax.data import expert_stream as es
-from mode_jax.data import loader, wds_writer
-from mode_jax.data.shard_index import SampleIndex
-from mode_jax.data.webdataset import Stats
+from mode_jax.data.io import loader, wds_writer
+from mode_jax.data.io.shard_index import SampleIndex
+from mode_jax.data.io.webdataset import Stats
 
 SHARD_SIZES = [400, 300, 500]
 

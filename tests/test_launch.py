@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from configs import common
-from mode_jax.data import fmnist_demo
+from mode_jax.data.corpus import fmnist_stream as fmnist_demo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

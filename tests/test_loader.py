@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from mode_jax import constants
-from mode_jax.data import loader, preprocess, shard_index
-from mode_jax.data import wds_writer
+from mode_jax.data.io import loader, preprocess, shard_index
+from mode_jax.data.io import wds_writer
 
 N, PER_SHARD = 48, 10
 

@@ -144,7 +144,8 @@ def test_random_ablation_trains_experts_on_random_splits(demo_workdir, tmp_path)
   import shutil
   from configs import demo
   from mode_jax import pipeline
-  from mode_jax.data import expert_stream, loader
+  from mode_jax.data import expert_stream
+  from mode_jax.data.io import loader
   w, first = demo_workdir
   cfg = demo.get_config("runlocal")
   index = loader.load_index(pipeline._input_cfg(cfg), w, progress=False)

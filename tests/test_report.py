@@ -214,7 +214,7 @@ def test_tasks_from_config_and_paper_mode(workdir):
 
 
 def test_cluster_summary_linked(workdir):
-  from mode_jax.data import wds_writer
+  from mode_jax.data.io import wds_writer
   caps = ["a red dog", "a red dog", "a blue car", "a blue car"]
   wds_writer.write_shard(f"{workdir}/shards/train-00000.tar", [
       {"__key__": f"k{i}", "txt": t, "png": np.zeros((4, 4, 3), np.uint8)}

@@ -7,7 +7,7 @@ from PIL import Image
 tfds = pytest.importorskip("tensorflow_datasets",
                            reason="needs tensorflow-datasets: pip install tensorflow-datasets")
 
-from mode_jax.data import loader, tfds_source  # noqa: E402
+from mode_jax.data.io import loader, tfds_source  # noqa: E402
 
 CLASSES = ["cat", "dog", "bird"]
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mode_jax.data import wds_writer
+from mode_jax.data.io import wds_writer
 
 
 def _read(path):

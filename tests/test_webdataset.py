@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mode_jax.data import shard_index
-from mode_jax.data import webdataset as wds
+from mode_jax.data.io import shard_index
+from mode_jax.data.io import webdataset as wds
 
 
 def _png(a, mode=None):

@@ -34,7 +34,7 @@ import numpy as np
 
 from mode_jax import constants
 from mode_jax import workdir as wd
-from mode_jax.data.shard_index import SampleIndex
+from mode_jax.data.io.shard_index import SampleIndex
 
 log = logging.getLogger(__name__)
 OOC_BASES = ("out_of_cluster", "in_cluster")

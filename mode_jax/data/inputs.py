@@ -17,7 +17,7 @@ def fmnist_demo(config):
 
   Nothing is read here: train() validates the config before calling either.
   """
-  from mode_jax.data import fmnist_demo as fm
+  from mode_jax.data.corpus import fmnist_stream as fm
   tok = _tokenizer(config)
 
   def input_fn(cfg, mesh):

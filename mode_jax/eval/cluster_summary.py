@@ -35,8 +35,8 @@ import re
 import numpy as np
 
 from mode_jax import workdir as wd
-from mode_jax.data import loader
-from mode_jax.data import webdataset as wds
+from mode_jax.data.io import loader
+from mode_jax.data.io import webdataset as wds
 
 THUMB = 96   # px, the side of a thumbnail in clusters.png
 # Function words of English captions (a short list: the lift rule already sinks words that

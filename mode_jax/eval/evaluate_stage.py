@@ -24,7 +24,7 @@ import numpy as np
 
 from mode_jax import distributed
 from mode_jax import workdir as wd
-from mode_jax.data import loader
+from mode_jax.data.io import loader
 from mode_jax.eval import files
 from mode_jax.eval import tasks as tasks_lib
 

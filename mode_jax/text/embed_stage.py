@@ -34,7 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mode_jax import constants, workdir as wd
-from mode_jax.data import webdataset as wds
+from mode_jax.data.io import webdataset as wds
 from mode_jax.text import captions, clip_text_encoder, sentence_encoder
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def run_embed(cfg: ml_collections.ConfigDict, workdir: str,
               shards: str | Sequence[str] = wd.TRAIN_SHARDS) -> dict:
   """Embeds one caption per sample of this host's share of `shards`; returns counts."""
   from mode_jax import distributed
-  from mode_jax.data import loader
+  from mode_jax.data.io import loader
   cfg = _with_defaults(cfg)
   try:
     shard_list = loader.shard_paths(shards, workdir)

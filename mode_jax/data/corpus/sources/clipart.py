@@ -25,7 +25,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 from tqdm import tqdm
 
-from mode_jax.data.sources_common import MissingSource
+from mode_jax.data.corpus.sources.common import MissingSource
 
 CLIPART_DIR = "/usr/share/openclipart/svg"
 INSTALL = "apt-get install -y --no-install-recommends openclipart-svg"

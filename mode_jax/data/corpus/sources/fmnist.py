@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from mode_jax.data.sources_common import MissingSource, templated_texts
+from mode_jax.data.corpus.sources.common import MissingSource, templated_texts
 
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 INSTALL = "apt-get install -y --no-install-recommends dataset-fashion-mnist"

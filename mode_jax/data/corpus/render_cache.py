@@ -19,7 +19,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from mode_jax.data import sources_clipart
+from mode_jax.data.corpus.sources import clipart as sources_clipart
 
 CHUNKSIZE = 16   # jobs per worker round trip: most renders take 1-20 ms
 

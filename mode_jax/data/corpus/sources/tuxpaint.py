@@ -14,8 +14,9 @@ from __future__ import annotations
 import os
 import re
 
-from mode_jax.data import captions_alt, corpus_split, sources_common
-from mode_jax.data.sources_common import MissingSource
+from mode_jax.data.corpus import captions as captions_alt, split as corpus_split
+from mode_jax.data.corpus.sources import common as sources_common
+from mode_jax.data.corpus.sources.common import MissingSource
 
 TUXPAINT_DIR = "/usr/share/tuxpaint/stamps"
 DEBIAN_PACKAGE = "tuxpaint-stamps-default"

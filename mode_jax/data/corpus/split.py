@@ -39,7 +39,7 @@ import re
 
 import numpy as np
 
-from mode_jax.data import captions_alt
+from mode_jax.data.corpus import captions as captions_alt
 
 RECORD_FIELDS = ("key", "family", "concept", "captions", "render", "licence", "attribution",
                  "source", "version")

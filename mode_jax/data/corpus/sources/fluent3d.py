@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 
-from mode_jax.data import captions_alt, corpus_split, npm_packages, sources_icons
+from mode_jax.data.corpus import captions as captions_alt, split as corpus_split, npm_packages
+from mode_jax.data.corpus.sources import icons as sources_icons
 
 PACKAGE = "@lobehub/fluent-emoji-3d"
 LICENCE = "MIT"   # package.json "license"; Microsoft's fluentui-emoji is MIT too
