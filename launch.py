@@ -28,7 +28,6 @@ A stage whose inputs are missing stops with one line naming the file and the
 stage that makes it; a bad config stops before any compute.
 """
 
-import importlib
 import json
 import os
 import re
@@ -49,22 +48,6 @@ flags.DEFINE_string("templates", "openai", "classify: 'openai' (the bundle's 80)
 flags.DEFINE_integer("top", 3, "classify: classes printed per image.")
 flags.DEFINE_string("out", None, "classify: also write the results to this .json or .csv.")
 
-# stage -> "module:function"; each function takes (config, workdir).
-STAGES = {
-    "prepare": "mode_jax.stages:run_prepare",
-    "embed": "mode_jax.stages:run_embed",
-    "cluster": "mode_jax.stages:run_cluster",
-    "assign": "mode_jax.stages:run_assign",
-    "seed": "mode_jax.pipeline:run_seed",
-    "experts": "mode_jax.pipeline:run_experts",
-    "dense": "mode_jax.pipeline:run_dense",
-    "evaluate": "mode_jax.pipeline:run_evaluate",
-    "probe": "mode_jax.eval.probe_stage:run_probe",
-    "report": "mode_jax.stages:run_report",
-    "pipeline": "mode_jax.pipeline:run_pipeline",
-    "train": "mode_jax.stages:run_train",
-    "export": "mode_jax.bundle:run_export",
-}
 # Commands that only read the workdir: its config.json stays the last stage's.
 READ_ONLY = ("export",)
 
@@ -92,20 +75,22 @@ def classify_main():
   if not (f.bundle and f.images and f.classes):
     sys.exit("error: classify needs --bundle, --images and --classes")
   logging.set_verbosity(logging.WARNING)
-  from mode_jax import classify
+  from mode_jax.stages import classify
   try:
-    classify.main(f.bundle, f.images, f.classes, templates=f.templates, top=f.top, out=f.out)
+    classify.run(f.bundle, f.images, f.classes, templates=f.templates, top=f.top, out=f.out)
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
 
 
 def main(argv):
+  from mode_jax import stages
   if len(argv) == 2 and argv[1] == "classify":
     return classify_main()
-  if len(argv) != 2 or argv[1] not in STAGES:
+  names = stages.PIPELINE + stages.OTHERS
+  if len(argv) != 2 or argv[1] not in names:
     sys.exit(f"usage: launch.py <stage> --config FILE --workdir DIR\n"
              f"       launch.py classify --bundle B --images DIR --classes a,b,c\n"
-             f"stages: {', '.join(STAGES)}")
+             f"stages: {', '.join(names)}")
   config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
   if config is None or not workdir:
     sys.exit("error: --config and --workdir are required")
@@ -123,7 +108,6 @@ def main(argv):
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   from mode_jax import workdir as wd
   stage = argv[1]
-  module, fn = STAGES[stage].split(":")
   workdir = wd.resolve(workdir)
   try:
     if stage not in READ_ONLY:
@@ -131,7 +115,7 @@ def main(argv):
       distributed.on_primary("config.json", lambda: wd.write_json(
           wd.path(workdir, "config.json"), json.loads(config.to_json_best_effort())))
     with wd.io_stage(stage):
-      getattr(importlib.import_module(module), fn)(config, workdir)
+      stages.get(stage).run(config, workdir)
   except (wd.MissingInput, ValueError, FileNotFoundError) as e:
     distributed.abort(f"error: {e}")
   except Exception:   # noqa: BLE001  on a pod, one host's crash must stop every host

@@ -4,7 +4,7 @@
   balanced.py     balanced assignment: reference auction and cluster prices
   streaming.py    online fitting over files, warm-started
   hierarchy.py    fine centers -> experts, spread ranking, cluster/ files
-  stages.py       `run_cluster`, `run_assign` (launch.py stages)
+  embed_files.py  the embed stage's files: row counts, ranged row reads
   summary.py      sizes histogram, expert shares, sample captions
 """
 

@@ -2,6 +2,7 @@
 
 import ml_collections
 
+from clustering import kmeans
 from mode_jax import constants
 
 
@@ -26,3 +27,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.summary_captions = 10               # sample captions per expert / fine cluster
   c.summary_fine_clusters = 10          # largest fine clusters shown in the summary
   return c
+
+
+def resolve_config(cfg) -> ml_collections.ConfigDict:
+  """Defaults overlaid with cfg; a field the stages do not know raises ValueError."""
+  out = default_config()
+  for key, value in (cfg or {}).items():
+    if key not in out:
+      raise ValueError(f"unknown clustering config field {key!r}; known: {sorted(out)}")
+    out[key] = value
+  kmeans.check_metric(out.metric)
+  return out

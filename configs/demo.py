@@ -37,13 +37,13 @@ import ml_collections
 from clustering import config as cluster_config
 from configs import common
 from mode_jax import constants
-from mode_jax import bundle
 from mode_jax.data.corpus import build as demo_corpus
 from mode_jax.data import expert_stream
 from mode_jax.data.io import loader
+from mode_jax.eval import bundle
 from mode_jax.eval import report
 from mode_jax.eval import tasks as eval_tasks
-from mode_jax.text import embed_stage
+from mode_jax.text import encoders
 from mode_jax.train import config as train_config
 
 
@@ -53,7 +53,7 @@ def get_config(arg=None):
 
   # ---- data and clustering stages ----
   c.prepare = demo_corpus.default_config()
-  c.embed = embed_stage.default_config()
+  c.embed = encoders.default_config()
   c.cluster = cluster_config.default_config()
   c.cluster.n, c.cluster.m = arg.n, arg.m or (256 if arg.full else 32)
   c.input = loader.default_config()

@@ -11,13 +11,15 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
-from mode_jax import pipeline
 from mode_jax import workdir as wd
 from mode_jax.data.io import loader, preprocess, webdataset as wds
 from mode_jax.ensemble import routing
 from mode_jax.eval import evaluate as ev
-from mode_jax.eval import files, report
+from mode_jax.eval import files, report, zeroshot
+from mode_jax.eval import tasks as tasks_lib
 from mode_jax.models import embedders
+from mode_jax.models import loader as model_loader
+from mode_jax.train import runs
 
 
 class DemoRun:
@@ -28,7 +30,7 @@ class DemoRun:
         wd.read_json(wd.require(workdir, "config.json", "pipeline")))
     self.fine_centers, self.fine_to_expert, self.expert_order = report.load_cluster(workdir)
     self.n = len(self.expert_order)
-    self.tasks = pipeline.eval_tasks(workdir)
+    self.tasks = {n: t.spec() for n, t in tasks_lib.workdir_tasks(workdir).items()}
 
   def samples_per_expert(self, k: int = 6, seed: int = 0):
     """{expert: [(image uint8, caption), ...]}: k training samples of each expert."""
@@ -51,16 +53,15 @@ class DemoRun:
   def classifier(self, task: str):
     """Returns classify(images uint8 [B, H, W, 3]) -> (MoDE logits [B, N], weights [n])."""
     spec = self.tasks[task]
-    models = pipeline.finished_models(self.config, self.workdir)
-    tok = pipeline.clip_tokenizer()
+    models = runs.finished_models(self.config, self.workdir)
+    tok = runs.clip_tokenizer()
     weights = self.routing_weights(task)
     experts = []
     for c in range(self.n):
       ck_dir, step = models[f"expert_{c}"]
-      model = pipeline.load_model(self.config, ck_dir, step)
+      model, _ = model_loader.load_model(ck_dir, model_cfg=self.config.model, step=step)
       embed_images, embed_texts = embedders.make_embedders(
           model, tok, context_length=self.config.model.context_length)
-      from mode_jax.eval import zeroshot
       feats = zeroshot.class_features(embed_texts, spec["classnames"],
                                       ev.spec_templates(task, spec))
       experts.append((embed_images, np.asarray(feats)))

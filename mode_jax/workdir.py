@@ -74,7 +74,7 @@ protocol options (an S3 endpoint, a GCS emulator) come from fsspec's
 FSSPEC_<PROTOCOL>_<KWARG> environment variables, and epath's gs:// and s3://
 backends are fsspec anyway when TensorFlow is absent. Orbax gets the same
 URL strings (its arrays go through TensorStore, which writes local paths and
-gs:// but not s3://: see train/checkpoint.py).
+gs:// but not s3://: see mode_jax/checkpoint.py).
 
 Writes are atomic: locally a uniquely named tmp file and os.replace; on an
 object store a single upload, which becomes visible whole or not at all.

@@ -12,8 +12,10 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from mode_jax import bundle
-from mode_jax import classify
+from mode_jax.eval import bundle
+from mode_jax.eval import classify
+from mode_jax.models import loader as model_loader
+from mode_jax.stages import classify as classify_stage
 from mode_jax import constants
 from mode_jax.models import clip as clip_lib
 from mode_jax.models import convert
@@ -92,8 +94,19 @@ def test_exported_folder_loads_in_transformers_with_our_embeddings(tmp_path, kw)
   np.testing.assert_allclose(norm(out.image_embeds), ours_img, atol=1e-4)
   np.testing.assert_allclose(norm(out.text_embeds), ours_txt, atol=1e-4)
 
-  # Our own loader reads the folder back to the same model (bias from mode.json's extras).
-  back = bundle.load_hf_model(folder, bundle.portable_model_config(cfg), extras["logit_bias"])
+  # The one model loader reads the folder back to the same model: as a HF folder, and as a
+  # bundle's model folder, whose logit bias and config come from the bundle's mode.json.
+  portable = bundle.portable_model_config(cfg)
+  back, _ = model_loader.load_model(folder, model_cfg=portable)
+  _, back_texts = embedders.make_embedders(back, _tokenizer(), context_length=CONTEXT,
+                                          batch_size=4)
+  np.testing.assert_allclose(back_texts(TEXTS), ours_txt, atol=1e-6)
+  assert model_loader.source_kind(folder) == "hf"
+  json.dump({"model": portable.to_dict(), "models": {"expert_0": {"folder": "expert_0",
+             **extras}}}, open(tmp_path / bundle.MODE_JSON, "w"))
+  assert model_loader.source_kind(folder) == "bundle"
+  back, back_cfg = model_loader.load_model(folder)
+  assert back_cfg.to_dict() == portable.to_dict()
   _, back_texts = embedders.make_embedders(back, _tokenizer(), context_length=CONTEXT,
                                           batch_size=4)
   np.testing.assert_allclose(back_texts(TEXTS), ours_txt, atol=1e-6)
@@ -154,7 +167,7 @@ def test_classify_equals_the_repo_pipeline_functions(tmp_path):
   from mode_jax.data.io import webdataset as wds
   from mode_jax.ensemble import ensemble, routing
   from mode_jax.eval import features, templates
-  from mode_jax.text import embed_stage, sentence_encoder
+  from mode_jax.text import encoders, sentence_encoder
   _minilm_or_skip()
   cfg = tiny_config()
   models = {name: random_model(cfg, seed) for seed, name in
@@ -168,7 +181,7 @@ def test_classify_equals_the_repo_pipeline_functions(tmp_path):
   bundle.write_bundle(
       out, [(n, 7, lambda m=m: bundle.model_params(m)) for n, m in models.items()],
       model_cfg=cfg, centers=centers, fine_to_expert=f2e, order=[2, 0, 1],
-      embed_cfg=embed_stage.default_config(), routing=bundle.routing_info(config),
+      embed_cfg=encoders.default_config(), routing=bundle.routing_info(config),
       provenance={"test": True})
   assert os.path.isfile(os.path.join(out, "sentence_encoder", "model.safetensors"))
   images = str(tmp_path / "images")
@@ -177,7 +190,7 @@ def test_classify_equals_the_repo_pipeline_functions(tmp_path):
   temps = ["a photo of a {c}.", "a drawing of the {}"]
   tfile = tmp_path / "templates.txt"
   tfile.write_text("\n".join(temps) + "\n")
-  got = classify.main(out, images, classes, templates=str(tfile), top=2,
+  got = classify_stage.run(out, images, classes, templates=str(tfile), top=2,
                       out=str(tmp_path / "r.json"))
   assert got["templates"] == temps
   assert [os.path.basename(p) for p in got["images"]] == ["0.png", "1.jpg", "2.webp", "3.png"]

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mode_jax.text import clip_bpe, clip_text_encoder, embed_stage
+from mode_jax.text import clip_bpe, clip_text_encoder, encoders
 
 try:
   clip_bpe.default_bpe_path()
@@ -48,11 +48,11 @@ def test_equals_transformers_text_features(tmp_path):
 
 def test_embed_config_selects_it_and_fingerprints_the_weights(tmp_path):
   _hf_clip(tmp_path / "clip")
-  cfg = embed_stage.default_config()
+  cfg = encoders.default_config()
   cfg.encoder = f"clip:{tmp_path / 'clip'}"
-  enc = embed_stage.make_encoder(cfg)
+  enc = encoders.make_encoder(cfg)
   assert isinstance(enc, clip_text_encoder.ClipTextEncoder)
-  assert embed_stage.fingerprint(cfg) != embed_stage.fingerprint(embed_stage.default_config())
+  assert encoders.fingerprint(cfg) != encoders.fingerprint(encoders.default_config())
   cfg.encoder = f"clip:{tmp_path / 'missing'}"
   with pytest.raises(FileNotFoundError, match="missing"):
-    embed_stage.make_encoder(cfg)
+    encoders.make_encoder(cfg)

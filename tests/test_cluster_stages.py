@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 
 import clustering
-from clustering import kmeans, stages
+import ml_collections
+
+from clustering import embed_files, kmeans
+from mode_jax.stages import assign as assign_stage
+from mode_jax.stages import cluster as cluster_stage
 from mode_jax import workdir as wd
 
 
@@ -49,12 +53,20 @@ def _cfg(**kw):
   return c
 
 
+def _config(cluster, shards=None):
+  """A whole config as the stages take it: the cluster section (and training shards)."""
+  c = {"cluster": dict(cluster)}
+  if shards:
+    c["input"] = {"shards": shards}
+  return ml_collections.ConfigDict(c)
+
+
 def test_missing_embed_raises_missing_input(tmp_path):
   with pytest.raises(wd.MissingInput) as e:
-    stages.run_cluster(_cfg(), str(tmp_path))
+    cluster_stage.run(_config(_cfg()), str(tmp_path))
   assert e.value.stage == "embed"
   with pytest.raises(wd.MissingInput) as e:
-    stages.run_assign(_cfg(), str(tmp_path))
+    assign_stage.run(_config(_cfg()), str(tmp_path))
   assert e.value.stage == "cluster"
 
 
@@ -62,13 +74,13 @@ def test_unknown_config_field_is_an_error(tmp_path):
   c = _cfg().to_dict()
   c["bogus"] = 1
   with pytest.raises(ValueError, match="bogus"):
-    stages.run_cluster(c, str(tmp_path))
+    cluster_stage.run(_config(c), str(tmp_path))
 
 
 def test_cluster_then_assign_end_to_end(tmp_path, capsys):
   root = str(tmp_path)
   _write_embed(root)
-  h = stages.run_cluster(_cfg(), root)
+  h = cluster_stage.run(_config(_cfg()), root)
   for name in ("fine_centers.npy", "coarse_centers.npy", "fine_to_expert.npy",
                "expert_order.json", "meta.json"):
     assert os.path.exists(os.path.join(root, "cluster", name))
@@ -82,11 +94,11 @@ def test_cluster_then_assign_end_to_end(tmp_path, capsys):
 
   # second run with the same inputs and config: skipped, files untouched
   mtime = os.stat(os.path.join(root, "cluster", "fine_centers.npy")).st_mtime_ns
-  stages.run_cluster(_cfg(), root)
+  cluster_stage.run(_config(_cfg()), root)
   assert "skipping" in capsys.readouterr().out
   assert os.stat(os.path.join(root, "cluster", "fine_centers.npy")).st_mtime_ns == mtime
 
-  report = stages.run_assign(_cfg(), root)
+  report = assign_stage.run(_config(_cfg()), root)
   for f in range(3):
     with np.load(os.path.join(root, "assign", f"train-{f:05d}.npz")) as z:
       with np.load(os.path.join(root, "embed", f"train-{f:05d}.npz")) as e:
@@ -108,7 +120,7 @@ def test_cluster_then_assign_end_to_end(tmp_path, capsys):
   # resume: existing assignments are kept, a deleted one is rebuilt
   os.remove(os.path.join(root, "assign", "train-00001.npz"))
   keep = os.stat(os.path.join(root, "assign", "train-00000.npz")).st_mtime_ns
-  stages.run_assign(_cfg(), root)
+  assign_stage.run(_config(_cfg()), root)
   assert os.path.exists(os.path.join(root, "assign", "train-00001.npz"))
   assert os.stat(os.path.join(root, "assign", "train-00000.npz")).st_mtime_ns == keep
 
@@ -116,12 +128,12 @@ def test_cluster_then_assign_end_to_end(tmp_path, capsys):
 def test_changed_config_refits_and_no_shards_means_no_captions(tmp_path):
   root = str(tmp_path)
   _write_embed(root, n_files=2, shards=False)
-  stages.run_cluster(_cfg(), root)
+  cluster_stage.run(_config(_cfg()), root)
   fp1 = wd.read_json(os.path.join(root, "cluster", "meta.json"))["fingerprint"]
-  stages.run_cluster(_cfg(seed=1, metric="cosine"), root)
+  cluster_stage.run(_config(_cfg(seed=1, metric="cosine")), root)
   meta = wd.read_json(os.path.join(root, "cluster", "meta.json"))
   assert meta["fingerprint"] != fp1 and meta["metric"] == "cosine"
-  report = stages.run_assign(_cfg(), root)
+  report = assign_stage.run(_config(_cfg()), root)
   assert report["captions"] is False
   assert os.path.exists(os.path.join(root, "cluster", "summary", "experts.md"))
   assert not os.path.exists(os.path.join(root, "cluster", "summary", "captions.md"))
@@ -134,11 +146,11 @@ def test_read_rows_reads_a_row_block_of_an_embed_file(tmp_path):
   f = str(tmp_path / "train-00000.npz")
   wd.save_npz(f, keys=np.asarray([f"k{i}" for i in range(37)]), emb=emb)
   for lo, hi in ((0, 37), (0, 1), (5, 19), (36, 37), (10, 10)):
-    np.testing.assert_array_equal(stages.read_rows(f, lo, hi), emb[lo:hi])
+    np.testing.assert_array_equal(embed_files.read_rows(f, lo, hi), emb[lo:hi])
   # A compressed member (not what wd.save_npz writes) falls back to a full read.
   g = str(tmp_path / "train-00001.npz")
   np.savez_compressed(g, keys=np.asarray(["a"] * 37), emb=emb)
-  np.testing.assert_array_equal(stages.read_rows(g, 3, 30), emb[3:30])
+  np.testing.assert_array_equal(embed_files.read_rows(g, 3, 30), emb[3:30])
 
 
 def test_each_host_reads_its_block_of_every_chunk(tmp_path, monkeypatch):
@@ -156,7 +168,7 @@ def test_each_host_reads_its_block_of_every_chunk(tmp_path, monkeypatch):
     for p in range(count):
       monkeypatch.setattr(distributed, "process_index", lambda p=p: p)
       monkeypatch.setattr(distributed, "process_count", lambda c=count: c)
-      x, read = stages._host_block(files, rows, 2, "float32")
+      x, read = embed_files.host_block(files, rows, 2, "float32")
       blocks.append(x)
       covered += [(name, a, b) for name, a, b in read]
     np.testing.assert_array_equal(np.concatenate(blocks), whole)

@@ -6,11 +6,13 @@ import os
 import tarfile
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
 from mode_jax import workdir as wd
-from mode_jax.text import captions, embed_stage, random_bert, sentence_encoder
+from mode_jax.stages import embed as embed_stage
+from mode_jax.text import captions, encoders, random_bert, sentence_encoder
 
 WORDS = "a photo of the red blue green cat dog car truck house tree icon".split()
 
@@ -52,13 +54,21 @@ def make_workdir(root):
   return {k: m for k, m in shard0 + shard1}
 
 
+def run_embed(cfg, workdir, shards=None):
+  """The embed stage on a config with this embed section (and training shards)."""
+  c = {"embed": dict(cfg)}
+  if shards is not None:
+    c["input"] = {"shards": shards}
+  return embed_stage.run(ml_collections.ConfigDict(c), workdir)
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
   return write_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
 
 
 def cfg_for(model, **kw):
-  c = embed_stage.default_config()
+  c = encoders.default_config()
   c.encoder, c.batch_size = model, 8
   c.update(kw)
   return c
@@ -66,7 +76,7 @@ def cfg_for(model, **kw):
 
 def test_alignment_pick_and_meta(tmp_path, tiny_model):
   samples = make_workdir(str(tmp_path))
-  stats = embed_stage.run_embed(cfg_for(tiny_model, dtype="float32"), str(tmp_path))
+  stats = run_embed(cfg_for(tiny_model, dtype="float32"), str(tmp_path))
   assert stats["samples"] == 18 and stats["no_caption"] == 1 and stats["no_image"] == 1
   meta = wd.read_json(str(tmp_path / "embed" / "meta.json"))
   assert meta["encoder"] == tiny_model and meta["dim"] == 32 and meta["dtype"] == "float32"
@@ -121,24 +131,24 @@ class FakeEncoder:
 
 @pytest.fixture
 def fake(monkeypatch):
-  monkeypatch.setitem(embed_stage._ENCODERS, "fake", lambda cfg: FakeEncoder())
+  monkeypatch.setitem(encoders._ENCODERS, "fake", lambda cfg: FakeEncoder())
   FakeEncoder.calls = FakeEncoder.encoded = 0
   return cfg_for("fake")
 
 
 def test_registry_resume_and_fingerprint(tmp_path, fake):
   make_workdir(str(tmp_path))
-  stats = embed_stage.run_embed(fake, str(tmp_path))
+  stats = run_embed(fake, str(tmp_path))
   assert stats["skipped_done"] == 0 and FakeEncoder.calls == 2
   with np.load(tmp_path / "embed" / "train-00001.npz") as z:
     assert z["emb"].dtype == np.float16 and list(z["keys"])[-1] == "s1_cap"
     first = z["emb"].copy()
   assert wd.read_json(str(tmp_path / "embed" / "meta.json"))["dim"] == 26
 
-  stats = embed_stage.run_embed(fake, str(tmp_path))          # all done: nothing recomputed
+  stats = run_embed(fake, str(tmp_path))          # all done: nothing recomputed
   assert stats["skipped_done"] == 2 and FakeEncoder.calls == 2
   os.remove(tmp_path / "embed" / "train-00001.npz")
-  stats = embed_stage.run_embed(fake, str(tmp_path))          # only the missing shard
+  stats = run_embed(fake, str(tmp_path))          # only the missing shard
   assert stats["skipped_done"] == 1 and FakeEncoder.calls == 3
   with np.load(tmp_path / "embed" / "train-00001.npz") as z:
     np.testing.assert_array_equal(z["emb"], first)
@@ -146,18 +156,18 @@ def test_registry_resume_and_fingerprint(tmp_path, fake):
 
   fake.seed = 1                                                # another config: refuse to mix
   with pytest.raises(ValueError, match="another embed config"):
-    embed_stage.run_embed(fake, str(tmp_path))
+    run_embed(fake, str(tmp_path))
 
 
 def test_missing_shards_and_bad_config(tmp_path, fake):
   with pytest.raises(wd.MissingInput) as e:
-    embed_stage.run_embed(fake, str(tmp_path))
+    run_embed(fake, str(tmp_path))
   assert e.value.stage == "prepare"
   make_workdir(str(tmp_path))
   with pytest.raises(ValueError, match="unknown config field"):
-    embed_stage.run_embed({"encodr": "fake"}, str(tmp_path))
+    run_embed({"encodr": "fake"}, str(tmp_path))
   with pytest.raises(ValueError, match="neither a registered encoder"):
-    embed_stage.run_embed(cfg_for("no-such-encoder"), str(tmp_path))
+    run_embed(cfg_for("no-such-encoder"), str(tmp_path))
 
 
 def test_multi_host_split(tmp_path, fake, monkeypatch):
@@ -166,7 +176,7 @@ def test_multi_host_split(tmp_path, fake, monkeypatch):
   monkeypatch.setattr(jax, "process_count", lambda: 2)
   monkeypatch.setattr(jax, "process_index", lambda: 1)
   monkeypatch.setattr(distributed, "barrier", lambda name: None)   # no peer process here
-  stats = embed_stage.run_embed(fake, str(tmp_path))
+  stats = run_embed(fake, str(tmp_path))
   assert stats["shards"] == 1
   assert sorted(os.listdir(tmp_path / "embed")) == ["hosts", "train-00001.npz"]  # meta: proc 0
   host = wd.read_json(str(tmp_path / "embed" / "hosts" / "process-1-of-2.json"))
@@ -182,7 +192,7 @@ def test_truncated_shard(tmp_path, fake, cut):
     at = tf.getmember("s0_006.png").offset      # header of the 7th good sample
   n = {"in_data": at + 600, "in_header": at + 100, "at_boundary": at}[cut]
   p.write_bytes(raw[:n])
-  stats = embed_stage.run_embed(fake, str(tmp_path))
+  stats = run_embed(fake, str(tmp_path))
   # The sample being read at the cut is dropped: s0_006 (cut in its image) or
   # s0_005 (which may have had more members after the cut).
   kept = 6 if cut == "in_data" else 5
@@ -191,7 +201,7 @@ def test_truncated_shard(tmp_path, fake, cut):
     assert list(z["keys"]) == [f"s0_{i:03d}" for i in range(kept)]
   p.write_bytes(b"not a tar at all")
   os.remove(tmp_path / "embed" / "train-00000.npz")
-  stats = embed_stage.run_embed(fake, str(tmp_path))
+  stats = run_embed(fake, str(tmp_path))
   assert stats["truncated_shards"] == 1
   with np.load(tmp_path / "embed" / "train-00000.npz") as z:
     assert len(z["keys"]) == 0
@@ -216,7 +226,7 @@ def test_repeated_captions_are_encoded_once(tmp_path, fake):
     write_shard(str(tmp_path / "shards" / f"train-0000{s}.tar"),
                 [(f"s{s}_{i:02d}", {"png": PNG, "json": js({"caption": t})})
                  for i, t in enumerate(texts)])
-  embed_stage.run_embed(fake, str(tmp_path))
+  run_embed(fake, str(tmp_path))
   assert FakeEncoder.encoded == 2                     # two distinct captions in 24 samples
   ref = FakeEncoder().encode(texts)
   for s in range(2):
@@ -229,11 +239,11 @@ def test_captions_past_the_cache_size_are_still_embedded(tmp_path, fake):
   np.stack failed (with web captions around the 20th shard)."""
   make_workdir(str(tmp_path))
   small = cfg_for("fake", cache_size=3, dtype="float32")
-  stats = embed_stage.run_embed(small, str(tmp_path))
+  stats = run_embed(small, str(tmp_path))
   assert stats["samples"] == 18
   full = tmp_path / "full"
   make_workdir(str(full))
-  embed_stage.run_embed(cfg_for("fake", dtype="float32"), str(full))
+  run_embed(cfg_for("fake", dtype="float32"), str(full))
   for stem in ("train-00000", "train-00001"):
     a, b = (wd.load_npz(str(d / "embed" / f"{stem}.npz")) for d in (tmp_path, full))
     assert list(a["keys"]) == list(b["keys"])

@@ -10,7 +10,8 @@ from PIL import Image
 from mode_jax.data.io import clip_benchmark as cb
 from mode_jax.data.io import loader, wds_writer
 from mode_jax.eval import evaluate as ev
-from mode_jax.eval import evaluate_stage
+from mode_jax.eval import model_refs
+from mode_jax.stages import evaluate as evaluate_stage
 from mode_jax.eval import retrieval
 from mode_jax.eval import tasks as tasks_lib
 from mode_jax.eval import zeroshot
@@ -95,7 +96,7 @@ def test_zeroshot_folder_without_captions_scores_known_answer(root):
   assert task.pattern.endswith("test/{0..2}.tar")
   ei, et = colour_embedders()
   out = ev.evaluate_zeroshot(ei, et, "colours", task.spec(),
-                             evaluate_stage.batches(_in_cfg(), None, task.pattern, 4))
+                             model_refs.batches(_in_cfg(), None, task.pattern, 4))
   assert out["labels"].tolist() == LABELS
   np.testing.assert_array_equal(out["logits"].argmax(1), TRUE)
   assert zeroshot.task_score("top1", out["logits"], out["labels"]) == pytest.approx(5 / 6)
@@ -108,7 +109,7 @@ def test_retrieval_folder_reads_every_caption_line(root):
   caps = tasks_lib.captions_per_image(task, None)
   assert caps == [["a red square", "something red"], ["green!"], ["blue", "blue sky", "b"]]
   ei, et = colour_embedders()
-  out = ev.evaluate_retrieval(ei, et, caps, evaluate_stage.batches(_in_cfg(), None,
+  out = ev.evaluate_retrieval(ei, et, caps, model_refs.batches(_in_cfg(), None,
                                                                      task.pattern, 4))
   assert out["txt_to_img"].tolist() == [0, 0, 1, 2, 2, 2]
   m = retrieval.recall(out["logits"], out["txt_to_img"], ks=(1,))
@@ -135,7 +136,7 @@ def test_retrieval_keeps_each_caption_with_its_image_past_bad_samples(tmp_path):
         d, "retrieval", None, None).shard_pattern(), captions="json" if own else "txt_lines")
     caps = tasks_lib.captions_per_image(task, None)
     assert caps == [["a red square"], ["green lies here"], ["blue sky"], []]
-    out = ev.evaluate_retrieval(ei, et, caps, evaluate_stage.batches(_in_cfg(), None,
+    out = ev.evaluate_retrieval(ei, et, caps, model_refs.batches(_in_cfg(), None,
                                                                        task.pattern, 4))
     assert out["logits"].shape == (3, 2)          # the unreadable image left with its caption
     assert out["txt_to_img"].tolist() == [0, 1]   # red -> row 0 (red), blue -> row 1 (blue)
@@ -197,7 +198,7 @@ def test_evaluate_stage_runs_a_public_clip_from_a_local_folder_on_a_suite(tmp_pa
   pass gives, the absent tasks are listed as skipped, and a rerun is skipped."""
   from flax import nnx
   from configs import eval_mode26
-  from mode_jax import bundle
+  from mode_jax.eval import bundle
   from mode_jax import workdir as wd
   from mode_jax.eval import files
   from mode_jax.models import clip as clip_lib, convert, embedders
@@ -216,7 +217,7 @@ def test_evaluate_stage_runs_a_public_clip_from_a_local_folder_on_a_suite(tmp_pa
 
   config = eval_mode26.get_config(f"root={root},models=tiny={folder}")
   config.eval_batch_size = 8
-  evaluate_stage.run_evaluate(config, w)
+  evaluate_stage.run(config, w)
   got = files.read_task_logits(w, "tiny", "mnist")
   assert got["logits"].shape == (5, 10) and got["labels"].tolist() == list(range(5))
   assert float(got["logit_scale"]) == pytest.approx(float(np.exp(model.logit_scale.get_value())))
@@ -235,12 +236,12 @@ def test_evaluate_stage_runs_a_public_clip_from_a_local_folder_on_a_suite(tmp_pa
   np.testing.assert_allclose(got["logits"], features.cosine_logits(ei(x), cls), atol=1e-5)
   npz = os.path.join(w, files.logits_rel("tiny", "mnist"))
   before = os.path.getmtime(npz)
-  evaluate_stage.run_evaluate(config, w)
+  evaluate_stage.run(config, w)
   assert os.path.getmtime(npz) == before
   # a changed task (here its templates) is evaluated again: done.json keys on its fingerprint
   with open(os.path.join(root, "wds_mnist", cb.TEMPLATES), "w") as f:
     f.write("a digit: {c}.\n")
-  evaluate_stage.run_evaluate(config, w)
+  evaluate_stage.run(config, w)
   assert os.path.getmtime(npz) > before
   assert files.read_task_spec(w, "mnist")["templates"] == ["a digit: {c}."]
   # a relative root is relative to where the command runs, not to the workdir
@@ -255,4 +256,4 @@ def test_evaluate_stage_runs_a_public_clip_from_a_local_folder_on_a_suite(tmp_pa
   for bad in ("seed=" + folder, "dense=" + folder, "x=gs://b/m.pt", "y=" + folder + "|swish"):
     config.evaluate.models = bad
     with pytest.raises(ValueError):
-      evaluate_stage.eval_models(config, w)
+      model_refs.eval_models(config, w)

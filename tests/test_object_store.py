@@ -2,7 +2,7 @@
 
 Every stage but the checkpoints lives on the bucket. Orbax cannot write s3://
 (TensorStore's OCDBT kvstore spec is built from a local path: see
-train/checkpoint.py), so the seed stage stops before any compute with one line
+mode_jax/checkpoint.py), so the seed stage stops before any compute with one line
 naming --config.checkpoint_root, and runs once that points at a local folder.
 """
 
@@ -88,7 +88,7 @@ def test_orbax_checkpoints_save_and_restore_on_gcs(gcs):
   """One process: Orbax (TensorStore's GCS driver) writes and reads gs:// checkpoints."""
   import jax
   import jax.numpy as jnp
-  from mode_jax.train import checkpoint as ckpt_lib
+  from mode_jax import checkpoint as ckpt_lib
   d = f"gs://{BUCKET}/ckpt"
   state = {"params": {"w": jnp.arange(12.0).reshape(3, 4)}, "step": jnp.asarray(7)}
   ck = ckpt_lib.Checkpointer(d, async_save=False)

@@ -75,7 +75,7 @@ def test_dense_continues_the_seed_data_stream(demo_workdir):
   the seed's first epochs (same order, crops and captions).
   """
   from configs import demo
-  from mode_jax.train import checkpoint as ckpt_lib
+  from mode_jax import checkpoint as ckpt_lib
   w, _ = demo_workdir
   plan = json.load(open(os.path.join(w, "seed", "plan.json")))
   batch = demo.get_config("runlocal").batch_size
@@ -143,12 +143,12 @@ def test_random_ablation_trains_experts_on_random_splits(demo_workdir, tmp_path)
   """`:ablation=random` (paper Table 5, Random-n): same sizes, data dealt out at random."""
   import shutil
   from configs import demo
-  from mode_jax import pipeline
   from mode_jax.data import expert_stream
+  from mode_jax.train import runs
   from mode_jax.data.io import loader
   w, first = demo_workdir
   cfg = demo.get_config("runlocal")
-  index = loader.load_index(pipeline._input_cfg(cfg), w, progress=False)
+  index = loader.load_index(runs.input_config(cfg), w, progress=False)
   streams = {}
   for ablation in ("", "random"):
     es = expert_stream.default_config()
@@ -174,7 +174,7 @@ def test_exported_bundle_classifies_as_the_report_ensembles(demo_workdir, tmp_pa
   eval/meta_emb/<task>.npy and cluster/ (what report.evaluate_task combines)."""
   import tarfile
   import jax.numpy as jnp
-  from mode_jax import classify
+  from mode_jax.eval import classify
   from mode_jax.ensemble import ensemble, routing
   from mode_jax.eval import evaluate, files, report
   w, _ = demo_workdir

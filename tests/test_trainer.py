@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from mode_jax.train import checkpoint as ckpt_lib
+from mode_jax import checkpoint as ckpt_lib
 from mode_jax.train import config as config_lib
 from mode_jax.train import metrics as metrics_lib
 from mode_jax.train import sharding

@@ -1,7 +1,7 @@
 """What each expert's data is about: its top caption words and sample training images.
 
 Inputs: assign/<stem>.npz (keys, expert of each training sample: the assign
-stage, clustering/stages.py; files of another clustering than cluster/meta.json's
+stage, mode_jax/stages/assign.py; files of another clustering than cluster/meta.json's
 fingerprint are stale and left out) and the training shards of the same stems
 (config.input.shards as recorded in the workdir's config.json, else
 shards/train-*.tar). Each shard is read once: every sample's captions, and

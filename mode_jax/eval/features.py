@@ -16,12 +16,10 @@ import numpy as np
 from tqdm import tqdm
 
 from mode_jax.eval import templates as templates_lib
+from mode_jax.models import clip as clip_lib
 
-EPS = 1e-12
-
-
-def l2_normalize(x, axis=-1):
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), EPS)
+EPS = clip_lib.L2_EPS
+l2_normalize = clip_lib.l2_normalize   # one normalisation for training, evaluation, routing
 
 
 @functools.partial(jax.jit, static_argnames="n_groups")

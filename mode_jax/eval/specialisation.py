@@ -1,7 +1,7 @@
 """Do the experts specialise? Every model scored on each cluster's held-out pairs (issue 13).
 
 A retrieval task's captions are assigned as the assign stage assigns training
-samples (clustering/stages.py): nearest fine center by `kmeans.assign` under
+samples (mode_jax/stages/assign.py): nearest fine center by `kmeans.assign` under
 cluster/meta.json's metric, expert = fine_to_expert of that center, from the
 caption's sentence-encoder embedding (eval/meta_emb/<task>.npy). Cluster c's
 pairs are its captions j with their images txt_to_img[j]; its images are the

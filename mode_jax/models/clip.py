@@ -44,6 +44,9 @@ class TowerSize:
   heads: int
 
 
+L2_EPS = 1e-12   # the norm floor of l2_normalize: an all-zero row stays zero, never NaN
+MLP_RATIO = 4.0  # hidden width of every block's MLP / width: ViT and OpenAI CLIP
+
 # Vision tower sizes: Ti/S/B/L from ViT (Dosovitskiy et al.; Steiner et al.);
 # "mu" is a CPU-sized tower for tests and the laptop demo.
 VISION_SIZES = {
@@ -88,8 +91,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.logit_bias = False
   c.eos_id = ml_collections.config_dict.placeholder(int)
   c.embed_dim = ml_collections.config_dict.placeholder(int)
-  c.vision = ml_collections.ConfigDict({"width": 0, "depth": 0, "heads": 0})
-  c.text = ml_collections.ConfigDict({"width": 0, "depth": 0, "heads": 0})
+  # Per-tower overrides of the variant's sizes (0 = the variant's); mlp_ratio 0 = MLP_RATIO
+  # (public weights with another MLP width set it: models/convert.py config_from_params).
+  c.vision = ml_collections.ConfigDict({"width": 0, "depth": 0, "heads": 0, "mlp_ratio": 0.0})
+  c.text = ml_collections.ConfigDict({"width": 0, "depth": 0, "heads": 0, "mlp_ratio": 0.0})
   return c
 
 
@@ -144,21 +149,23 @@ class CLIP(nnx.Module):
                   scan_layers=cfg.get("scan_layers", False), rngs=rngs)
     self.visual = VisionTransformer(
         image_size=cfg.image_size, patch_size=patch, width=v.width, depth=v.depth,
-        heads=v.heads, embed_dim=embed_dim, act=cfg.act, dtype=dtype, **blocks)
+        heads=v.heads, embed_dim=embed_dim, act=cfg.act, dtype=dtype,
+        mlp_ratio=cfg.get("vision", {}).get("mlp_ratio") or MLP_RATIO, **blocks)
     self.text = TextTransformer(
         vocab_size=cfg.vocab_size, context_length=cfg.context_length, width=t.width,
         depth=t.depth, heads=t.heads, embed_dim=embed_dim, act=cfg.act,
-        eos_id=cfg.get("eos_id"), dtype=dtype, **blocks)
+        eos_id=cfg.get("eos_id"), dtype=dtype,
+        mlp_ratio=cfg.get("text", {}).get("mlp_ratio") or MLP_RATIO, **blocks)
     init_scale = constants.SIGLIP_SCALE_INIT if cfg.logit_bias else constants.LOGIT_SCALE_INIT
     self.logit_scale = nnx.Param(jnp.asarray(init_scale, jnp.float32))
     self.logit_bias = (nnx.Param(jnp.asarray(constants.SIGLIP_BIAS_INIT, jnp.float32))
                        if cfg.logit_bias else None)
 
   def encode_image(self, images):
-    return _l2_normalize(self.visual(images))
+    return l2_normalize(self.visual(images))
 
   def encode_text(self, tokens):
-    return _l2_normalize(self.text(tokens))
+    return l2_normalize(self.text(tokens))
 
   def __call__(self, images, tokens):
     """Returns float32 (image_emb, text_emb, logit_scale, logit_bias or None).
@@ -179,6 +186,7 @@ class CLIP(nnx.Module):
     return scale, bias
 
 
-def _l2_normalize(x, eps=1e-12):
+def l2_normalize(x, axis: int = -1, eps: float = L2_EPS):
+  """x / max(||x||, eps) along `axis`, in float32: every embedding of the project goes through it."""
   x = x.astype(jnp.float32)
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), eps * eps))

@@ -187,9 +187,18 @@ def config_from_params(params, *, heads=None, act="quick_gelu", eos_id=None):
   cfg.act = act
   cfg.eos_id = eos_id
   cfg.scan_layers = not _is_loop(vis["transformer"]["blocks"])
-  cfg.vision.update(width=vw, depth=_depth_of(vis["transformer"]["blocks"]), heads=vh)
-  cfg.text.update(width=tw, depth=_depth_of(txt["transformer"]["blocks"]), heads=th)
+  cfg.vision.update(width=vw, depth=_depth_of(vis["transformer"]["blocks"]), heads=vh,
+                    mlp_ratio=_mlp_ratio(vis["transformer"]["blocks"], vw))
+  cfg.text.update(width=tw, depth=_depth_of(txt["transformer"]["blocks"]), heads=th,
+                  mlp_ratio=_mlp_ratio(txt["transformer"]["blocks"], tw))
   return cfg
+
+
+def _mlp_ratio(blocks, width: int) -> float:
+  """The MLP's hidden width / width; 0.0 (the model's default) when it is MLP_RATIO."""
+  first = blocks[0] if _is_loop(blocks) else blocks
+  ratio = np.shape(first["c_fc"]["kernel"])[-1] / width
+  return 0.0 if ratio == clip_lib.MLP_RATIO else float(ratio)
 
 
 def read_state_dict(path: str) -> dict:

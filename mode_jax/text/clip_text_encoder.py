@@ -20,6 +20,10 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
+from mode_jax.models import clip as clip_lib
+from mode_jax.models import loader as model_loader
+from mode_jax.text.clip_bpe import ClipTokenizer
+
 PREFIX = "clip:"
 
 
@@ -33,18 +37,11 @@ class ClipTextEncoder:
 
   def __init__(self, path: str, *, dtype: str = "float32", max_length: int | None = None,
                devices: Sequence[jax.Device] | None = None):
-    from mode_jax.eval.features import l2_normalize
-    from mode_jax.models import clip as clip_lib
-    from mode_jax.models import convert
-    from mode_jax.text.clip_bpe import ClipTokenizer
     if not os.path.exists(path):
       raise FileNotFoundError(f"CLIP weights {path} not found (a HF CLIPModel folder or an "
                               "OpenAI/OpenCLIP state-dict file)")
-    cfg, params = convert.load_pretrained(path)
-    cfg.dtype = dtype
-    model = clip_lib.CLIP(cfg, rngs=nnx.Rngs(0))
-    convert.load_into(model, params)
-    self.name, self.dim = f"{PREFIX}{path}", int(params["text"]["text_projection"].shape[1])
+    model, cfg = model_loader.load_model(path, dtype=dtype)
+    self.name, self.dim = f"{PREFIX}{path}", int(cfg.embed_dim)
     self.context_length = min(max_length or cfg.context_length, cfg.context_length)
     self.tokenizer = ClipTokenizer()
     devices = list(devices or jax.local_devices())
@@ -55,7 +52,7 @@ class ClipTextEncoder:
     self._state = jax.device_put(state, replicated)
 
     def forward(state, tokens):
-      return l2_normalize(nnx.merge(graphdef, state)(tokens).astype(np.float32))
+      return clip_lib.l2_normalize(nnx.merge(graphdef, state)(tokens))
 
     self._fn = jax.jit(forward, in_shardings=(replicated, self._rows), out_shardings=self._rows)
 

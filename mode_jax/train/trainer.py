@@ -44,7 +44,7 @@ import tqdm
 
 from mode_jax import workdir as wd
 from mode_jax.models import clip as clip_lib
-from mode_jax.train import checkpoint as ckpt_lib
+from mode_jax import checkpoint as ckpt_lib
 from mode_jax.train import losses
 from mode_jax.train import metrics as metrics_lib
 from mode_jax.train import mfu as mfu_lib

@@ -68,19 +68,3 @@ class CaptionStream:
 
   def set_state(self, state):
     self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
-
-
-def zeroshot_evaluator(images, labels, tokenizer, *, context_length):
-  """Returns evaluator(model, step) -> {"fmnist_zeroshot_top1": acc} using EVAL_TEMPLATES."""
-  from mode_jax.eval import zeroshot
-  from mode_jax.models.embedders import make_embedders
-  x = preprocess(images)
-  canonical = [[names[0]] for names in CLASSNAMES]
-
-  def evaluate(model, step):
-    embed_images, embed_texts = make_embedders(model, tokenizer, context_length=context_length)
-    feats = zeroshot.class_features(embed_texts, canonical, EVAL_TEMPLATES)
-    logits = embed_images(x) @ np.asarray(feats).T
-    return {"fmnist_zeroshot_top1": float(np.mean(logits.argmax(1) == labels))}
-
-  return evaluate

@@ -35,7 +35,6 @@ and a bad sample stays as an invalid row, so hosts always agree on shapes.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Callable, Sequence

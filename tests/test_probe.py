@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from mode_jax.eval import probe_stage
+from mode_jax.eval import probe
 from mode_jax.eval import tasks as tasks_lib
 
 
@@ -28,7 +28,7 @@ def test_concat_of_experts_sees_what_each_expert_sees():
   per_model = {"expert_0": {"test": (_feats(rng, y, [0]), y)},
                "expert_1": {"test": (_feats(rng, y, [1]), y)},
                "dense": {"test": (_feats(rng, y, [0, 1, 2]), y)}}
-  out = probe_stage.probe_task(_task(), per_model, holdout=0.5)
+  out = probe.probe_task(_task(), per_model, holdout=0.5)
   assert out["split"] == "holdout" and set(out["models"]) == {"expert_0", "expert_1", "dense",
                                                                "concat"}
   s = {m: r["score"] for m, r in out["models"].items()}
@@ -41,7 +41,7 @@ def test_a_train_split_is_used_when_present():
   ytr, yte = np.repeat(np.arange(3), 30), np.repeat(np.arange(3), 10)
   per_model = {"dense": {"train": (_feats(rng, ytr, [0, 1, 2]), ytr),
                          "test": (_feats(rng, yte, [0, 1, 2]), yte)}}
-  out = probe_stage.probe_task(_task(train=True), per_model, holdout=0.5)
+  out = probe.probe_task(_task(train=True), per_model, holdout=0.5)
   assert out["split"] == "train" and out["n_train"] == 90 and out["n_test"] == 30
   assert out["models"]["dense"]["score"] > 0.9
 
@@ -52,7 +52,7 @@ def test_a_task_too_small_to_split_is_refused_not_scored_nan():
   y = np.array([0, 1, 2, 0, 1, 2])
   x = np.eye(6, dtype=np.float32)
   with pytest.raises(ValueError, match="too few images"):
-    probe_stage.probe_task(_task(), {"dense": {"test": (x, y)}}, holdout=0.5)
+    probe.probe_task(_task(), {"dense": {"test": (x, y)}}, holdout=0.5)
 
 
 def test_the_probe_scores_in_the_task_metric():
@@ -60,7 +60,7 @@ def test_the_probe_scores_in_the_task_metric():
   rng = np.random.default_rng(2)
   y = np.repeat(np.arange(3), [80, 20, 20])            # imbalanced: the two metrics differ
   x = _feats(rng, y, [0]) * 0.3                          # weak signal: mistakes on rare classes
-  out = {m: probe_stage.probe_task(_task(metric=m), {"dense": {"test": (x, y)}}, holdout=0.5)
+  out = {m: probe.probe_task(_task(metric=m), {"dense": {"test": (x, y)}}, holdout=0.5)
          for m in ("top1", "mean_per_class")}
   assert out["mean_per_class"]["metric"] == "mean_per_class"
   a, b = (out[m]["models"]["dense"]["score"] for m in ("top1", "mean_per_class"))

@@ -28,8 +28,8 @@ uint8 RGB in, OpenAI mean/std applied inside our model: a HF CLIPModel needs
 context length, sot/eot/pad ids); templates (OpenAI's 80, the default for
 class prompts); provenance (the workdir's config essentials, plan, steps).
 
-`load(path)` reads a local bundle back with our own code only (safetensors ->
-convert.params_from_hf -> our CLIP): mode_jax/classify.py uses it.
+`load(path)` reads a local bundle back with our own code only (models/loader.py:
+safetensors -> convert.params_from_hf -> our CLIP): eval/classify.py uses it.
 """
 
 from __future__ import annotations
@@ -50,13 +50,13 @@ from mode_jax import distributed
 from mode_jax import workdir as wd
 from mode_jax.eval import report
 from mode_jax.eval import templates
-from mode_jax.models import clip as clip_lib
 from mode_jax.models import convert
-from mode_jax.text import clip_bpe, clip_text_encoder, embed_stage, sentence_encoder
+from mode_jax.models import loader as model_loader
+from mode_jax.text import clip_bpe, clip_text_encoder, encoders, sentence_encoder
 
 FORMAT, VERSION = "mode-bundle", 1
-MODE_JSON = "mode.json"
-WEIGHTS, HF_CONFIG = "model.safetensors", "config.json"
+MODE_JSON, WEIGHTS = model_loader.MODE_JSON, model_loader.WEIGHTS   # what the loader reads
+HF_CONFIG = "config.json"
 ENCODER_DIR, TOKENIZER_DIR = "sentence_encoder", "tokenizer"
 FINE_CENTERS, FINE_TO_EXPERT = "fine_centers.npy", "fine_to_expert.npy"
 EXPERT_ORDER = "expert_order.json"
@@ -80,7 +80,7 @@ def _as_dict(section) -> dict:
   return section.to_dict() if hasattr(section, "to_dict") else dict(section or {})
 
 
-def _export_cfg(config) -> ml_collections.ConfigDict:
+def export_config(config) -> ml_collections.ConfigDict:
   c = default_config()
   c.update(_as_dict(config.get("export")))
   return c
@@ -113,33 +113,6 @@ def write_hf_model(folder: str, model_cfg, params: dict) -> dict:
   return {"logit_scale": scale, "logit_bias": None if bias is None else float(np.asarray(bias))}
 
 
-def _shapes(tree) -> dict:
-  """{(key, ...): shape} of a nested dict or nnx state (attribute steps such as .value
-  dropped)."""
-  return {tuple(k.key for k in path if hasattr(k, "key")): tuple(np.shape(x))
-          for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def load_hf_model(folder: str, model_cfg, logit_bias: float | None = None):
-  """Our CLIP (config `model_cfg`) with the weights of a HF CLIPModel folder.
-
-  Built abstractly (nnx.eval_shape) and filled with the converted weights:
-  no random initialisation to compute and throw away.
-  """
-  params = convert.params_from_hf(convert.read_state_dict(os.path.join(folder, WEIGHTS)))
-  if model_cfg.get("logit_bias"):
-    params["logit_bias"] = np.asarray(0.0 if logit_bias is None else logit_bias, np.float32)
-  if model_cfg.get("scan_layers"):
-    params = convert.stack_blocks(params)
-  graphdef, state = nnx.split(nnx.eval_shape(lambda: clip_lib.CLIP(model_cfg, rngs=nnx.Rngs(0))))
-  got, want = _shapes(params), _shapes(state)
-  if got != want:
-    bad = sorted(set(got.items()) ^ set(want.items()), key=str)[:3]
-    raise ValueError(f"{folder}: the weights do not fit mode.json's model config: {bad}")
-  nnx.replace_by_pure_dict(state, jax.tree.map(jax.numpy.asarray, params))
-  return nnx.merge(graphdef, state)
-
-
 def portable_model_config(model_cfg) -> ml_collections.ConfigDict:
   """config.model with the knobs that pick kernels, not results, reset for any machine."""
   c = ml_collections.ConfigDict(dict(model_cfg.to_dict() if hasattr(model_cfg, "to_dict")
@@ -150,8 +123,8 @@ def portable_model_config(model_cfg) -> ml_collections.ConfigDict:
 
 # ---- the pieces of mode.json -----------------------------------------------------------
 
-def _embed_cfg(config) -> ml_collections.ConfigDict:
-  c = embed_stage.default_config()
+def embed_config(config) -> ml_collections.ConfigDict:
+  c = encoders.default_config()
   c.update(_as_dict(config.get("embed")))
   return c
 
@@ -166,7 +139,7 @@ def sentence_encoder_source(embed_cfg) -> tuple[str, str]:
     return "clip", path
   if enc == sentence_encoder.MINILM or os.path.isdir(enc):
     return "bert", sentence_encoder.resolve_model_dir(enc)
-  if enc in embed_stage._ENCODERS:
+  if enc in encoders._ENCODERS:
     raise ValueError(f"embed.encoder={enc!r} is a registered encoder without files to copy: "
                      "export supports 'minilm', a Hugging Face folder or 'clip:<weights>'")
   raise ValueError(f"embed.encoder={enc!r} is neither 'minilm', a model folder nor 'clip:...'")
@@ -241,31 +214,6 @@ def provenance(config, workdir: str, models: dict) -> dict:
   for rel in ("seed/plan.json", "cluster/meta.json", "embed/meta.json"):
     if wd.exists(wd.path(workdir, rel)):
       out[rel] = wd.read_json(wd.path(workdir, rel))
-  return out
-
-
-# ---- the export stage --------------------------------------------------------------------
-
-def run_export(config, workdir: str) -> str:
-  """Writes the bundle of every finished model; returns its path.
-
-  Every input is checked before anything is written (MissingInput names the
-  stage that makes it). On a pod every host restores the checkpoints (a
-  collective) and process 0 alone writes.
-  """
-  from mode_jax import pipeline   # heavy (trainer, Orbax): only export needs it
-  out = _export_cfg(config).out or wd.path(workdir, "bundle")
-  models = pipeline.finished_models(config, workdir)
-  centers, f2e, order = report.load_cluster(workdir)
-  if len(order) != config.cluster.n:
-    raise ValueError(f"cluster/expert_order.json has {len(order)} experts but "
-                     f"config.cluster.n={config.cluster.n}")
-  mesh = pipeline.eval_mesh()
-  loaded = ((name, step, lambda ck=ck, step=step: model_params(
-      pipeline.load_model(config, ck, step, mesh))) for name, (ck, step) in models.items())
-  write_bundle(out, loaded, model_cfg=config.model, centers=centers, fine_to_expert=f2e,
-               order=order, embed_cfg=_embed_cfg(config), routing=routing_info(config),
-               provenance=provenance(config, workdir, models))
   return out
 
 
@@ -360,8 +308,9 @@ class Bundle:
   def load_model(self, name: str, dtype: str | None = None):
     """Our CLIP for `name` ('dense', 'expert_<c>'), in the recorded compute dtype."""
     m = self.info["models"][name]
-    return load_hf_model(os.path.join(self.path, m["folder"]), self.model_config(dtype),
-                         m.get("logit_bias"))
+    model, _ = model_loader.load_model(os.path.join(self.path, m["folder"]),
+                                       model_cfg=self.model_config(dtype))
+    return model
 
   @functools.cached_property
   def tokenizer(self):
@@ -373,11 +322,11 @@ class Bundle:
     """The clustering's encoder from the bundle's own files, configured as in embed."""
     e = self.info["sentence_encoder"]
     folder = os.path.join(self.path, *e["path"].split("/"))
-    c = embed_stage.default_config()
+    c = encoders.default_config()
     c.encoder = folder if e["kind"] == "bert" else clip_text_encoder.PREFIX + folder
     c.pooling = e["pooling"] if e["kind"] == "bert" else c.pooling
     c.compute_dtype, c.max_length = e["compute_dtype"], int(e["max_length"])
-    return embed_stage.make_encoder(c)
+    return encoders.make_encoder(c)
 
   def templates(self, which: str = "openai") -> list[str]:
     return list(self.info["templates"][which])

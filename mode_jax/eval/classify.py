@@ -31,7 +31,7 @@ from typing import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from mode_jax import bundle as bundle_lib
+from mode_jax.eval import bundle as bundle_lib
 from mode_jax.data.io import preprocess
 from mode_jax.data.io import webdataset as wds
 from mode_jax.ensemble import ensemble, routing
@@ -174,23 +174,3 @@ def write_results(result: dict, top: list, out: str) -> None:
          "skipped": result["skipped"]}
   with open(out, "w") as f:
     json.dump(obj, f, indent=2)
-
-
-def main(bundle_path: str, images: str, classes: str, *, templates: str | None = "openai",
-         top: int = 3, out: str | None = None) -> dict:
-  """The `classify` command: prints the routing weights and each image's top classes."""
-  result = classify(bundle_path, images, classes, templates=templates)
-  weights = "  ".join(f"{e} {w:.4f}" for e, w in zip(result["experts"],
-                                                     result["routing_weights"]))
-  r = result["routing"]
-  print(f"routing weights ({r['mode']}, top_k={r['top_k']}, {len(result['classes'])} "
-        f"classes x {len(result['templates'])} templates): {weights}")
-  best = top_classes(result, max(1, top))
-  for path, row in zip(result["images"], best):
-    print(f"{os.path.basename(path)}: " + " | ".join(f"{n} {s:.4f}" for n, s in row))
-  print(f"{len(result['images'])} images classified, {len(result['skipped'])} skipped "
-        "(unreadable)")
-  if out:
-    write_results(result, best, out)
-    print(f"wrote {out}")
-  return result

@@ -1,0 +1,117 @@
+"""Stage `embed`: the training shards' captions -> embed/<stem>.npz + embed/meta.json.
+
+DESIGN.md step 1: one caption per pair (a seeded pick when a sample has
+several) is embedded with a frozen sentence encoder (config.embed, see
+mode_jax/text/encoders.py) and L2-normalised; the cluster stage reads these
+rows. Formats: mode_jax/workdir.py.
+
+Shards come from config.input.shards (a pattern or list, local or remote;
+relative = inside the workdir). Resumable: a shard whose npz exists is
+skipped; npz files are written atomically (mode_jax.workdir). Multi-host:
+process i embeds shards i::process_count, batches split over its local
+devices, and writes embed/<stem>.npz for those shards only plus
+embed/hosts/process-<i>-of-<n>.json (what it read and wrote); process 0
+writes meta.json. Distinct captions are encoded once across shards while
+they fit in `cache_size` (memory stays bounded: later ones are encoded per
+shard).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from mode_jax import distributed
+from mode_jax import workdir as wd
+from mode_jax.data.io import loader
+from mode_jax.data.io import webdataset as wds
+from mode_jax.text import captions, encoders
+
+log = logging.getLogger(__name__)
+
+
+def run(config, workdir: str) -> dict:
+  """Embeds one caption per sample of this host's share of config.input.shards."""
+  shards = config.input.shards if "input" in config else wd.TRAIN_SHARDS
+  return _embed(config.get("embed"), workdir, shards)
+
+
+def _shard_outputs(shards: Sequence[str], workdir: str) -> dict[str, str]:
+  """shard -> embed/<stem>.npz; two shards with one stem would overwrite each other."""
+  out, seen = {}, {}
+  for shard in shards:
+    stem = wd.shard_stem(shard)
+    if stem in seen:
+      raise ValueError(f"shards {seen[stem]} and {shard} share the name {stem!r}: embed/ and "
+                       "assign/ files are named by shard; rename one")
+    seen[stem] = shard
+    out[shard] = wd.path(workdir, "embed", stem + ".npz")
+  return out
+
+
+def _embed(cfg, workdir: str, shards: str | Sequence[str]) -> dict:
+  cfg = encoders.resolve_config(cfg)
+  try:
+    shard_list = loader.shard_paths(shards, workdir)
+  except FileNotFoundError:
+    raise wd.MissingInput(loader.describe_shards(shards, workdir), "prepare") from None
+  target = _shard_outputs(shard_list, workdir)
+  out_dir = wd.path(workdir, "embed")
+  meta_path = wd.path(out_dir, "meta.json")
+  fp = encoders.fingerprint(cfg)
+  if wd.exists(meta_path) and wd.read_json(meta_path).get("fingerprint") != fp:
+    raise ValueError(f"{out_dir} holds embeddings from another embed config "
+                     f"(fingerprint {wd.read_json(meta_path).get('fingerprint')} != {fp}); "
+                     f"delete it or run with the same config")
+
+  mine = distributed.share(shard_list)
+  pending = [s for s in mine if not wd.exists(target[s])]
+  stats = dict(shards=len(mine), skipped_done=len(mine) - len(pending), samples=0,
+               no_caption=0, no_image=0, truncated_shards=0, encoded=0)
+  encoder = encoders.make_encoder(cfg) if pending or not wd.exists(meta_path) else None
+  if encoder is not None and distributed.is_primary():
+    wd.write_json(meta_path, dict(encoder=cfg.encoder, dim=int(encoder.dim), dtype=cfg.dtype,
+                                  fingerprint=fp))
+
+  bar = tqdm(desc="embed", unit="sample", disable=not pending)
+  seen: dict[str, np.ndarray] = {}   # caption -> embedding, across shards, at most cache_size
+  for shard in pending:
+    st = wds.Stats()
+    keys, cands = [], []
+    for sample in wds.iter_shard(shard, with_images=False, stats=st):
+      keys.append(sample["__key__"])
+      cands.append(sample["texts"])
+    if st.truncated_shards or st.unreadable_shards:
+      stats["truncated_shards"] += 1
+      log.warning("embed: %s is truncated or corrupt; kept %d samples before the break",
+                  shard, len(keys))
+    texts = [captions.pick_caption(t, k, cfg.seed) for k, t in zip(keys, cands)]
+    # Web and templated captions repeat: each distinct string is encoded once
+    # (the encoder is deterministic, so rows are identical either way).
+    here: dict[str, np.ndarray] = {}   # this shard's captions that are not in `seen`
+    new = [t for t in dict.fromkeys(texts) if t not in seen]
+    for i in range(0, len(new), cfg.chunk):
+      chunk = new[i:i + cfg.chunk]
+      for t, e in zip(chunk, encoder.encode(chunk, batch_size=cfg.batch_size)):
+        if len(seen) < cfg.cache_size:
+          seen[t] = e
+        else:
+          here[t] = e
+      stats["encoded"] += len(chunk)
+    emb = np.stack([seen[t] if t in seen else here[t] for t in texts]) if texts else \
+        np.zeros((0, encoder.dim), np.float32)
+    bar.update(len(texts))
+    wd.save_npz(target[shard], keys=np.asarray(keys, dtype=str), emb=emb.astype(cfg.dtype))
+    stats["samples"] += len(texts)
+    stats["no_caption"] += st.missing_captions
+    stats["no_image"] += st.missing_images
+  bar.close()
+  if stats["no_caption"] or stats["no_image"]:
+    log.warning("embed: skipped %d samples without a caption and %d without an image",
+                stats["no_caption"], stats["no_image"])
+  distributed.host_report(out_dir, **stats, read=[wd.shard_stem(s) for s in pending])
+  distributed.barrier("embed")
+  return stats

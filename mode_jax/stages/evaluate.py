@@ -1,0 +1,92 @@
+"""Stage `evaluate`: every model on every task -> eval/<model>/<task>.npz (raw cosines).
+
+Tasks come from config.evaluate (mode_jax/eval/tasks.py): the workdir's own
+shards/eval/ tasks, or a suite of CLIP_benchmark folders (MoDE-26,
+DataComp-38) where absent tasks are skipped (eval/skipped.json). Models:
+this MoDE run's dense baseline and experts (`mode`), and/or public CLIPs
+converted from local files (`name=path`; eval/model_refs.py). Per (model,
+task) the work is skipped when eval/<model>/done.json records the same
+checkpoint and task fingerprint (tasks.fingerprint: spec and shard
+signatures); the metadata embeddings likewise, with the encoder's.
+eval/tasks/<task>.json records each task as evaluated, eval/scores.{md,csv}
+every model's score in the task's metric.
+
+Images are split over all devices of all hosts (each host reads its block
+of every batch), class prompts likewise; process 0 writes eval/.
+"""
+
+from __future__ import annotations
+
+from mode_jax import distributed
+from mode_jax import workdir as wd
+from mode_jax.eval import evaluate as ev
+from mode_jax.eval import files
+from mode_jax.eval import model_refs
+from mode_jax.eval import tasks as tasks_lib
+from mode_jax.text import encoders
+
+
+def _write_meta_embeddings(config, workdir, tasks, captions, fps):
+  """eval/meta_emb/<task>.npy with the clustering's sentence encoder (DESIGN.md step 8);
+  redone when the task or the encoder changed (eval/meta_emb/<task>.json records both)."""
+  encoder, enc_fp = None, encoders.fingerprint(config.embed)
+  for name, task in tasks.items():
+    stamp = {"task": fps[name], "encoder": enc_fp}
+    stamp_p = wd.path(workdir, files.meta_rel(name))[:-4] + ".json"
+    if wd.exists(wd.path(workdir, files.meta_rel(name))) and wd.exists(stamp_p) \
+        and wd.read_json(stamp_p) == stamp:
+      continue
+    encoder = encoder or encoders.make_encoder(config.embed)
+    emb = ev.metadata_embedding(lambda t: encoder.encode(list(t), progress=False), name,
+                                task.spec(), captions.get(name))
+    files.write_meta_emb(workdir, name, emb)
+    wd.write_json(stamp_p, stamp)
+
+
+def run(config, workdir: str):
+  tasks, skipped = tasks_lib.resolve(model_refs.eval_config(config), workdir)
+  models = model_refs.eval_models(config, workdir)
+  captions = {n: tasks_lib.captions_per_image(t, workdir) for n, t in tasks.items()
+              if t.kind == "retrieval"}
+  fps = {n: tasks_lib.fingerprint(t, workdir) for n, t in tasks.items()}
+
+  def record():
+    files.write_skipped(workdir, skipped)
+    for n, t in tasks.items():
+      files.write_task_spec(workdir, n, t.spec())
+    if any(m.name.startswith("expert_") for m in models.values()):   # routing needs them
+      _write_meta_embeddings(config, workdir, tasks, captions, fps)
+
+  distributed.on_primary("task specs and meta embeddings", record)
+  for reason in (f"{k}: {v}" for k, v in skipped.items()):
+    if distributed.is_primary():
+      print(f"[evaluate] skipped {reason}")
+
+  mesh = model_refs.eval_mesh()
+  for name, ref in models.items():
+    done_p = wd.path(workdir, "eval", name, "done.json")
+    done = wd.read_json(done_p) if wd.exists(done_p) else {}
+    todo = [n for n in tasks if done.get(n) != [ref.ident, fps[n]]
+            or not wd.exists(wd.path(workdir, files.logits_rel(name, n)))]
+    if not todo:
+      continue
+    embed_images, embed_texts, res, scale = model_refs.make_embedders(config, ref, mesh)
+    in_cfg = model_refs.input_config(config, res)
+    for n in todo:
+      task = tasks[n]
+      data = model_refs.batches(in_cfg, workdir, task.pattern, config.eval_batch_size)
+      if task.kind == "retrieval":
+        out = ev.evaluate_retrieval(embed_images, embed_texts, captions[n], data)
+      else:
+        out = ev.evaluate_zeroshot(embed_images, embed_texts, n, task.spec(), data)
+      done[n] = [ref.ident, fps[n]]
+
+      def write(out=out, n=n):
+        files.write_task_logits(workdir, name, n, out["logits"], out["labels"],
+                                out.get("txt_to_img"), logit_scale=scale)
+        wd.write_json(done_p, done)
+
+      distributed.on_primary(f"eval {name} {n}", write)
+      if distributed.is_primary():
+        print(f"[evaluate] {name} {n}: {out['logits'].shape[0]} images")
+  distributed.on_primary("eval scores", lambda: ev.write_scores(workdir, tasks, list(models)))

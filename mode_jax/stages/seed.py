@@ -1,0 +1,22 @@
+"""Stage `seed`: one dense CLIP on all training data until seed_epochs (DESIGN.md step 5).
+
+Its last step is a milestone checkpoint that clean-up never deletes: the
+experts and the dense baseline fork from it. Writes seed/plan.json (the step
+counts of the whole planned run, mode_jax/train/runs.py).
+"""
+
+from mode_jax import checkpoint as ckpt_lib
+from mode_jax import distributed
+from mode_jax import workdir as wd
+from mode_jax.data.io import loader
+from mode_jax.train import runs
+
+
+def run(config, workdir: str):
+  ckpt_lib.check_directory(runs.ckpt_dir(config, workdir, runs.SEED_DIR))   # before any work
+  index = loader.load_index(runs.input_config(config), workdir)
+  p = runs.plan(config, len(index))
+  distributed.on_primary("seed plan", lambda: wd.write_json(
+      wd.path(workdir, runs.PLAN), dict(p, num_samples=len(index))))
+  return runs.fit(config, workdir, runs.SEED_DIR, num_steps=p["seed"], schedule_steps=p["total"],
+                  index=index, milestones=(p["seed"],), desc="seed")
