@@ -189,7 +189,10 @@ def on_primary(name: str, fn: Callable[[], T]) -> T | None:
   """Runs fn on process 0 only, then a barrier: the idiom for one shared file.
 
   When fn raises on process 0, every process raises (with its message) after
-  the barrier instead of waiting there for a process that left.
+  the barrier instead of waiting there for a process that left. That holds
+  for interrupts too (KeyboardInterrupt, SystemExit): process 0 tells the
+  others it stopped, passes the barrier they wait at, and re-raises the
+  original exception.
   """
   if process_count() == 1:
     return fn()
@@ -200,11 +203,18 @@ def on_primary(name: str, fn: Callable[[], T]) -> T | None:
   if is_primary():
     try:
       out = fn()
-    except Exception as e:   # noqa: BLE001  (re-raised below, after telling the others)
+    except BaseException as e:   # noqa: BLE001  (re-raised below, after telling the others)
       error = e
-    if client is not None:
-      client.key_value_set(key, "ok" if error is None else f"{type(error).__name__}: {error}")
-  barrier(name)
+    try:
+      if client is not None:
+        client.key_value_set(key, "ok" if error is None else _status(error))
+      barrier(name)
+    except BaseException:
+      if error is None:
+        raise
+      raise error   # the original stays what process 0 raises (this failure as its context)
+  else:
+    barrier(name)
   if error is not None:
     raise error
   if client is not None and not is_primary():
@@ -212,6 +222,12 @@ def on_primary(name: str, fn: Callable[[], T]) -> T | None:
     if status != "ok":
       raise RuntimeError(f"process 0 failed in {name!r}: {status}")
   return out
+
+
+def _status(error: BaseException) -> str:
+  """What the other processes are told: the exception's type and message."""
+  text = str(error)
+  return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def share(items: Sequence[T], index: int | None = None, count: int | None = None) -> list[T]:

@@ -7,7 +7,9 @@ import time
 
 import numpy as np
 import portpicker
+import pytest
 
+from mode_jax import distributed
 from tests.helpers.procs import clean_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,6 +69,53 @@ def test_a_failure_on_the_primary_stops_every_process():
   assert "raised: ValueError disk full" in outs[0] and "done" in outs[0], outs[0]
   assert "raised: RuntimeError process 0 failed in 'shared file': ValueError: disk full" \
       in outs[1] and "done" in outs[1], outs[1]
+
+
+class FakeCoordination:
+  """The coordination service's key-value store and barriers, shared by the simulated
+  processes of one job (the methods on_primary and barrier call)."""
+
+  def __init__(self):
+    self.kv, self.barriers = {}, []
+
+  def key_value_set(self, key, value):
+    self.kv[key] = value
+
+  def blocking_key_value_get(self, key, timeout_ms):
+    if key not in self.kv:   # the real client waits timeout_ms, then raises
+      raise TimeoutError(f"{key} was never set")
+    return self.kv[key]
+
+  def wait_at_barrier(self, key, timeout_ms):
+    self.barriers.append(key)
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(), SystemExit(3)],
+                         ids=["KeyboardInterrupt", "SystemExit"])
+def test_an_interrupt_on_the_primary_reaches_the_others(monkeypatch, stop):
+  """on_primary: Ctrl-C (or sys.exit) in process 0's fn tells the other processes, which stop
+  with a message, instead of leaving them at the barrier; process 0 re-raises the original."""
+  from jax._src import distributed as jax_distributed
+  service = FakeCoordination()
+  monkeypatch.setattr(jax_distributed.global_state, "client", service)
+  monkeypatch.setattr(distributed, "process_count", lambda: 2)
+  monkeypatch.setattr(distributed, "_barriers", [0])
+
+  def interrupted():
+    raise stop
+
+  monkeypatch.setattr(distributed, "process_index", lambda: 0)
+  with pytest.raises(type(stop)) as e:
+    distributed.on_primary("shared file", interrupted)
+  assert e.value is stop
+  assert service.barriers == ["mode_jax/1/shared file"]   # where process 1 waits: passed
+
+  monkeypatch.setattr(distributed, "process_index", lambda: 1)   # process 1 of the same job
+  monkeypatch.setattr(distributed, "_barriers", [0])
+  with pytest.raises(RuntimeError, match=f"process 0 failed in 'shared file': "
+                                         f"{type(stop).__name__}"):
+    distributed.on_primary("shared file", lambda: pytest.fail("fn runs on process 0 only"))
+  assert service.barriers == ["mode_jax/1/shared file"] * 2
 
 
 FAILING_HOST = """

@@ -10,6 +10,7 @@ from PIL import Image
 from mode_jax.data.io import clip_benchmark as cb
 from mode_jax.data.io import loader, wds_writer
 from mode_jax.eval import evaluate as ev
+from mode_jax.eval import files
 from mode_jax.eval import model_refs
 from mode_jax.stages import evaluate as evaluate_stage
 from mode_jax.eval import retrieval
@@ -117,6 +118,16 @@ def test_retrieval_folder_reads_every_caption_line(root):
   assert m["i2t_R@1"] == 1.0 and m["t2i_R@1"] == pytest.approx(5 / 6)
 
 
+def caption_words(texts):
+  """A sentence encoder that tells captions apart: unit bag of letters a-z."""
+  out = np.zeros((len(texts), 26), np.float32)
+  for i, t in enumerate(texts):
+    for ch in t:
+      if "a" <= ch <= "z":
+        out[i, ord(ch) - 97] += 1
+  return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
 def test_retrieval_keeps_each_caption_with_its_image_past_bad_samples(tmp_path):
   """Regression: captions were paired with images by count, so an unreadable image (or,
   in our own layout, a caption-less sample) shifted every later caption onto the wrong
@@ -142,6 +153,13 @@ def test_retrieval_keeps_each_caption_with_its_image_past_bad_samples(tmp_path):
     assert out["txt_to_img"].tolist() == [0, 1]   # red -> row 0 (red), blue -> row 1 (blue)
     m = retrieval.recall(out["logits"], out["txt_to_img"], ks=(1,))
     assert m["t2i_R@1"] == 1.0 and m["i2t_R@1"] == 1.0
+    # the metadata rows (one per caption, read or not) line up with the caption columns
+    meta = ev.metadata_embedding(caption_words, "bad", {"kind": "retrieval"}, caps)
+    w = str(tmp_path / f"w{own}")
+    files.write_task_logits(w, "dense", "bad", out["logits"], out["labels"],
+                            out["txt_to_img"], txt_index=out["txt_index"])
+    rows = files.caption_rows(files.read_task_logits(w, "dense", "bad"), len(meta))
+    np.testing.assert_allclose(meta[rows], caption_words(["a red square", "blue sky"]))
 
 
 def test_suite_skips_absent_tasks_and_reads_package_lists(root, tmp_path):

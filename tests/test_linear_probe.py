@@ -72,6 +72,27 @@ def test_fit_matches_sklearn(l2):
   assert linear_probe.accuracy(params, x, y) == pytest.approx(sk.score(x, y))
 
 
+def test_unlabelled_rows_neither_fit_nor_score_a_probe():
+  """Rows labelled -1 are left out: the probe equals the one fitted on the labelled rows, and
+  the holdout split never places them (unlabelled rows tilt towards the last class here)."""
+  rng = np.random.default_rng(11)
+  means = 0.6 * rng.normal(size=(3, 6))
+  x, y = _gaussian_classes(rng, 90, means)
+  xt, yt = _gaussian_classes(rng, 45, means)
+  y, yt = y.copy(), yt.copy()
+  y[::5], yt[::4] = -1, -1
+  x[::5], xt[::4] = _unit(np.tile(means[2], (18, 1))), _unit(np.tile(means[2], (12, 1)))
+  grid = (1e-1, 1e-3)
+  got = linear_probe.select_and_fit(x, y, xt, yt, n_classes=3, l2_grid=grid, seed=2)
+  want = linear_probe.select_and_fit(x[y >= 0], y[y >= 0], xt[yt >= 0], yt[yt >= 0],
+                                     n_classes=3, l2_grid=grid, seed=2)
+  assert got == want and got["n_train"] == 72 and got["n_test"] == 33
+  train, test = linear_probe.holdout_split(y, 0.5, seed=0)
+  np.testing.assert_array_equal(np.sort(np.concatenate([train, test])), np.flatnonzero(y >= 0))
+  again = linear_probe.holdout_split(y[y >= 0], 0.5, seed=0)   # the same draws per class
+  np.testing.assert_array_equal(np.flatnonzero(y >= 0)[again[0]], train)
+
+
 def test_holdout_split_is_stratified_disjoint_and_seeded():
   sizes = {0: 1, 1: 2, 2: 3, 3: 4, 4: 10, 5: 57}
   labels = np.random.default_rng(0).permutation(np.repeat(list(sizes), list(sizes.values())))

@@ -243,6 +243,84 @@ def test_bad_config_is_a_value_error(workdir):
     report.run_report(cfg, workdir)
 
 
+def test_unlabelled_images_are_counted_and_left_out(workdir):
+  """Zero-shot rows labelled -1 (a sample without a label) are not scored as the last class:
+  every model, ensemble and interval uses the labelled rows; results and scores count them."""
+  from mode_jax.eval import evaluate, tasks as tasks_lib
+  models = ["dense", "seed"] + [f"expert_{c}" for c in range(N_EXPERTS)]
+  toy = {}
+  for m in models:
+    a = load(workdir, m, "toy")
+    a["labels"][:6] = -1
+    a["logits"][:6, 3] = 5.0   # class 3 on top: a hit each, were -1 read as the last class
+    np.savez(f"{workdir}/eval/{m}/toy.npz", **a)
+    toy[m] = a
+  cfg = report.default_config()
+  cfg.tasks, cfg.plots, cfg.bootstrap_samples, cfg.clusters = "toy", False, 50, False
+  out = report.run_report(cfg, workdir)
+  row = read_csv(f"{workdir}/report/results.csv")["toy"]
+  y = toy["dense"]["labels"][6:]
+  L = np.stack([toy[f"expert_{c}"]["logits"][6:] for c in range(3)]).astype(np.float64)
+  w = ref_routing(np.load(f"{workdir}/eval/meta_emb/toy.npy"),
+                  np.load(f"{workdir}/cluster/fine_centers.npy"),
+                  np.load(f"{workdir}/cluster/fine_to_expert.npy"), 3)
+  want = {m: top1(toy[m]["logits"][6:], y) for m in models}
+  want.update(uniform=top1(L.mean(0), y), MoDE=top1(np.einsum("c,cij->ij", w, L), y))
+  for m, v in want.items():
+    assert float(row[m]) == pytest.approx(v, abs=1e-6), m
+  assert row["n_unlabelled"] == "6"
+  assert "Unlabelled test images (label -1)" in open(f"{workdir}/report/results.md").read()
+  assert "- toy: 6\n" in open(f"{workdir}/report/results.md").read()
+  sig = {r["comparison"]: r for r in out["significance"] if r["task"] == "toy"}
+  assert sig["MoDE - dense"]["diff"] == pytest.approx(want["MoDE"] - want["dense"], abs=1e-6)
+  # the evaluate stage's plain table scores and counts them the same way
+  task = tasks_lib.Task("toy", "zeroshot", "top1", "", classnames=list("abcd"), templates=["{}"])
+  evaluate.write_scores(workdir, {"toy": task}, ["dense"])
+  scores = read_csv(f"{workdir}/eval/scores.csv")["toy"]
+  assert float(scores["dense"]) == pytest.approx(want["dense"], abs=1e-6)
+  assert "- toy: 6\n" in open(f"{workdir}/eval/scores.md").read()
+
+
+def test_retrieval_meta_rows_follow_the_caption_columns(workdir):
+  """An unreadable image takes its captions out of the logits but not out of eval/meta_emb
+  (one row per caption of every sample): each model's txt_index names the row of each
+  column, so routing sees the captions that were scored. Before, the report refused the task
+  (or, with as many rows, would have routed every later caption by its neighbour's row)."""
+  rng = np.random.default_rng(9)
+  models = ["dense"] + [f"expert_{c}" for c in range(N_EXPERTS)]
+  M = np.load(f"{workdir}/cluster/fine_centers.npy")
+  pi = np.load(f"{workdir}/cluster/fine_to_expert.npy")
+  cm = np.load(f"{workdir}/eval/meta_emb/caps.npy")        # the 12 scored captions
+  lost = unit(M[[5, 5]] + 0.1 * rng.normal(size=(2, 8))).astype(np.float32)
+  np.save(f"{workdir}/eval/meta_emb/caps.npy", np.concatenate([cm[:4], lost, cm[4:]]))
+  txt_index = np.array([0, 1, 2, 3] + list(range(6, 14)), np.int32)   # image 2 unreadable
+  caps = {}
+  for m in models:
+    caps[m] = load(workdir, m, "caps")
+    np.savez(f"{workdir}/eval/{m}/caps.npz", **caps[m], txt_index=txt_index)
+  cfg = report.default_config()
+  cfg.tasks, cfg.plots, cfg.bootstrap_samples, cfg.clusters = "caps", False, 0, False
+  report.run_report(cfg, workdir)
+  row = read_csv(f"{workdir}/report/results.csv")["caps"]
+  t2i = caps["dense"]["txt_to_img"]
+  L = np.stack([caps[f"expert_{c}"]["logits"] for c in range(3)]).astype(np.float64)
+  wc, wq = ref_routing(cm, M, pi, 3), ref_routing(cm, M, pi, 3, per_query=True)
+  assert int(row["n_classes"]) == 12
+  assert float(row["MoDE"]) == pytest.approx(mean_r1(np.einsum("c,cij->ij", wc, L),
+                                                     np.einsum("tc,cit->it", wq, L), t2i))
+  weights = read_csv(f"{workdir}/report/routing_weights.csv")["caps"]
+  np.testing.assert_allclose([float(weights[f"expert_{c}"]) for c in range(3)], wc, rtol=1e-5)
+
+  # a model that read other images cannot join the ensemble; nor can a file without txt_index
+  np.savez(f"{workdir}/eval/expert_1/caps.npz", **caps["expert_1"],
+           txt_index=np.arange(2, 14, dtype=np.int32))
+  with pytest.raises(ValueError, match="caps: expert_1 and dense were scored on different"):
+    report.run_report(cfg, workdir)
+  np.savez(f"{workdir}/eval/expert_1/caps.npz", **caps["expert_1"])
+  with pytest.raises(ValueError, match="12 caption columns.*14 rows.*no txt_index"):
+    report.run_report(cfg, workdir)
+
+
 def add_binary_task(w, rng, task="memes", n=40):
   """A 2-class task scored by ROC AUC (eval/tasks/<task>.json), like HatefulMemes."""
   labels = rng.integers(0, 2, n).astype(np.int32)

@@ -80,10 +80,11 @@ def test_retrieval_logits_from_embedders():
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
   images = np.eye(3, 4, dtype=np.float32).reshape(3, 1, 4, 1)
-  logits, labels, t2i = retrieval.retrieval_logits(
+  logits, labels, t2i, txt_index = retrieval.retrieval_logits(
       embed_images, embed_texts, [(images[:2], [0, 1]), (images[2:], [2])], caps)
   assert logits.shape == (3, 6)
   np.testing.assert_array_equal(t2i, txt_to_img)
+  np.testing.assert_array_equal(txt_index, np.arange(6))   # every image read: all captions
   r = retrieval.recall(logits, t2i)
   assert r["i2t_R@1"] == 1.0 and r["t2i_R@1"] == 1.0
   np.testing.assert_allclose(logits[0, 0], 2.0 / np.sqrt(4.25), rtol=1e-6)  # cosine

@@ -68,6 +68,32 @@ def test_replicates_match_sklearn_on_the_resample(metric):
     assert got[r] == pytest.approx(want, abs=1e-12), r
 
 
+@pytest.mark.parametrize("metric", ["top1", "mean_per_class", "roc_auc"])
+def test_unlabelled_images_are_not_resampled(metric):
+  """Resamples draw from the labelled images only: the replicate on a resample of them is
+  sklearn's score of those rows, and the full score is the labelled rows' task score."""
+  rng = np.random.default_rng(7)
+  n_cls = 2 if metric == "roc_auc" else 5
+  labels = rng.integers(0, n_cls, 150)
+  logits = rng.normal(size=(150, n_cls)) + np.eye(n_cls)[labels]
+  labels[::6] = -1
+  logits[::6, -1] += 4.0   # scored as the last class, these would count as hits
+  stats = sig.zeroshot_stats(metric, logits, labels)
+  known = labels >= 0
+  y, x = labels[known], logits[known]
+  assert sig.n_images(stats) == known.sum() == 125
+  assert sig.full_score(stats) == pytest.approx(zeroshot.task_score(metric, x, y))
+  idx = next(sig.resamples(rng, 125, 4))
+  for r, row in enumerate(idx):
+    if metric == "roc_auc":
+      want = roc_auc_score(y[row], x[row, 1] - x[row, 0])
+    elif metric == "mean_per_class":
+      want = recall_score(y[row], x[row].argmax(1), labels=np.unique(y[row]), average="macro")
+    else:
+      want = top_k_accuracy_score(y[row], x[row], k=1, labels=np.arange(n_cls))
+    assert sig.replicate_scores(stats, idx)[r] == pytest.approx(want, abs=1e-12)
+
+
 def test_retrieval_replicates_carry_captions():
   rng = np.random.default_rng(4)
   t2i = np.array([0, 0, 1, 2, 2, 2, 3, 4, 4, 5])

@@ -151,6 +151,51 @@ def test_roc_auc_with_ties_matches_sklearn():
   np.testing.assert_allclose(zeroshot.average_ranks([3, 1, 3, 2]), [3.5, 1, 3.5, 2])
 
 
+def unlabelled_case(rng, n=240, n_cls=13, n_unl=30):
+  """Logits and labels where `n_unl` rows are unlabelled (-1) and rank the LAST class first,
+  so scoring them as the last class (what indexing with -1 does) inflates every metric."""
+  labels = rng.integers(0, n_cls, n)
+  logits = rng.normal(size=(n, n_cls)) + 0.8 * np.eye(n_cls)[labels]
+  unl = rng.choice(n, n_unl, replace=False)
+  labels[unl] = zeroshot.UNLABELLED
+  logits[unl, -1] += 5.0
+  return logits.astype(np.float32), labels, labels >= 0
+
+
+def test_unlabelled_rows_are_left_out_of_every_metric():
+  rng = np.random.default_rng(4)
+  logits, labels, known = unlabelled_case(rng)
+  x, y = logits[known], labels[known]
+  cls = np.arange(13)
+  top = lambda k: top_k_accuracy_score(y, x, k=k, labels=cls)
+  pmc = balanced_accuracy_score(y, x.argmax(1))
+  m = zeroshot.metrics(logits, labels)
+  assert (m["top1"], m["top5"], m["mean_per_class"]) == pytest.approx((top(1), top(5), pmc))
+  assert zeroshot.accuracy(logits, labels, 5) == pytest.approx(top(5))
+  assert zeroshot.mean_per_class_accuracy(logits, labels) == pytest.approx(pmc)
+  assert zeroshot.task_score("top1", logits, labels) == pytest.approx(top(1))
+  assert zeroshot.task_score("top1_top5", logits, labels) == pytest.approx((top(1) + top(5)) / 2)
+  assert zeroshot.task_score("mean_per_class", logits, labels) == pytest.approx(pmc)
+  assert zeroshot.n_unlabelled(labels) == 30
+  # binary: an unlabelled row is no negative
+  y2 = rng.integers(0, 2, 200)
+  l2 = rng.normal(size=(200, 2)) + 0.5 * y2[:, None] * [0, 1]
+  y2[:25] = -1
+  l2[:25] = [-3.0, 3.0]   # would outrank every positive as a "negative"
+  want = roc_auc_score(y2[25:], l2[25:, 1] - l2[25:, 0])
+  assert zeroshot.task_score("roc_auc", l2, y2) == pytest.approx(want, abs=1e-12)
+
+
+def test_labels_outside_the_classes_are_errors():
+  np.testing.assert_array_equal(zeroshot.labelled([2, -1, 0], 3), [True, False, True])
+  with pytest.raises(ValueError, match=r"\[0, 3\) or -1.*\[-2\]"):
+    zeroshot.metrics(np.zeros((2, 3)), [0, -2])
+  with pytest.raises(ValueError, match=r"\[3\]"):
+    zeroshot.task_score("top1", np.zeros((2, 3)), [0, 3])
+  with pytest.raises(ValueError, match="no labelled rows"):
+    zeroshot.accuracy(np.zeros((2, 3)), [-1, -1])
+
+
 def test_bad_metric_or_task_shape():
   with pytest.raises(ValueError, match="top1_top5"):
     zeroshot.task_score("top3", np.zeros((2, 2)), [0, 1])

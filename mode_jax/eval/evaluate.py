@@ -32,10 +32,12 @@ def evaluate_zeroshot(embed_images: Callable, embed_texts: Callable, task: str, 
 def evaluate_retrieval(embed_images: Callable, embed_texts: Callable,
                        captions_per_image: Sequence[Sequence[str]],
                        batches: Iterable) -> dict[str, np.ndarray]:
-  """{'logits' [N_img, N_txt], 'labels' [N_img], 'txt_to_img' [N_txt]} of one CLIP."""
-  logits, labels, txt_to_img = retrieval.retrieval_logits(
+  """{'logits' [N_img, N_txt], 'labels' [N_img], 'txt_to_img' [N_txt], 'txt_index' [N_txt]}
+  of one CLIP; txt_index: each caption column's row of `metadata_embedding` (captions of
+  unreadable images have no column), for files.write_task_logits."""
+  logits, labels, txt_to_img, txt_index = retrieval.retrieval_logits(
       embed_images, embed_texts, batches, captions_per_image)
-  return {"logits": logits, "labels": labels, "txt_to_img": txt_to_img}
+  return {"logits": logits, "labels": labels, "txt_to_img": txt_to_img, "txt_index": txt_index}
 
 
 def metadata_embedding(embed_sentences: Callable, task: str, spec: dict,
@@ -43,8 +45,10 @@ def metadata_embedding(embed_sentences: Callable, task: str, spec: dict,
   """eval/meta_emb/<task>.npy: e_l of DESIGN.md step 8 with the clustering's sentence encoder.
 
   Zero-shot: per class, every (name, template) prompt normalised, averaged,
-  re-normalised. Retrieval: one normalised row per caption (the queries of
-  per-query routing; their set gives the corpus-level weights).
+  re-normalised. Retrieval: one normalised row per caption of every sample
+  (retrieval.caption_index order), whether or not its image decodes: the
+  queries of per-query routing. A model's logits name each caption
+  column's row (txt_index; files.caption_rows lines them up).
   """
   if spec.get("kind", "zeroshot") == "retrieval":
     texts, _ = retrieval.caption_index(captions_per_image or [])
@@ -56,7 +60,7 @@ def metadata_embedding(embed_sentences: Callable, task: str, spec: dict,
 
 def task_score(task_spec: dict, arrays: dict) -> float:
   """A model's score on one task in percent, as the report scores it: its metric for
-  zero-shot, mean R@1 for retrieval."""
+  zero-shot (labelled images only), mean R@1 for retrieval."""
   from mode_jax.eval import files, report
   if task_spec.get("kind", "zeroshot") == "retrieval":
     return report.score_retrieval(arrays["logits"], arrays["logits"],
@@ -72,18 +76,24 @@ def write_scores(workdir: str, tasks: dict, models: Sequence[str]) -> str:
   """
   from mode_jax import workdir as wd
   from mode_jax.eval import files, report
-  rows = []
+  rows, unlabelled = [], {}
   for name, task in tasks.items():
     spec = task.spec()
     row = {"task": name, "metric": spec["metric"]}
     for m in models:
-      row[m] = task_score(spec, files.read_task_logits(workdir, m, name))
+      arrays = files.read_task_logits(workdir, m, name)
+      row[m] = task_score(spec, arrays)
+      if spec["kind"] == "zeroshot":
+        unlabelled[name] = zeroshot.n_unlabelled(arrays["labels"])
     rows.append(row)
   avg = {"task": "average", "metric": ""}
   avg.update({m: float(np.mean([r[m] for r in rows])) for m in models})
   head = ["task", "metric", *models]
   report.write_csv(wd.path(workdir, "eval", "scores.csv"), head, rows + [avg])
   text = "# Scores (%) per model and task\n\n" + report.markdown(head, rows + [avg]) + "\n"
+  if any(unlabelled.values()):
+    text += ("\nUnlabelled test images (label -1), left out of the scores:\n"
+             + "".join(f"- {k}: {v}\n" for k, v in unlabelled.items() if v))
   skipped = files.read_skipped(workdir)
   if skipped:
     text += "\nSkipped:\n" + "".join(f"- {k}: {v}\n" for k, v in skipped.items())

@@ -3,12 +3,16 @@
   eval/<model>/<task>.npz   logits float32 [N_img, N_cls | N_txt] raw cosines;
                             labels int32 [N_img]; retrieval adds
                             txt_to_img int32 [N_txt] (caption -> image row;
-                            identity when absent and N_txt == N_img);
+                            identity when absent and N_txt == N_img) and
+                            txt_index int32 [N_txt] (caption column -> its
+                            meta_emb row; absent in older workdirs);
                             logit_scale float32 [] (exp of the model's clamped
                             logit scale; absent in older workdirs)
   eval/meta_emb/<task>.npy  float32 [N_cls, D] class metadata embeddings; for a
-                            retrieval task, one row per caption [N_txt, D]
-                            (the per-query routing of DESIGN.md step 9)
+                            retrieval task, one row per caption of every
+                            sample, read or not (the per-query routing of
+                            DESIGN.md step 9): `caption_rows` picks the rows
+                            of a model's caption columns
   eval/tasks/<task>.json    the task as evaluated: {"kind": "zeroshot" | "retrieval",
                             "metric": "top1" | "mean_per_class" | "top1_top5" |
                             "roc_auc" (zero-shot; retrieval is mean R@1), "source",
@@ -35,11 +39,13 @@ def meta_rel(task: str) -> str:
 
 
 def write_task_logits(workdir: str, model: str, task: str, logits, labels,
-                      txt_to_img=None, logit_scale=None) -> str:
+                      txt_to_img=None, logit_scale=None, txt_index=None) -> str:
   """Writes eval/<model>/<task>.npz atomically; returns its path."""
   arrays = dict(logits=np.asarray(logits, np.float32), labels=np.asarray(labels, np.int32))
   if txt_to_img is not None:
     arrays["txt_to_img"] = np.asarray(txt_to_img, np.int32)
+  if txt_index is not None:   # which captions the columns are (unreadable images drop theirs)
+    arrays["txt_index"] = np.asarray(txt_index, np.int32)
   if logit_scale is not None:   # the model's own temperature (the specialisation losses)
     arrays["logit_scale"] = np.asarray(logit_scale, np.float32)
   return wd.save_npz(wd.path(workdir, logits_rel(model, task)), **arrays)
@@ -100,3 +106,23 @@ def txt_to_img_of(arrays: dict) -> np.ndarray:
   if n_img != n_txt:
     raise ValueError(f"retrieval logits {n_img}x{n_txt} need a txt_to_img map")
   return np.arange(n_txt, dtype=np.int32)
+
+
+def caption_rows(arrays: dict, n_meta: int) -> np.ndarray:
+  """The eval/meta_emb row of each caption column of a retrieval npz.
+
+  Its txt_index; without one (files written before it was recorded) the
+  identity, which holds only when every caption had a column.
+  """
+  n_txt = arrays["logits"].shape[1]
+  if "txt_index" not in arrays:
+    if n_txt != n_meta:
+      raise ValueError(f"retrieval logits have {n_txt} caption columns, the metadata "
+                       f"embeddings {n_meta} rows, and the file has no txt_index to line them "
+                       "up (written before it was recorded): re-run the evaluate stage")
+    return np.arange(n_txt)
+  rows = arrays["txt_index"].astype(np.int64)
+  if rows.shape != (n_txt,) or (n_txt and (rows.min() < 0 or rows.max() >= n_meta)):
+    raise ValueError(f"txt_index {rows.shape} (max {rows.max() if n_txt else None}) does not "
+                     f"name {n_txt} caption columns among {n_meta} metadata rows")
+  return rows

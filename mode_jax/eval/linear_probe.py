@@ -6,6 +6,7 @@ minimises sum CE + 1 / (2C) * ||W||^2, the same problem scaled by N, so
 l2 = 1 / (C * N). A mean (not a sum) keeps one l2 grid meaningful across
 datasets of different sizes.
 
+Unlabelled rows (label -1, zeroshot.labelled) neither fit nor score a probe.
 Samples enter the loss through a 0/1 weight, so the validation sweep fits the
 fit part of the train set without copying the features (up to ~100k x 4k
 float32 for concatenated experts) and compiles once per train set shape.
@@ -24,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import optax.tree_utils as otu
+
+from mode_jax.eval import zeroshot
 
 # Log grid over the L2 strength, strongest first so each fit warm-starts from a
 # nearby, simpler solution. CLIP (Radford et al. 2021, appendix A.3) instead
@@ -49,7 +52,8 @@ def predict(params: Params, x) -> jax.Array:
 
 
 def accuracy(params: Params, x, y) -> float:
-  """Top-1 accuracy as a fraction."""
+  """Top-1 accuracy as a fraction, over the labelled rows."""
+  x, y = labelled_rows(x, y, params.W.shape[1])
   return float(np.mean(np.asarray(_hits(params, jnp.asarray(x), jnp.asarray(y, jnp.int32)))))
 
 
@@ -57,12 +61,23 @@ def fit(x, y, n_classes: int, l2: float, *, max_iter: int = MAX_ITER, tol: float
         init: Params | None = None) -> Params:
   """Minimise mean CE + (l2/2)||W||^2 over all of (x [N, D], y int [N]); l2 = 1/(C*N) for sklearn's C.
 
-  `init` warm-starts from an earlier solution (zeros otherwise).
+  `init` warm-starts from an earlier solution (zeros otherwise). Unlabelled rows are left out.
   """
+  x, y = labelled_rows(x, y, n_classes)
   x = jnp.asarray(x)
   init = _zeros(x.shape[1], n_classes) if init is None else init
   return _fit(x, jnp.asarray(y, jnp.int32), jnp.ones(x.shape[0], jnp.float32), l2, init,
               max_iter=max_iter, tol=tol)
+
+
+def labelled_rows(x, y, n_classes: int):
+  """(features, labels) of the labelled rows (zeroshot.labelled: -1 has no class to learn)."""
+  y = np.asarray(y)
+  keep = zeroshot.labelled(y, n_classes)
+  if keep.all():
+    return x, y
+  rows = np.flatnonzero(keep)
+  return x[rows], y[rows]
 
 
 def holdout_split(labels, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -70,14 +85,14 @@ def holdout_split(labels, test_fraction: float, seed: int) -> tuple[np.ndarray, 
 
   Each class sends round(n_c * test_fraction) samples to the test side, clipped
   so that both sides keep min(2, n_c // 2) of it: every class with >= 4 samples
-  is seen at least twice in training and in testing.
+  is seen at least twice in training and in testing. Unlabelled rows go to neither side.
   """
   if not 0.0 < test_fraction < 1.0:
     raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
   labels = np.asarray(labels)
   rng = np.random.default_rng(seed)
-  train, test = [], []
-  for c in np.unique(labels):
+  train, test = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+  for c in np.unique(labels[zeroshot.labelled(labels)]):
     idx = rng.permutation(np.flatnonzero(labels == c))
     keep = min(2, len(idx) // 2)
     n_test = int(np.clip(round(len(idx) * test_fraction), keep, len(idx) - keep))
@@ -96,9 +111,12 @@ def select_and_fit(x_train, y_train, x_test, y_test, *, n_classes: int,
   `score(logits, labels) -> float` is the task's metric (default top-1
   accuracy; the probe stage passes zeroshot.task_score's, e.g. mean
   per-class accuracy for Pets). Ties go to the larger l2 (the simpler
-  model). Returns {"score" (test), "l2", "val_scores" {l2: validation
-  score}, "n_train" (refit size), "n_fit", "n_val", "n_test"}.
+  model). Unlabelled rows of either set are left out. Returns {"score"
+  (test), "l2", "val_scores" {l2: validation score}, "n_train" (refit
+  size), "n_fit", "n_val", "n_test"}.
   """
+  x_train, y_train = labelled_rows(x_train, y_train, n_classes)
+  x_test, y_test = labelled_rows(x_test, y_test, n_classes)
   measure = (lambda p, x, y: accuracy(p, x, y)) if score is None else \
       (lambda p, x, y: float(score(np.asarray(predict(p, x)), np.asarray(y))))
   x_train, x_test = jnp.asarray(x_train), jnp.asarray(x_test)

@@ -63,9 +63,8 @@ def probe_task(task, per_model: dict, holdout: float) -> dict:
     else:
       x, y = got["test"]
       (xtr, ytr), (xte, yte) = (x[idx[0]], y[idx[0]]), (x[idx[1]], y[idx[1]])
-    keep_tr, keep_te = ytr >= 0, yte >= 0    # unlabelled rows cannot train or score
-    r = select_and_fit(xtr[keep_tr], ytr[keep_tr], xte[keep_te], yte[keep_te],
-                                    n_classes=len(task.classnames), seed=SEED, score=score)
+    r = select_and_fit(xtr, ytr, xte, yte, n_classes=len(task.classnames), seed=SEED,
+                       score=score)   # unlabelled rows are left out there
     out["models"][m] = {"score": float(r["score"]), "l2": float(r["l2"])}
     out.update(n_train=int(r["n_train"]), n_val=int(r["n_val"]), n_test=int(r["n_test"]))
   return out

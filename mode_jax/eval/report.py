@@ -14,7 +14,9 @@ and the training shards exist: eval/cluster_summary.py) and
 report/routing_weights.png, report/scores.png.
 
 Score per task, in percent: zero-shot -> the task's metric (zeroshot.METRICS,
-default top-1); retrieval -> the mean of image->text R@1 and text->image R@1.
+default top-1) on the labelled test images (the unlabelled ones, label -1, are
+counted: results.csv n_unlabelled); retrieval -> the mean of image->text R@1
+and text->image R@1, each caption routed by its own row of eval/meta_emb.
 Columns: dense, seed, each expert, uniform (mean of experts), best_single
 (ORACLE: best expert on the test labels), prior (the expert with the largest
 routing weight, alone), MoDE (routed ensemble), MoDE-k (progressive: first k
@@ -134,6 +136,12 @@ def evaluate_task(cfg, workdir, task, fine_centers, fine_to_expert, order,
   n = len(order)
   meta = files.read_meta_emb(workdir, task)
   experts = [files.read_task_logits(workdir, f"expert_{c}", task) for c in range(n)]
+  baselines = ["dense"] + (["seed"] if wd.exists(
+      wd.path(workdir, files.logits_rel("seed", task))) else [])
+  arrays = {name: files.read_task_logits(workdir, name, task) for name in baselines}
+  if kind == "retrieval":   # the rows of the captions whose images were read, column order
+    meta = meta[caption_rows(task, {**arrays, **{f"expert_{c}": e for c, e in
+                                                 enumerate(experts)}}, len(meta))]
   stack = jnp.asarray(np.stack([e["logits"] for e in experts]), jnp.float32)
   labels = experts[0]["labels"]
   if stack.shape[2] != len(meta):
@@ -142,6 +150,8 @@ def evaluate_task(cfg, workdir, task, fine_centers, fine_to_expert, order,
   args = (fine_centers, fine_to_expert, n, cfg.mode, int(cfg.top_k))
   weights = np.asarray(routing.routing_weights(jnp.asarray(meta), *args))
   row = {"task": task, "kind": kind, "metric": metric, "n_classes": len(meta)}
+  if kind == "zeroshot":   # left out of every score below (zeroshot.labelled)
+    row["n_unlabelled"] = zeroshot.n_unlabelled(labels)
   metrics, stats = {}, {}
   keep = ("dense", "uniform", "MoDE") if cfg.get("bootstrap_samples", 0) else ()
 
@@ -164,9 +174,6 @@ def evaluate_task(cfg, workdir, task, fine_centers, fine_to_expert, order,
     if name in keep:
       stats[name] = per_image(logits, t2i_logits)
 
-  baselines = ["dense"] + (["seed"] if wd.exists(
-      wd.path(workdir, files.logits_rel("seed", task))) else [])
-  arrays = {name: files.read_task_logits(workdir, name, task) for name in baselines}
   for name in baselines:
     score(name, arrays[name]["logits"])
   for c in range(n):
@@ -195,6 +202,29 @@ def evaluate_task(cfg, workdir, task, fine_centers, fine_to_expert, order,
     spec = specialisation.task_rows(task, models, txt_to_img, caption_expert, n)
   return {"row": row, "weights": weights, "metrics": metrics, "stats": stats,
           "specialisation": spec}
+
+
+def caption_rows(task: str, models: dict, n_meta: int) -> np.ndarray:
+  """The eval/meta_emb row of each caption column (files.caption_rows), which every model
+  must share: models that read different images cannot be ensembled column by column."""
+  try:
+    rows = {m: files.caption_rows(a, n_meta) for m, a in models.items()}
+  except ValueError as e:
+    raise ValueError(f"{task}: {e}") from None
+  first = next(iter(models))
+  for m, a in models.items():
+    if not (np.array_equal(rows[m], rows[first])
+            and np.array_equal(files.txt_to_img_of(a), files.txt_to_img_of(models[first]))):
+      raise ValueError(f"{task}: {m} and {first} were scored on different captions or images "
+                       "(an image one of them could not read?): re-run the evaluate stage")
+  return rows[first]
+
+
+def unlabelled_note(rows) -> str:
+  """results.md lines for the zero-shot tasks with unlabelled test images ('' when none)."""
+  hit = [r for r in rows if r.get("n_unlabelled")]
+  return ("\nUnlabelled test images (label -1), left out of every score and interval:\n"
+          + "".join(f"- {r['task']}: {r['n_unlabelled']}\n" for r in hit)) if hit else ""
 
 
 # ---------------------------------------------------------------- output ----
@@ -376,7 +406,8 @@ def _report(cfg, workdir: str) -> dict:
   table = with_average(rows, cols)
 
   out = wd.path(workdir, "report")
-  head = ["task", "kind", "metric", "n_classes"] + cols + ["best_single_expert", "prior_expert"]
+  head = (["task", "kind", "metric", "n_classes"] + cols
+          + ["best_single_expert", "prior_expert", "n_unlabelled"])
   write_csv(wd.path(out, "results.csv"), head, table)
   md = markdown(["task", "kind", "metric", "n_classes"] + cols, table)
   notes = (
@@ -388,7 +419,7 @@ def _report(cfg, workdir: str) -> dict:
       f"best_single is an ORACLE (chosen on test labels); prior = the expert with the largest "
       f"routing weight, alone.\nMoDE-k: first k experts of expert_order {order} (widest "
       f"spread first), weights renormalised over them.\n")
-  doc = "# MoDE results\n\n" + notes + "\n" + md + "\n"
+  doc = "# MoDE results\n\n" + notes + "\n" + md + "\n" + unlabelled_note(rows)
   if skipped:
     doc += ("\nSkipped (not evaluated, not in the average):\n"
             + "".join(f"- {t}: {why}\n" for t, why in sorted(skipped.items())))

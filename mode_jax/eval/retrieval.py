@@ -35,12 +35,15 @@ def caption_index(captions_per_image: Sequence[Sequence[str]]) -> tuple[list[str
 
 def retrieval_logits(embed_images: Callable, embed_texts: Callable, batches: Iterable,
                      captions_per_image: Sequence[Sequence[str]]):
-  """(logits float32 [N_img, N_txt] raw cosines, labels int32 [N_img], txt_to_img int32 [N_txt]).
+  """(logits float32 [N_img, N_txt] raw cosines, labels int32 [N_img], txt_to_img int32 [N_txt],
+  txt_index int32 [N_txt]).
 
   `captions_per_image[p]` are the captions of the sample at position p of
   the evaluation set (the loader's index order); `batches` yields (images,
   labels[, index]). Images the loader drops (unreadable) are dropped with
-  their captions, so every caption stays with its own image.
+  their captions, so every caption stays with its own image. txt_index[j]
+  is column j's caption in caption_index order: its row of the task's
+  metadata embeddings (eval/meta_emb, one row per caption of every sample).
   """
   texts, txt_to_pos = caption_index(captions_per_image)
   txt = features.embed_texts_batched(embed_texts, texts, desc="captions")
@@ -53,7 +56,8 @@ def retrieval_logits(embed_images: Callable, embed_texts: Callable, batches: Ite
   row = np.full(len(captions_per_image), -1, np.int64)
   row[pos] = np.arange(len(pos))
   keep = row[txt_to_pos] >= 0          # captions of the images that were read
-  return logits[:, keep], labels, row[txt_to_pos[keep]].astype(np.int32)
+  return (logits[:, keep], labels, row[txt_to_pos[keep]].astype(np.int32),
+          np.flatnonzero(keep).astype(np.int32))
 
 
 @jax.jit

@@ -40,9 +40,10 @@ def label(a: str, b: str) -> str:
 
 # ------------------------------------------------------- per-image outcomes ----
 def zeroshot_stats(metric: str, logits, labels) -> dict:
-  """What a replicate needs of one model's zero-shot logits, per image."""
+  """What a replicate needs of one model's zero-shot logits, per labelled image (resamples
+  draw from those: an unlabelled row has no outcome)."""
   zeroshot.check_metric(metric)
-  labels = np.asarray(labels)
+  logits, labels = zeroshot.labelled_rows(logits, labels)
   if metric == "roc_auc":
     _, group = np.unique(zeroshot.binary_score(logits), return_inverse=True)
     return {"metric": metric, "group": group.ravel(), "n_groups": int(group.max()) + 1,

@@ -11,6 +11,11 @@ A task names the metric it is scored with (eval/tasks/<task>.json "metric",
 following CLIP_benchmark): "top1"; "mean_per_class" (per-class top-1 recall,
 averaged: Aircraft, Pets, Caltech101, Flowers); "top1_top5" ((top-1 + top-5) / 2,
 the Kinetics700 metric); "roc_auc" (binary tasks such as HatefulMemes).
+
+Unlabelled rows: the loader gives a sample without a label UNLABELLED (-1),
+and indexing with -1 would score it as the last class. Every score here, the
+bootstrap (significance.py) and the probe (linear_probe.py) leave such rows
+out through `labelled` / `labelled_rows`; the report counts them.
 """
 
 from __future__ import annotations
@@ -25,6 +30,40 @@ from mode_jax.eval import features
 
 class_features = features.class_features   # re-exported: step 7's template averaging
 
+UNLABELLED = -1   # the loader's label of a sample without one (data/io/loader.py)
+
+
+def labelled(labels, n_classes: int | None = None) -> np.ndarray:
+  """Bool mask of the rows that carry a label: the one rule for unlabelled rows.
+
+  A label below UNLABELLED, or (given `n_classes`) at or above it, is an
+  error: it cannot be scored and would index another row silently.
+  """
+  labels = np.asarray(labels)
+  bad = labels < UNLABELLED
+  if n_classes is not None:
+    bad |= labels >= n_classes
+  if bad.any():
+    raise ValueError(f"labels must be in [0, {n_classes}) or {UNLABELLED} (unlabelled); got "
+                     f"{sorted(set(labels[bad].tolist()))[:5]}")
+  return labels != UNLABELLED
+
+
+def n_unlabelled(labels) -> int:
+  return int(np.sum(~labelled(labels)))
+
+
+def labelled_rows(logits, labels):
+  """(logits, labels) of the labelled rows only (the inputs themselves when all are)."""
+  labels = np.asarray(labels)
+  keep = labelled(labels, np.shape(logits)[1])
+  if not keep.any():
+    raise ValueError(f"no labelled rows among {len(labels)} (all {UNLABELLED}): nothing to score")
+  if keep.all():
+    return logits, labels
+  rows = np.flatnonzero(keep)
+  return logits[rows], labels[rows]
+
 
 def zeroshot_logits(embed_images: Callable, class_features,
                     batches: Iterable) -> tuple[np.ndarray, np.ndarray]:
@@ -37,19 +76,21 @@ def zeroshot_logits(embed_images: Callable, class_features,
 
 @jax.jit
 def true_class_rank(logits, labels):
-  """Per image, how many classes score strictly above the true class (0 = top-1 correct)."""
+  """Per image, how many classes score strictly above the true class (0 = top-1 correct).
+  Labelled rows only (`labelled_rows`): a -1 label would take the last class."""
   true = jnp.take_along_axis(logits, labels[:, None], axis=1)
   return jnp.sum(logits > true, axis=1)
 
 
 def accuracy(logits, labels, k: int = 1) -> float:
-  """Top-k accuracy."""
+  """Top-k accuracy over the labelled rows."""
+  logits, labels = labelled_rows(logits, labels)
   return float(np.mean(np.asarray(true_class_rank(logits, labels)) < k))
 
 
 def mean_per_class_accuracy(logits, labels) -> float:
   """Top-1 recall of each class present in `labels`, averaged over those classes."""
-  labels = np.asarray(labels)
+  logits, labels = labelled_rows(logits, labels)
   hit = np.asarray(true_class_rank(logits, labels)) == 0
   classes = np.unique(labels)
   return float(np.mean([hit[labels == c].mean() for c in classes]))
@@ -92,8 +133,10 @@ def roc_auc(scores, positive) -> float:
 
 
 def task_score(metric: str, logits, labels) -> float:
-  """One task's score (fraction in [0, 1]) under its metric (one of METRICS)."""
+  """One task's score (fraction in [0, 1]) under its metric (one of METRICS), on the labelled
+  rows."""
   check_metric(metric)
+  logits, labels = labelled_rows(logits, labels)
   if metric == "roc_auc":
     return roc_auc(binary_score(logits), np.asarray(labels) == 1)
   m = metrics(logits, labels)
@@ -101,7 +144,8 @@ def task_score(metric: str, logits, labels) -> float:
 
 
 def metrics(logits, labels, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
-  """{'top1', 'top5', 'mean_per_class'} of one task's logits."""
+  """{'top1', 'top5', 'mean_per_class'} of one task's logits, on the labelled rows."""
+  logits, labels = labelled_rows(logits, labels)
   logits = jnp.asarray(logits, jnp.float32)
   labels = jnp.asarray(labels, jnp.int32)
   rank = np.asarray(true_class_rank(logits, labels))

@@ -83,7 +83,8 @@ def run(config, workdir: str):
 
       def write(out=out, n=n):
         files.write_task_logits(workdir, name, n, out["logits"], out["labels"],
-                                out.get("txt_to_img"), logit_scale=scale)
+                                out.get("txt_to_img"), logit_scale=scale,
+                                txt_index=out.get("txt_index"))
         wd.write_json(done_p, done)
 
       distributed.on_primary(f"eval {name} {n}", write)
