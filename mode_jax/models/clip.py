@@ -189,4 +189,4 @@ class CLIP(nnx.Module):
 def l2_normalize(x, axis: int = -1, eps: float = L2_EPS):
   """x / max(||x||, eps) along `axis`, in float32: every embedding of the project goes through it."""
   x = x.astype(jnp.float32)
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), eps * eps))
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), eps)
