@@ -166,7 +166,9 @@ def test_audit_of_shards_on_disk(tmp_path):
            for t, meta in audit.eval_tasks(shards).items()}
   again = audit.audit_samples(training, evals)
   assert {**again, "wall_s": 0} == {**a, "wall_s": 0}
-  assert "icon_retrieval: 1/2 images" in audit.summary_line("icon_retrieval", r)
+  assert audit.summary_line("icon_retrieval", r) == (
+      "icon_retrieval: leaks 2; 2 images, 1 within the pHash threshold (nearest 0 bits), "
+      "0 identical; 3 texts, 0 in training, 1 nearly")
 
 
 # --- the runlocal demo corpus ------------------------------------------------------
@@ -193,3 +195,29 @@ def test_runlocal_demo_corpus_does_not_leak(tmp_path):
     else:
       assert task in audit.PHOTO_TASKS and t["images_identical"] == 0
   assert marker["leaks"] == {task: 0 for task in a["tasks"]}
+
+
+# --- the report's section ------------------------------------------------------------
+
+from tests.test_report import workdir  # noqa: E402,F401  (the report's toy workdir fixture)
+
+
+def test_report_lists_the_audit_one_line_per_task(workdir):
+  from mode_jax.eval import report
+  cfg = report.default_config()
+  cfg.plots, cfg.bootstrap_samples, cfg.clusters = False, 0, False
+  assert report.leak_audit_section(workdir) == ""   # no shards/leak_audit.json: no section
+  training, images = _training()
+  evals = {"caps": ([{"__key__": "c0", "png": images[0], "json": {"texts": ["cat", "dog"]}}],
+                    {"kind": "retrieval"}),
+           "mnist": ([{"__key__": "m0", "png": _drawing(7), "json": {"texts": ["x"]}}],
+                     {"kind": "zeroshot", "classnames": [["one"]], "templates": ["{}"]})}
+  a = audit.audit_samples(training, evals)
+  audit.write(f"{workdir}/shards", a)
+  report.run_report(cfg, workdir)
+  md = open(f"{workdir}/report/results.md").read()
+  section = md.split("## Leak audit\n\n", 1)[1].split("\n## ", 1)[0]
+  lines = [ln for ln in section.splitlines() if ln.startswith("- ")]
+  assert lines == ["- " + audit.summary_line(t, a["tasks"][t]) for t in ("caps", "mnist")]
+  assert lines[0].startswith("- caps: leaks 2; 1 images, 1 within")   # the image and 'cat'
+  assert "Leaks in all: 2." in section and "mnist count only identical" in section

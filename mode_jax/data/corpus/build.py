@@ -18,8 +18,8 @@ sharding, so every shard mixes sources. Evaluation sets (shards/eval/):
 Zero-shot templates never occur among the training caption templates. Held-out
 images within the split's pHash threshold of any training image (any source;
 Fashion-MNIST and MNIST: pixel-identical ones) and retrieval captions that
-training also has are dropped; shards/leak_audit.json (audit.py) then measures
-what is left, read back from the shards, per task.
+training also has are dropped; shards/leak_audit.json (audit.py) then records,
+per task, how close what was written is to training (`audit.audit` re-reads it).
 Licences and credits of every image used: shards/LICENSES.md, attribution.json.
 
 Cached: a finished run ends by writing shards/prepare.json (counts, sources,

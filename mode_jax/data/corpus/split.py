@@ -15,22 +15,9 @@ left; a retrieval caption that training also has (audit.caption_key) is
 dropped. A record is a dict with RECORD_FIELDS, plus "group", "subgroup",
 "category", "style", "alias_concepts" where the source has them.
 
-Wiring into the `prepare` stage (not done yet, issue 13):
-
-  names = sources_icons.EmojiNames(sources_icons.emojibase_dir())
-  recs = (sources_icons.records(texts_per_image=k, seed=seed)
-          + sources_openmoji.records(texts_per_image=k, seed=seed, emoji_names=names)
-          + sources_fluent3d.records(texts_per_image=k, seed=seed, stats=stats)
-          + sources_tuxpaint.records(emoji_names=names, texts_per_image=k, seed=seed))
-  images = render_cache.render_records(recs, size, cache_dir, num_workers, stats)
-  sp = split(recs, images, heldout_families=HELDOUT_FAMILIES, concept_frac=0.1, seed=seed,
-             extra_train_hashes=phash(clipart_train_images))   # drops stamps copied from clip art
-  train samples: sp["train"] -> {"__key__": numbered (record keys hold '/'), "png": image,
-                                 "json": {"texts": rec["captions"], "source": rec["family"]}}
-  eval tasks: openmoji_zeroshot(recs, sp, "group" | "subgroup", "color" | "black"),
-              tuxpaint_zeroshot(recs, sp, depth=1), concept_retrieval(recs, sp)
-  attribution.write(used records, <workdir>/shards); add npm_packages.PINNED and the set
-  list to the prepare fingerprint.
+icon_corpus.build wires it into `prepare`, with every other source's training
+images as `extra_train_hashes` and their names as train / held-out concepts;
+audit.py then measures what is left.
 """
 
 from __future__ import annotations
