@@ -204,3 +204,81 @@ def test_eval_tasks():
   assert {by[s["key"]]["concept"] for s in samples} == held
   assert samples == cs.concept_retrieval(recs, sp, seed=0)[0]
   assert all(s["texts"] == by[s["key"]]["captions"] for s in samples)
+
+
+# --- concepts joined by aliases, captions training has ----------------------------
+
+def test_concept_groups_join_aliases_transitively():
+  recs = [{"concept": "name:c", "alias_concepts": ["name:b"]},
+          {"concept": "name:b", "alias_concepts": ["name:a"]},
+          {"concept": "name:d"}, {"concept": "name:e", "alias_concepts": []}]
+  assert cs.concept_groups(recs) == {"name:a": "name:a", "name:b": "name:a", "name:c": "name:a",
+                                     "name:d": "name:d", "name:e": "name:e"}
+
+
+def test_split_moves_alias_joined_concepts_as_one():
+  """mdi 'timer' is also 'stopwatch': a held-out stopwatch must not train as timer's alias."""
+  recs, images = _records()
+  concepts = sorted({r["concept"] for r in recs})
+  held = [c for c in concepts if cs.concept_heldout(c, 0.2, 0)]
+  free = [c for c in concepts if c not in held]
+  # one pair whose group key (the smaller) is held out, one whose group key trains
+  pair_held = next((h, f) for h in held for f in free if h < f)
+  pair_free = next((h, f) for h in held for f in free if f < h and not {h, f} & set(pair_held))
+  for r in recs:
+    if r["family"] == "noto" and r["concept"] in (pair_held[1], pair_free[1]):
+      r["alias_concepts"] = [pair_held[0] if r["concept"] == pair_held[1] else pair_free[0]]
+  by = {r["key"]: r for r in recs}
+  sp = cs.split(recs, images, heldout_families=("om",), concept_frac=0.2, seed=0)
+  train = {by[k]["concept"] for k in sp["train"]}
+  con = {by[k]["concept"] for k in sp["heldout_concept"]}
+  assert set(pair_held) <= con and not set(pair_held) & train
+  assert set(pair_free) <= train and not set(pair_free) & con
+  assert con == set(held) - {pair_free[0]} | {pair_held[1]}
+  assert sp["counts"]["concept_groups"] == len(concepts) - 2
+  assert sp["counts"]["largest_concept_group"] == 2
+
+
+def test_split_other_sources_names_act_on_alias_groups():
+  """A clip-art title held out (or trained) that is only an alias still moves its group."""
+  recs, images = _records(20)
+  free = sorted(c for c in {r["concept"] for r in recs} if not cs.concept_heldout(c, 0.2, 0))
+  held = sorted(c for c in {r["concept"] for r in recs} if cs.concept_heldout(c, 0.2, 0))
+  for r in recs:
+    if r["concept"] == free[0]:
+      r["alias_concepts"] = ["name:stopwatch"]
+    if r["concept"] == held[0]:
+      r["alias_concepts"] = ["name:dress"]
+  by = {r["key"]: r for r in recs}
+  sp = cs.split(recs, images, heldout_families=("om",), concept_frac=0.2, seed=0,
+                train_concepts=["name:dress"], heldout_concepts=["name:stopwatch"])
+  con = {by[k]["concept"] for k in sp["heldout_concept"]}
+  assert free[0] in con and held[0] not in con
+  assert con == set(held) - {held[0]} | {free[0]}
+  sp = cs.split(recs, images, heldout_families=("om",), concept_frac=0.2, seed=0,
+                train_concepts=["name:stopwatch"], heldout_concepts=["name:stopwatch"])
+  assert sp["counts"]["conflicting_groups"] == 1   # training wins: the audit checks captions
+  assert free[0] in {by[k]["concept"] for k in sp["train"]}
+
+
+def test_concept_retrieval_drops_training_captions():
+  recs, images = _records(60)
+  sp = cs.split(recs, images, heldout_families=("om",), concept_frac=0.2, seed=0)
+  base, _ = cs.concept_retrieval(recs, sp, seed=0)
+  by = {r["key"]: r for r in recs}
+  first = base[0]["key"]   # its concept's drawn record
+  c = by[first]["concept"]
+  for r in recs:
+    r["captions"] = [f"{r['key']} one", f"{r['concept']} shared"]
+  known = {f"{c}  SHARED.", f"{first} one"}   # near: case, spacing, punctuation
+  keys = {k for k in known}
+  from mode_jax.data.corpus import audit
+  knows = lambda t: audit.caption_key(t) in {audit.caption_key(k) for k in keys}
+  samples, _ = cs.concept_retrieval(recs, sp, seed=0, known=knows)
+  assert len(samples) == len(base)
+  got = {by[s["key"]]["concept"]: s for s in samples}
+  others = sorted(r["key"] for r in recs if r["concept"] == c and r["key"] in sp["heldout_concept"])
+  assert got[c]["key"] != first and got[c]["key"] in others   # its captions are all known
+  assert got[c]["texts"] == [f"{got[c]['key']} one"]
+  assert all(s["texts"] == by[s["key"]]["captions"] for s in samples
+             if by[s["key"]]["concept"] != c)

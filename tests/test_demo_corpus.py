@@ -70,22 +70,31 @@ def _svg(title, kws=(), desc="", body=RECT):
                     kws="".join(f"<rdf:li>{k}</rdf:li>" for k in kws), body=body)
 
 
+def _shape(seed):
+  """A polygon and a dot: every fake SVG its own picture (pHash min distance 20 bits),
+  or the split's near-duplicate drop would find held-out copies of training images."""
+  rng = np.random.default_rng(seed)
+  points = " L".join(f"{x} {y}" for x, y in rng.integers(0, 11, (5, 2)))
+  cx, cy = rng.integers(2, 9, 2)
+  return f'<path d="M{points} Z" fill="#333"/><circle cx="{cx}" cy="{cy}" r="2" fill="#c03"/>'
+
+
 FAKE = {   # relpath -> svg; titles repeat within icon sets, as in the real tree
-    "animals/cat_1.svg": _svg("Cat 1", ["cat", "pet"], "a sitting cat"),
-    "animals/cat_2.svg": _svg("cat 2", ["cat"]),
-    "animals/cat_3.svg": _svg("CAT-3", ["kitten"]),
+    "animals/cat_1.svg": _svg("Cat 1", ["cat", "pet"], "a sitting cat", body=_shape(0)),
+    "animals/cat_2.svg": _svg("cat 2", ["cat"], body=_shape(1)),
+    "animals/cat_3.svg": _svg("CAT-3", ["kitten"], body=_shape(2)),
     "animals/dog.svg": _svg("Dog", ["dog"]),
-    "animals/birds/owl.svg": _svg("Owl", ["bird", "owl"]),
-    "animals/birds/duck.svg": _svg("Duck", ["bird"]),
-    "food/apple_a.svg": _svg("Apple", ["fruit"]),
-    "food/apple_b.svg": _svg("apple", ["fruit", "red"]),
-    "food/bread.svg": _svg("Bread", ["bakery"]),
-    "food/cheese.svg": _svg("Cheese", ["dairy"]),
-    "shapes/star.svg": _svg("Star", ["shape"]),
-    "shapes/circle.svg": _svg("Circle", ["shape", "round"]),
-    "shapes/square.svg": _svg("Square", []),
-    "shapes/tri.svg": _svg("Triangle", ["shape"]),
-    "shapes/notitle.svg": _svg("", ["shape"]),
+    "animals/birds/owl.svg": _svg("Owl", ["bird", "owl"], body=_shape(3)),
+    "animals/birds/duck.svg": _svg("Duck", ["bird"], body=_shape(4)),
+    "food/apple_a.svg": _svg("Apple", ["fruit"], body=_shape(5)),
+    "food/apple_b.svg": _svg("apple", ["fruit", "red"], body=_shape(6)),
+    "food/bread.svg": _svg("Bread", ["bakery"], body=_shape(7)),
+    "food/cheese.svg": _svg("Cheese", ["dairy"], body=_shape(8)),
+    "shapes/star.svg": _svg("Star", ["shape"], body=_shape(9)),
+    "shapes/circle.svg": _svg("Circle", ["shape", "round"], body=_shape(10)),
+    "shapes/square.svg": _svg("Square", [], body=_shape(11)),
+    "shapes/tri.svg": _svg("Triangle", ["shape"], body=_shape(12)),
+    "shapes/notitle.svg": _svg("", ["shape"], body=_shape(13)),
     "shapes/blank.svg": _svg("Nothing", body=""),
     "shapes/broken.svg": "<svg><metadata>",
 }
@@ -258,6 +267,81 @@ def test_prepare_clipart_heldout_titles_never_in_training(fake_tree, tmp_path):
   assert len(retrieval) == len(held_titles)   # one image per held-out title
 
 
+# Held-out titles (monkeypatched) with planted leaks: 'Corsica' is the training image
+# 'Sardinia' under another title; 'Tower' shares a keyword caption with 'House' and, in
+# its first image, its whole caption list with training ('tower' is 'Castle's keyword).
+PLANTED = {
+    "geography/corsica.svg": _svg("Corsica", ["map", "island"],
+                                  body='<path d="M2 1 L8 3 L6 9 L3 7 Z" fill="#333"/>'),
+    "geography/sardinia.svg": _svg("Sardinia", ["map", "island"],
+                                   body='<path d="M2 1 L8 3 L6 9 L3 7 Z" fill="#333"/>'),
+    "buildings/house.svg": _svg("House", ["clip art", "media"],
+                                body='<path d="M1 5 L5 1 L9 5 L9 9 L1 9 Z" fill="#a00"/>'),
+    "buildings/castle.svg": _svg("Castle", ["tower"],
+                                 body='<rect x="1" y="1" width="3" height="8" fill="#555"/>'
+                                      '<rect x="6" y="1" width="3" height="8" fill="#555"/>'),
+    "buildings/tower_1.svg": _svg("Tower", ["clip art", "media"],
+                                  body='<rect x="4" y="1" width="2" height="8" fill="#000"/>'
+                                       '<rect x="3" y="1" width="4" height="2" fill="#000"/>'),
+    "buildings/tower_2.svg": _svg("Tower", ["tall"],
+                                  body='<circle cx="5" cy="5" r="4" fill="#06c"/>'
+                                       '<rect x="4" y="4" width="2" height="2" fill="#fff"/>'),
+    "animals/owl.svg": _svg("Owl", ["bird"],
+                            body='<ellipse cx="5" cy="6" rx="3" ry="4" fill="#630"/>'
+                                 '<circle cx="4" cy="4" r="1" fill="#ff0"/>'),
+    "animals/dog.svg": _svg("Dog", ["pet"], body='<path d="M1 9 L5 2 L9 9 Z" fill="#c60"/>'),
+}
+
+
+def test_prepare_clipart_drops_planted_leaks(tmp_path, monkeypatch):
+  """Held-out clip art: copies of training images and training captions are dropped,
+  and the audit of what is left is zero."""
+  from mode_jax.data.corpus import audit
+  root = tmp_path / "svg"
+  for rel, text in PLANTED.items():
+    (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    (root / rel).write_text(text)
+  monkeypatch.setattr(sources_clipart, "heldout_titles",
+                      lambda *a: {"corsica", "tower", "owl"})
+  cfg = _tiny_config(tmp_path, str(root), sources="clipart")
+  cfg.clipart_size = 32
+  marker = demo_corpus.run_prepare(cfg, str(tmp_path / "w"))
+  shards = str(tmp_path / "w" / "shards")
+  samples = _all_samples(shards, marker["files"])
+  keys = {rel: f"clipart-{i:06d}" for i, rel in enumerate(sorted(PLANTED))}
+  task = lambda name: {k: s for f, ss in samples.items() if f.startswith(f"eval/{name}-")
+                       for k, s in ss}
+  retrieval, categories = task("clipart_retrieval"), task("clipart_categories")
+  assert set(retrieval) == {keys["buildings/tower_2.svg"], keys["animals/owl.svg"]}
+  assert retrieval[keys["buildings/tower_2.svg"]]["json"]["texts"] == ["tall"]
+  assert retrieval[keys["animals/owl.svg"]]["json"]["texts"] == ["Owl", "bird"]
+  assert set(categories) == {keys[r] for r in ("buildings/tower_1.svg", "buildings/tower_2.svg",
+                                               "animals/owl.svg")}
+  assert marker["stats"]["clipart_heldout_near_duplicates"] == 1
+  a = json.load(open(os.path.join(shards, audit.AUDIT_FILE)))
+  assert a["tasks"]["clipart_retrieval"]["images"] == 2
+  assert all(t["leaks"] == 0 for t in a["tasks"].values()), a["tasks"]
+
+
+@needs_mnist
+def test_prepare_drops_test_images_identical_to_training(tmp_path, monkeypatch):
+  """MNIST's held-out rows: a pixel copy of a training digit is dropped, a look-alike kept."""
+  real = sources_mnist.samples
+
+  def with_copy(*a, **k):
+    train, evals = real(*a, **k)
+    return train, evals + [{**evals[0], "__key__": "mnist-copy", "png": train[3]["png"].copy()}]
+
+  monkeypatch.setattr(sources_mnist, "samples", with_copy)
+  cfg = _tiny_config(tmp_path, "", sources="mnist")
+  marker = demo_corpus.run_prepare(cfg, str(tmp_path / "w"))
+  assert marker["eval"]["mnist"] == 10 and marker["stats"]["mnist_identical_to_training"] == 1
+  samples = _all_samples(str(tmp_path / "w" / "shards"), marker["files"])
+  held = {k for f, ss in samples.items() if f.startswith("eval/") for k, _ in ss}
+  assert "mnist-copy" not in held and len(held) == 10
+  assert marker["leaks"] == {"mnist": 0}
+
+
 @needs_fmnist
 @needs_mnist
 def test_prepare_tiny_all_sources(fake_tree, tmp_path, monkeypatch):
@@ -401,7 +485,7 @@ def test_prepare_icons_from_real_packages_never_leaks(tmp_path):
     for r, s in items:
       if task == "icon_retrieval":   # held-out concepts: never trained on, in any family
         assert r["concept"] not in train_concepts
-        assert s["json"]["texts"] == r["captions"]
+        assert s["json"]["texts"] and set(s["json"]["texts"]) <= set(r["captions"])
       else:
         assert r["family"] in corpus_split.HELDOUT_FAMILIES
       assert s["png"].shape == (16, 16, 3)
@@ -427,8 +511,9 @@ def test_prepare_passes_other_sources_names_to_the_icon_split(fake_tree, tmp_pat
   from mode_jax.data.corpus import icon_corpus
   seen = {}
 
-  def build(cfg, images, stats, train_names=(), heldout_names=()):
-    seen.update(images=len(images), train=set(train_names), heldout=set(heldout_names))
+  def build(cfg, training, stats, train_names=(), heldout_names=()):
+    seen.update(images=len(training.hashes), train=set(train_names), heldout=set(heldout_names),
+                captions=set(training.captions))
     return [], {}, []
 
   monkeypatch.setattr(icon_corpus, "build", build)
@@ -441,6 +526,9 @@ def test_prepare_passes_other_sources_names_to_the_icon_split(fake_tree, tmp_pat
                   if f.startswith("train-") for _, s in ss if s["json"]["source"] == "clipart"}
   held_titles = {_norm(s["json"]["texts"][0]) for f, ss in samples.items()
                  if f.startswith("eval/clipart_retrieval") for _, s in ss}
-  assert seen["images"] == marker["train"]["clipart"] > 0
+  # every other source's training pairs: images for the pHash drop, captions never held out
+  assert seen["images"] == marker["train"]["clipart"] + marker["train"]["mnist"] > 0
+  assert seen["captions"] == {t for f, ss in samples.items() if f.startswith("train-")
+                              for _, s in ss for t in s["json"]["texts"]}
   assert train_titles <= seen["train"] and held_titles == seen["heldout"]
   assert {"seven", "7"} <= seen["train"] and not seen["train"] & seen["heldout"]

@@ -333,6 +333,23 @@ def write_specialisation(out, rows) -> str:
   return body
 
 
+# -------------------------------------------------------------- leak audit ----
+def leak_audit_section(workdir: str) -> str:
+  """results.md's "Leak audit" section: one line per held-out task of shards/leak_audit.json
+  (written by `prepare`, data/corpus/audit.py); "" when the file is absent."""
+  from mode_jax.data.corpus import audit
+  p = wd.path(workdir, "shards", audit.AUDIT_FILE)
+  if not wd.exists(p):
+    return ""
+  a = wd.read_json(p)
+  head = (f"Held-out tasks against the {a['train']['images']} training images and "
+          f"{a['train']['captions']} captions (shards/{audit.AUDIT_FILE}): pHash threshold "
+          f"{a['max_distance']} bits; {', '.join(a['photo_tasks']) or 'no task'} count only "
+          f"identical images (other photos of a class look alike); texts = retrieval "
+          f"captions or zero-shot prompts, {a['caption_rule']}. Leaks in all: {a['leaks']}.\n\n")
+  return head + "".join(f"- {audit.summary_line(t, v)}\n" for t, v in sorted(a["tasks"].items()))
+
+
 # ----------------------------------------------------------- linear probe ----
 def probe_columns(models) -> list[str]:
   """dense, expert_0.. (numeric order), concat, then any others."""
@@ -423,6 +440,10 @@ def _report(cfg, workdir: str) -> dict:
   if skipped:
     doc += ("\nSkipped (not evaluated, not in the average):\n"
             + "".join(f"- {t}: {why}\n" for t, why in sorted(skipped.items())))
+
+  leaks = leak_audit_section(workdir)
+  if leaks:
+    doc += "\n## Leak audit\n\n" + leaks
 
   sig_rows = bootstrap(cfg, results, tasks) if int(cfg.get("bootstrap_samples", 0)) else []
   if sig_rows:

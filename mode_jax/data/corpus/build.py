@@ -15,7 +15,11 @@ sharding, so every shard mixes sources. Evaluation sets (shards/eval/):
   openmoji_groups, openmoji_line_groups, openmoji_subgroups, tuxpaint_categories
                       zero-shot on design families never trained on
   icon_retrieval      retrieval, one image per held-out concept key
-Zero-shot templates never occur among the training caption templates.
+Zero-shot templates never occur among the training caption templates. Held-out
+images within the split's pHash threshold of any training image (any source;
+Fashion-MNIST and MNIST: pixel-identical ones) and retrieval captions that
+training also has are dropped; shards/leak_audit.json (audit.py) then records,
+per task, how close what was written is to training (`audit.audit` re-reads it).
 Licences and credits of every image used: shards/LICENSES.md, attribution.json.
 
 Cached: a finished run ends by writing shards/prepare.json (counts, sources,
@@ -26,6 +30,7 @@ before any rebuild, so a killed run never looks finished.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import importlib.metadata
 import json
@@ -37,7 +42,8 @@ import numpy as np
 from tqdm import tqdm
 
 from mode_jax import workdir as wd
-from mode_jax.data.corpus import attribution, icon_corpus, npm_packages
+from mode_jax.data.corpus import attribution, audit, icon_corpus, npm_packages
+from mode_jax.data.corpus import split as corpus_split
 from mode_jax.data.corpus.sources import clipart as sources_clipart
 from mode_jax.data.corpus.sources import fmnist as sources_fmnist
 from mode_jax.data.corpus.sources import mnist as sources_mnist
@@ -45,7 +51,7 @@ from mode_jax.data.corpus.sources import tuxpaint as sources_tuxpaint
 from mode_jax.data.io import wds_writer
 from mode_jax.data.corpus.sources.common import MissingSource, choose_subset, debian_version
 
-FORMAT_VERSION = 2   # bump when the shard contents change for the same config
+FORMAT_VERSION = 3   # bump when the shard contents change for the same config (3: leak audit)
 MARKER = "shards/prepare.json"
 SOURCES = ("clipart", "icons", "fmnist", "mnist")
 # Fields that change how, not what, is built: left out of the fingerprint.
@@ -174,7 +180,7 @@ def _clear(workdir: str) -> None:
   """Removes the marker first, then every shard a previous run left."""
   wd.remove(wd.path(workdir, MARKER))
   pats = ["train-*.tar", "train-*.tar.tmp", "eval/*.tar", "eval/*.tar.tmp", "eval/*.json",
-          "LICENSES.md", "attribution.json"]
+          "LICENSES.md", "attribution.json", audit.AUDIT_FILE]
   for pat in pats:
     for p in wd.glob(wd.path(workdir, "shards", pat)):
       wd.remove(p)
@@ -183,8 +189,9 @@ def _clear(workdir: str) -> None:
 # --- clip art -----------------------------------------------------------------
 
 def _clipart(cfg, stats: dict):
-  """(train pairs, retrieval samples, category samples, category meta, titles) from the SVG
-  tree; titles = {"train", "heldout"}: the normalised titles on each side."""
+  """(train pairs, held-out samples, titles) from the SVG tree; titles = {"train",
+  "heldout"}: the normalised titles on each side. Held-out samples carry "title" and
+  "category" for _clipart_tasks."""
   all_rels = sources_clipart.list_svgs(cfg.clipart_dir)
   index = {r: i for i, r in enumerate(all_rels)}   # key number: stable for a given tree
   rels = all_rels
@@ -204,39 +211,68 @@ def _clipart(cfg, stats: dict):
                                         cfg.seed)
   stats["clipart_unique_titles"] = len(set(norm))
   stats["clipart_heldout_titles"] = len(held)
-
-  def sample(r, **extra):
-    _, meta, image = entries[r]
-    return {"__key__": f"clipart-{index[r]:06d}", "png": image,
-            "json": {"texts": sources_clipart.captions(meta), **extra}}
-
-  train, retrieval, heldout_rels, seen = [], [], [], set()
+  train, heldout = [], []
   for r, t in zip(ok, norm):
-    cat = sources_clipart.category(r)
-    if t not in held:
-      train.append(sample(r, source="clipart", category=cat))
+    _, meta, image = entries[r]
+    s = {"__key__": f"clipart-{index[r]:06d}", "png": image,
+         "json": {"texts": sources_clipart.captions(meta)}}
+    if t in held:
+      heldout.append({**s, "title": t, "category": sources_clipart.category(r)})
+    else:
+      s["json"].update(source="clipart", category=sources_clipart.category(r))
+      train.append(s)
+  return train, heldout, {"train": sorted(set(norm) - held), "heldout": sorted(held)}
+
+
+def _clipart_tasks(cfg, heldout: list[dict], training: audit.Training, stats: dict):
+  """(retrieval samples, category samples, category meta) of the held-out titles' images.
+
+  An image within PHASH_MAX_DISTANCE bits of any training image (any source) is
+  dropped: one picture ships under several titles ('corsica' is pixel for pixel
+  another title's map). Retrieval keeps one image per title (identical captions
+  would make retrieval ambiguous): the first whose captions are not all training
+  captions, with those dropped (keyword lists such as 'clip art, media' repeat).
+  """
+  hashes = (corpus_split.phash_images([s["png"] for s in heldout]) if heldout
+            else np.zeros(0, np.uint64))
+  near = corpus_split.near_duplicates(hashes, training.hashes, corpus_split.PHASH_MAX_DISTANCE)
+  kept = [s for s, n in zip(heldout, near) if not n]
+  stats["clipart_heldout_near_duplicates"] = int(near.sum())
+
+  def sample(s, **extra):
+    return {"__key__": s["__key__"], "png": s["png"], "json": {**s["json"], **extra}}
+
+  retrieval, seen, dropped = [], set(), 0
+  for s in kept:
+    if s["title"] in seen:
       continue
-    heldout_rels.append(r)
-    if t not in seen:   # one image per title: identical captions make retrieval ambiguous
-      seen.add(t)
-      retrieval.append(sample(r))
+    texts = [t for t in s["json"]["texts"] if not training.knows(t)]
+    dropped += len(s["json"]["texts"]) - len(texts)
+    if texts:
+      seen.add(s["title"])
+      retrieval.append(sample(s, texts=texts))
+  stats["clipart_retrieval_captions_in_training"] = dropped
 
   exclude = {c.strip() for c in cfg.category_exclude.split(",") if c.strip()}
-  counts = {}
-  for r in heldout_rels:
-    counts[sources_clipart.category(r)] = counts.get(sources_clipart.category(r), 0) + 1
-  kept = sorted(c for c, n in counts.items()
-                if n >= cfg.min_category_images and c not in exclude)
-  stats["clipart_categories_dropped"] = {c: n for c, n in sorted(counts.items()) if c not in kept}
-  label = {c: i for i, c in enumerate(kept)}
-  categories = [sample(r, label=label[sources_clipart.category(r)]) for r in heldout_rels
-                if sources_clipart.category(r) in label]
-  meta = {"kind": "zeroshot", "categories": kept,
+  counts = collections.Counter(s["category"] for s in kept)
+  cats = sorted(c for c, n in counts.items() if n >= cfg.min_category_images and c not in exclude)
+  stats["clipart_categories_dropped"] = {c: n for c, n in sorted(counts.items())
+                                         if c not in cats}
+  label = {c: i for i, c in enumerate(cats)}
+  categories = [sample(s, label=label[s["category"]]) for s in kept if s["category"] in label]
+  meta = {"kind": "zeroshot", "categories": cats,
           "classnames": [sources_clipart.CATEGORY_NAMES.get(c, [c.replace("_", " ")])
-                         for c in kept],
+                         for c in cats],
           "templates": sources_clipart.CATEGORY_TEMPLATES}
-  titles = {"train": sorted(set(norm) - held), "heldout": sorted(held)}
-  return train, retrieval, categories, meta, titles
+  return retrieval, categories, meta
+
+
+def _not_identical(samples: list[dict], training: audit.Training, stats: dict, name: str):
+  """Test images of a photo data set less any pixel-identical to a training image
+  (pHash neighbours there are look-alikes of a class, not copies: audit.PHOTO_TASKS)."""
+  out = [s for s in samples if audit.image_digest(s["png"]) not in training.digests]
+  stats[f"{name}_identical_to_training"] = len(samples) - len(out)
+  return out
 
 
 # --- the stage ----------------------------------------------------------------
@@ -266,34 +302,42 @@ def run_prepare(cfg, workdir: str) -> dict:
   _clear(workdir)
   stats, train, evals = {}, {}, {}
   titles = {"train": [], "heldout": []}   # clip art's, when it is a source
-
+  training = audit.Training()   # every source's training pairs, as held-out data is chosen
+  # Training sides first, held-out tasks last: each task is checked against all of training.
   if "clipart" in names:
-    train["clipart"], retrieval, categories, cat_meta, titles = _clipart(cfg, stats)
-    evals["clipart_retrieval"] = (retrieval, {"kind": "retrieval", "classnames": [],
-                                              "templates": []})
-    evals["clipart_categories"] = (categories, cat_meta)
+    train["clipart"], clip_heldout, titles = _clipart(cfg, stats)
+    training.add(train["clipart"])
     sources["clipart"]["cache"] = sources_clipart.cache_path(cfg.cache_dir, cfg.clipart_dir,
                                                              cfg.clipart_size)
-  icon_records = []
-  if "icons" in names:   # after clip art: its images and titles join the icon split
-    clip = [s["png"] for s in train.get("clipart", [])]
+  if "fmnist" in names:
+    train["fmnist"] = list(sources_fmnist.train_samples(
+        cfg.fmnist_dir, cfg.fmnist_train_limit, cfg.texts_per_image, cfg.seed))
+    training.add(train["fmnist"])
+  if "mnist" in names:
+    train["mnist"], mnist_eval = sources_mnist.samples(
+        cfg.mnist_csv, cfg.mnist_limit, cfg.mnist_train_frac, cfg.texts_per_image, cfg.seed)
+    training.add(train["mnist"])
+  icon_records, icon_evals = [], {}
+  if "icons" in names:   # after clip art: its titles join the icon split
     trained = list(titles["train"])
     for name, module in (("fmnist", sources_fmnist), ("mnist", sources_mnist)):
       if name in names:
         trained += [n for names_ in module.CLASSNAMES for n in names_]
     train["icons"], icon_evals, icon_records = icon_corpus.build(
-        cfg, np.stack(clip) if clip else np.zeros((0, 1, 1, 3), np.uint8), stats,
-        train_names=trained, heldout_names=titles["heldout"])
-    evals.update(icon_evals)
+        cfg, training, stats, train_names=trained, heldout_names=titles["heldout"])
+  if "clipart" in names:
+    retrieval, categories, cat_meta = _clipart_tasks(cfg, clip_heldout, training, stats)
+    evals["clipart_retrieval"] = (retrieval, {"kind": "retrieval", "classnames": [],
+                                              "templates": []})
+    evals["clipart_categories"] = (categories, cat_meta)
+  evals.update(icon_evals)
   if "fmnist" in names:
-    train["fmnist"] = list(sources_fmnist.train_samples(
-        cfg.fmnist_dir, cfg.fmnist_train_limit, cfg.texts_per_image, cfg.seed))
-    evals["fashion_mnist"] = (list(sources_fmnist.eval_samples(cfg.fmnist_dir, cfg.eval_limit)),
+    fm_eval = list(sources_fmnist.eval_samples(cfg.fmnist_dir, cfg.eval_limit))
+    evals["fashion_mnist"] = (_not_identical(fm_eval, training, stats, "fmnist"),
                               sources_fmnist.eval_meta())
   if "mnist" in names:
-    train["mnist"], mnist_eval = sources_mnist.samples(
-        cfg.mnist_csv, cfg.mnist_limit, cfg.mnist_train_frac, cfg.texts_per_image, cfg.seed)
-    evals["mnist"] = (mnist_eval, sources_mnist.eval_meta())
+    evals["mnist"] = (_not_identical(mnist_eval, training, stats, "mnist"),
+                      sources_mnist.eval_meta())
 
   pairs = [s for name in names for s in train[name]]
   order = np.random.default_rng([cfg.seed, 0]).permutation(len(pairs))
@@ -314,6 +358,11 @@ def run_prepare(cfg, workdir: str) -> dict:
            for name, (fam, credit, lic) in LICENCES.items() if name in names]
   attribution.write(icon_records, wd.path(workdir, "shards"), extra)
   files += ["LICENSES.md", "attribution.json"]
+  leaks = audit.audit_samples(training, evals)   # what was just written, against all of training
+  audit.write(wd.path(workdir, "shards"), leaks)
+  files.append(audit.AUDIT_FILE)
+  for task, t in leaks["tasks"].items():
+    print("leak audit: " + audit.summary_line(task, t))
 
   marker = {
       "fingerprint": fp, "format_version": FORMAT_VERSION, "sources": sources,
@@ -321,6 +370,8 @@ def run_prepare(cfg, workdir: str) -> dict:
       "train_shards": len(paths),
       "eval": {task: len(s) for task, (s, _) in evals.items()},
       "stats": stats, "files": files, "wall_s": round(time.time() - start, 1),
+      "leaks": {task: t["leaks"] for task, t in leaks["tasks"].items()},
+      "leak_audit_s": leaks["wall_s"],
       "config": cfg.to_dict(),
   }
   wd.write_json(wd.path(workdir, MARKER), marker)

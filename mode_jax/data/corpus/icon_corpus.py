@@ -3,10 +3,11 @@
 Records come from the npm and Debian packages of DATA.md (sources_icons,
 sources_openmoji, sources_fluent3d, sources_tuxpaint), are rendered through
 the shared render cache, and are split by corpus_split so nothing leaks:
-whole held-out families (OpenMoji, Tux Paint), ~10% of concept keys held
-out in every family, and held-out images near any training image dropped
-(clip-art training images count as training images: Tux Paint copies ~50
-Open Clip Art SVGs). The other sources' names count too: a concept that clip
+whole held-out families (OpenMoji, Tux Paint), ~10% of concept keys (joined
+by their aliases) held out in every family, held-out images near any
+training image dropped (the other sources' training images count: Tux Paint
+copies ~50 Open Clip Art SVGs), and retrieval captions that training has
+dropped. The other sources' names count too: a concept that clip
 art, Fashion-MNIST or MNIST trains on is never held out, and one that clip
 art holds out is held out here. The held-out side becomes the tasks in TASKS.
 
@@ -22,7 +23,7 @@ import os
 
 import numpy as np
 
-from mode_jax.data.corpus import split as corpus_split, npm_packages, render_cache
+from mode_jax.data.corpus import audit, split as corpus_split, npm_packages, render_cache
 from mode_jax.data.corpus.sources import fluent3d as sources_fluent3d
 from mode_jax.data.corpus.sources import icons as sources_icons
 from mode_jax.data.corpus.sources import openmoji as sources_openmoji
@@ -37,15 +38,16 @@ NPM_NEEDS = {"iconify": (sources_icons.ICONIFY, sources_icons.EMOJIBASE),
              "tuxpaint": (sources_icons.EMOJIBASE,)}
 
 
-def _tasks(seed: int, min_images: int) -> dict:
-  """task -> builder(records, split): the held-out evaluation tasks (corpus_split)."""
+def _tasks(seed: int, min_images: int, known=None) -> dict:
+  """task -> builder(records, split): the held-out evaluation tasks (corpus_split);
+  `known(text)`: a training caption, never a retrieval caption."""
   oz, tz = corpus_split.openmoji_zeroshot, corpus_split.tuxpaint_zeroshot
   return {
       "openmoji_groups": lambda r, s: oz(r, s, "group", "color", min_images),
       "openmoji_line_groups": lambda r, s: oz(r, s, "group", "black", min_images),
       "openmoji_subgroups": lambda r, s: oz(r, s, "subgroup", "color", min_images),
       "tuxpaint_categories": lambda r, s: tz(r, s, 1, min_images),
-      "icon_retrieval": lambda r, s: corpus_split.concept_retrieval(r, s, seed),
+      "icon_retrieval": lambda r, s: corpus_split.concept_retrieval(r, s, seed, known),
   }
 
 
@@ -121,13 +123,15 @@ def pick(recs: list[dict], max_train: int, max_heldout: int, seed: int,
   return [r for r, k in zip(recs, keep) if k]
 
 
-def build(cfg, extra_train_images, stats: dict, train_names=(), heldout_names=()):
+def build(cfg, training: audit.Training, stats: dict, train_names=(), heldout_names=()):
   """(train samples, {task: (samples, meta)}, records used) for the shard writer.
 
-  The other sources of the corpus: `extra_train_images` (uint8 [N, H, W, 3],
-  clip-art training images) count as training images for the near-duplicate
-  drop; `train_names` / `heldout_names` (clip-art titles, class names) are
-  names they train on / hold out, joined to concepts as icon names are.
+  `training` holds the other sources' training samples (clip art, Fashion-
+  MNIST, MNIST): their images count as training images for the near-duplicate
+  drop (Tux Paint copies ~50 Open Clip Art SVGs) and their captions are never
+  retrieval captions here. The icons' own training samples are added to it.
+  `train_names` / `heldout_names` (clip-art titles, class names) are names
+  they train on / hold out, joined to concepts as icon names are.
   """
   emoji = emoji_names(cfg)
   recs = records(cfg, stats, emoji)
@@ -138,10 +142,8 @@ def build(cfg, extra_train_images, stats: dict, train_names=(), heldout_names=()
                                        render_stats)
   stats["icons_render"] = {s: {k: v for k, v in d.items() if k != "cache"}
                            for s, d in render_stats.items()}
-  extra = (corpus_split.phash(extra_train_images) if len(extra_train_images)
-           else np.zeros(0, np.uint64))
   concept = lambda names: {corpus_split.name_concept(n, emoji) for n in names}
-  sp = corpus_split.split(recs, images, seed=cfg.seed, extra_train_hashes=extra,
+  sp = corpus_split.split(recs, images, seed=cfg.seed, extra_train_hashes=training.hashes,
                           train_concepts=concept(train_names),
                           heldout_concepts=concept(heldout_names))
   stats["icons_split"] = sp["counts"]
@@ -154,8 +156,9 @@ def build(cfg, extra_train_images, stats: dict, train_names=(), heldout_names=()
   train = [sample(k, texts=by_key[k]["captions"], source=by_key[k]["family"],
                   category=by_key[k].get("category", ""))
            for k in sp["train"]]
+  training.add(train, sp["train_hashes"])
   evals, used, skipped = {}, set(sp["train"]), {}
-  for task, builder in _tasks(cfg.seed, cfg.min_category_images).items():
+  for task, builder in _tasks(cfg.seed, cfg.min_category_images, training.knows).items():
     items, meta = builder(recs, sp)
     classes = len(meta.get("classnames", [])) if meta["kind"] == "zeroshot" else len(items)
     if classes < 2:   # a subset too small for this task (tests' tiny corpora)

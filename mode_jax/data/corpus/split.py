@@ -5,30 +5,19 @@ families (DATA.md), so images are never split one by one:
   * whole design families are held out (default: OpenMoji colour and line
     art, and Tux Paint): zero-shot on a design never seen in training;
   * about `heldout_concept_frac` of concept keys are held out in every family,
-    drawn by a hash of the key, so a concept is never on both sides;
+    drawn by a hash of the key, so a concept is never on both sides; concepts
+    joined by a record's other names ("alias_concepts") go as one group;
   * a held-out image within PHASH_MAX_DISTANCE bits (64-bit DCT pHash) of
     any training image is dropped: the same picture under another name.
 The evaluation tasks (zero-shot over OpenMoji groups and subgroups and Tux
 Paint categories; retrieval over held-out concepts) are built from what is
-left. A record is a dict with RECORD_FIELDS, plus "group", "subgroup",
-"category", "style" where the source has them.
+left; a retrieval caption that training also has (audit.caption_key) is
+dropped. A record is a dict with RECORD_FIELDS, plus "group", "subgroup",
+"category", "style", "alias_concepts" where the source has them.
 
-Wiring into the `prepare` stage (not done yet, issue 13):
-
-  names = sources_icons.EmojiNames(sources_icons.emojibase_dir())
-  recs = (sources_icons.records(texts_per_image=k, seed=seed)
-          + sources_openmoji.records(texts_per_image=k, seed=seed, emoji_names=names)
-          + sources_fluent3d.records(texts_per_image=k, seed=seed, stats=stats)
-          + sources_tuxpaint.records(emoji_names=names, texts_per_image=k, seed=seed))
-  images = render_cache.render_records(recs, size, cache_dir, num_workers, stats)
-  sp = split(recs, images, heldout_families=HELDOUT_FAMILIES, concept_frac=0.1, seed=seed,
-             extra_train_hashes=phash(clipart_train_images))   # drops stamps copied from clip art
-  train samples: sp["train"] -> {"__key__": numbered (record keys hold '/'), "png": image,
-                                 "json": {"texts": rec["captions"], "source": rec["family"]}}
-  eval tasks: openmoji_zeroshot(recs, sp, "group" | "subgroup", "color" | "black"),
-              tuxpaint_zeroshot(recs, sp, depth=1), concept_retrieval(recs, sp)
-  attribution.write(used records, <workdir>/shards); add npm_packages.PINNED and the set
-  list to the prepare fingerprint.
+icon_corpus.build wires it into `prepare`, with every other source's training
+images as `extra_train_hashes` and their names as train / held-out concepts;
+audit.py then measures what is left.
 """
 
 from __future__ import annotations
@@ -131,6 +120,34 @@ def icon_concept(name: str, emoji_names=None, suffixes=(), prefixes=()) -> str:
   return name_concept(icon_stem(name, suffixes, prefixes), emoji_names)
 
 
+def concept_groups(records: list[dict]) -> dict:
+  """concept -> its group's smallest concept: concepts joined through "alias_concepts".
+
+  A record's other names (iconify aliases: mdi 'timer' is also 'stopwatch')
+  are written into its captions ('stopwatch icon'), so the concepts they
+  name are one with the record's: held out or trained as a whole, or a
+  held-out 'stopwatch' would be read in training. Union-find over concept
+  keys; a concept no record joins to another is its own group.
+  """
+  parent = {}
+
+  def root(c):
+    parent.setdefault(c, c)
+    while parent[c] != c:
+      parent[c] = parent[parent[c]]
+      c = parent[c]
+    return c
+
+  for r in records:
+    a = root(r["concept"])
+    for other in r.get("alias_concepts", ()):
+      b = root(other)
+      if a != b:
+        parent[max(a, b)] = min(a, b)   # the root is always the group's smallest key
+        a = min(a, b)
+  return {c: root(c) for c in parent}
+
+
 def concept_heldout(concept: str, frac: float, seed: int) -> bool:
   """Seeded by the key alone: adding a family never moves another concept across."""
   digest = hashlib.sha1(f"{seed}:{concept}".encode()).digest()
@@ -210,16 +227,37 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   return np.bitwise_count(np.bitwise_xor(a, b))
 
 
+def phash_images(images) -> np.ndarray:
+  """phash of a list of images of any sizes (sources differ: 28 px digits, 64 px icons)."""
+  out = np.zeros(len(images), np.uint64)
+  by_shape = collections.defaultdict(list)
+  for i, im in enumerate(images):
+    by_shape[np.shape(im)].append(i)
+  for idx in by_shape.values():
+    out[idx] = phash(np.stack([images[i] for i in idx]))
+  return out
+
+
+def nearest(query: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(distance, index): each query hash's nearest reference hash, in bits and by position.
+
+  An empty reference gives distance 65 (farther than any 64-bit pair) and index -1.
+  """
+  query = np.asarray(query, np.uint64)
+  ref, first = np.unique(np.asarray(reference, np.uint64), return_index=True)
+  dist, index = np.full(len(query), 65, np.int64), np.full(len(query), -1, np.int64)
+  if len(ref) == 0:
+    return dist, index
+  for i in range(0, len(query), HAMMING_CHUNK):
+    d = hamming(query[i:i + HAMMING_CHUNK, None], ref[None, :])
+    j = d.argmin(1)
+    dist[i:i + len(j)], index[i:i + len(j)] = d[np.arange(len(j)), j], first[j]
+  return dist, index
+
+
 def near_duplicates(query: np.ndarray, reference: np.ndarray, max_distance: int) -> np.ndarray:
   """bool [len(query)]: some reference hash is within max_distance bits."""
-  ref = np.unique(np.asarray(reference, np.uint64))
-  out = np.zeros(len(query), bool)
-  if len(ref) == 0:
-    return out
-  for i in range(0, len(query), HAMMING_CHUNK):
-    q = np.asarray(query[i:i + HAMMING_CHUNK], np.uint64)
-    out[i:i + len(q)] = hamming(q[:, None], ref[None, :]).min(1) <= max_distance
-  return out
+  return nearest(query, reference)[0] <= max_distance
 
 
 # --- the split ------------------------------------------------------------------
@@ -228,7 +266,8 @@ def split(records: list[dict], images: dict, heldout_families=HELDOUT_FAMILIES,
           concept_frac: float = HELDOUT_CONCEPT_FRAC, seed: int = 0,
           max_distance: int = PHASH_MAX_DISTANCE, extra_train_hashes=None,
           train_concepts=(), heldout_concepts=()) -> dict:
-  """{"train", "heldout_family", "heldout_concept", "near_duplicates", "counts"}.
+  """{"train", "heldout_family", "heldout_concept", "near_duplicates", "counts",
+  "train_hashes" (phash of the "train" images, in order)}.
 
   Records without an image (render failed or blank) are left out. Keys of a
   held-out family whose concept is also held out are in both held-out lists.
@@ -238,14 +277,20 @@ def split(records: list[dict], images: dict, heldout_families=HELDOUT_FAMILIES,
   e.g. Fashion-MNIST's 'dress') are never held out, since they are seen in
   training anyway; `heldout_concepts` (concepts they hold out, e.g. clip
   art's held-out titles) are held out here too, so no source trains on them.
+  Both act on whole concept groups (concept_groups); a group with concepts of
+  both kinds trains ("conflicting_groups" counts them; the audit then finds any
+  caption that crossed).
   """
   recs = [r for r in records if r["key"] in images]
   families = set(heldout_families)
   unknown = families - {r["family"] for r in records}
   concepts = sorted({r["concept"] for r in recs})
-  trained, also_held = set(train_concepts), set(heldout_concepts)
-  hashed = {c for c in concepts if concept_heldout(c, concept_frac, seed)}
-  held = (hashed | (also_held & set(concepts))) - trained
+  group = concept_groups(recs)
+  of = lambda c: group.get(c, c)
+  trained = {of(c) for c in train_concepts}
+  also_held = {of(c) for c in heldout_concepts} - trained
+  hashed = {c for c in concepts if concept_heldout(of(c), concept_frac, seed)}
+  held = {c for c in concepts if of(c) not in trained and (of(c) in also_held or c in hashed)}
   train = [r["key"] for r in recs if r["family"] not in families and r["concept"] not in held]
   fam = [r["key"] for r in recs if r["family"] in families]
   con = [r["key"] for r in recs if r["concept"] in held]
@@ -268,13 +313,18 @@ def split(records: list[dict], images: dict, heldout_families=HELDOUT_FAMILIES,
       "records": len(records), "rendered": len(recs), "train": len(train),
       "heldout_family": len(fam), "heldout_concept": len(con),
       "near_duplicates": len(dropped), "concepts": len(concepts), "heldout_concepts": len(held),
-      "kept_for_other_sources": len(trained & hashed),
-      "held_for_other_sources": len((also_held - trained) & set(concepts)),
+      "concept_groups": len({of(c) for c in concepts}),
+      "largest_concept_group": max(collections.Counter(of(c) for c in concepts).values(),
+                                   default=0),
+      "kept_for_other_sources": len({c for c in hashed if of(c) in trained}),
+      "held_for_other_sources": len({c for c in concepts if of(c) in also_held}),
+      "conflicting_groups": len({of(c) for c in heldout_concepts} & trained),
       "heldout_families": sorted(families), "unknown_heldout_families": sorted(unknown),
       "max_distance": max_distance, "by_family": {f: dict(c) for f, c in sorted(by_family.items())},
   }
   return {"train": train, "heldout_family": fam, "heldout_concept": con,
-          "near_duplicates": sorted(dropped), "counts": counts}
+          "near_duplicates": sorted(dropped), "counts": counts,
+          "train_hashes": hashes[:len(train)]}
 
 
 # --- evaluation tasks -----------------------------------------------------------
@@ -351,20 +401,23 @@ def tuxpaint_zeroshot(records: list[dict], the_split: dict, depth: int = 1,
   return _zeroshot(by_class, names, min_images)
 
 
-def concept_retrieval(records: list[dict], the_split: dict, seed: int = 0):
+def concept_retrieval(records: list[dict], the_split: dict, seed: int = 0, known=None):
   """(samples [{"key", "texts"}], meta): one image per held-out concept, seeded.
 
   One per concept: several images with the same name would make a caption
-  match several images and the retrieval ranks ambiguous.
+  match several images and the retrieval ranks ambiguous. `known(text)`: the
+  caption is a training caption (audit.Training.knows); such captions are
+  dropped, and a record left without one is not drawn.
   """
   keep = set(the_split["heldout_concept"])
   by_concept = collections.defaultdict(list)
   for r in records:
     if r["key"] in keep:
-      by_concept[r["concept"]].append(r)
+      texts = [t for t in r["captions"] if known is None or not known(t)]
+      if texts:
+        by_concept[r["concept"]].append((r["key"], texts))
   samples = []
   for c in sorted(by_concept):
-    group = sorted(by_concept[c], key=lambda r: r["key"])
-    r = captions_alt.key_rng(seed, c).choice(group)
-    samples.append({"key": r["key"], "texts": list(r["captions"])})
+    key, texts = captions_alt.key_rng(seed, c).choice(sorted(by_concept[c]))
+    samples.append({"key": key, "texts": texts})
   return samples, {"kind": "retrieval", "classnames": [], "templates": []}

@@ -324,6 +324,10 @@ def set_records(data: dict, set_name: str, version: str, names: EmojiNames,
       tags = []
     if cat:
       rec["category"] = cat
+    if aliases:   # its captions say these names too: the split joins their concepts
+      rec["alias_concepts"] = sorted(
+          {corpus_split.icon_concept(a, names, suffixes, prefixes) for a in aliases}
+          - {rec["concept"]})
     rec["captions"] = captions_alt.alt_texts(
         rec["key"], kind, text_name, raw=raw, source=label,
         style=captions_alt.readable(" ".join(dict.fromkeys(w for w in [style] + words if w))),
