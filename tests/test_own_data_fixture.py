@@ -113,11 +113,12 @@ def test_clip_benchmark_writer_folder_opens_as_a_suite_task(own_cb_root):
 
 @pytest.mark.parametrize("scheme", ["s3"])
 def test_img2dataset_writes_to_an_object_store(tmp_path, scheme):
-  """img2dataset's fsspec output on moto's S3 server; our readers read it there."""
+  """img2dataset's fsspec output on moto's S3 server (from a CSV URL list); our readers
+  read it there."""
   from tests.helpers import stores
   with stores.moto_s3("crawl"):
     pattern, stats = own_data.make_img2dataset_shards(
-        tmp_path, n=8, per_shard=6, output=f"{scheme}://crawl/shards")
+        tmp_path, n=8, per_shard=6, output=f"{scheme}://crawl/shards", url_list="urls.csv")
     assert pattern == f"{scheme}://crawl/shards/{{00000..00001}}.tar"
     read = [s for p in wds.expand_shards(pattern) for s in wds.iter_shard(p)]
     assert len(read) == stats["successes"] == 8
