@@ -12,3 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
+
+# Session fixtures own_crawl and own_cb_root: a researcher's own crawl (img2dataset) and
+# CLIP_benchmark task folder, made by those tools when a test first asks for them.
+pytest_plugins = ("tests.helpers.own_data",)
