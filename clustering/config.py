@@ -29,6 +29,15 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+# Fields that only shape cluster/summary/ (written by `assign`): not what the clustering is.
+SUMMARY_FIELDS = ("summary_captions", "summary_fine_clusters")
+
+
+def what_fields(cfg) -> dict:
+  """The cluster config fields the clustering depends on."""
+  return {k: v for k, v in cfg.to_dict().items() if k not in SUMMARY_FIELDS}
+
+
 def resolve_config(cfg) -> ml_collections.ConfigDict:
   """Defaults overlaid with cfg; a field the stages do not know raises ValueError."""
   out = default_config()

@@ -58,8 +58,8 @@ class DemoRun:
     weights = self.routing_weights(task)
     experts = []
     for c in range(self.n):
-      ck_dir, step = models[f"expert_{c}"]
-      model, _ = model_loader.load_model(ck_dir, model_cfg=self.config.model, step=step)
+      m = models[f"expert_{c}"]
+      model, _ = model_loader.load_model(m.ckpt_dir, model_cfg=self.config.model, step=m.step)
       embed_images, embed_texts = embedders.make_embedders(
           model, tok, context_length=self.config.model.context_length)
       feats = zeroshot.class_features(embed_texts, spec["classnames"],

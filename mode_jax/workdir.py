@@ -255,6 +255,41 @@ def signature(p: str) -> str:
   return f"{info.get('size')}:{stamp}"
 
 
+# Content hashes object stores keep per object (GCS md5Hash / crc32c, S3 ETag): a file's
+# content fingerprint without reading it (mode_jax/provenance.py).
+_STORE_HASHES = ("md5Hash", "crc32c", "ETag", "etag")
+
+
+def stored_hash(p: str) -> str | None:
+  """'<kind>:<value>' of the content hash an object store keeps for p, or None."""
+  if not is_remote(p):
+    return None
+  fs, rel = _fs(p)
+  info = fs.info(rel)
+  for k in _STORE_HASHES:
+    if info.get(k):
+      return f"{k}:{str(info[k]).strip(chr(34))}"
+  return None
+
+
+def stored_hashes(folder: str) -> dict[str, str]:
+  """{name: '<kind>:<value>'} of the objects directly in an object-store folder, from one
+  listing ({} for a local folder or an empty listing)."""
+  if not is_remote(folder):
+    return {}
+  fs, rel = _fs(folder)
+  try:
+    entries = fs.ls(rel, detail=True, refresh=True)
+  except FileNotFoundError:
+    return {}
+  out = {}
+  for e in entries:
+    k = next((k for k in _STORE_HASHES if e.get(k)), None)
+    if k:
+      out[basename(e["name"])] = f"{k}:{str(e[k]).strip(chr(34))}"
+  return out
+
+
 # ---- reading ----------------------------------------------------------------------------
 
 def open(p: str, mode: str = "rb", **kw) -> IO:  # noqa: A001  (the module's open)
@@ -382,6 +417,17 @@ def upload_tree(local_dir: str, p: str) -> None:
     for name in names:
       local = os.path.join(root, name)
       upload(local, path(p, *os.path.relpath(local, local_dir).split(os.sep)))
+
+
+def move(src: str, dst: str) -> None:
+  """Renames a file or folder (local: one rename; object store: copy then delete)."""
+  log_io("write", dst)
+  if is_remote(src):
+    fs, rel = _fs(src)
+    fs.mv(rel, _fs(dst)[1], recursive=True)
+    return
+  os.makedirs(os.path.dirname(_local(dst)) or ".", exist_ok=True)
+  os.replace(_local(src), _local(dst))
 
 
 def remove(p: str, missing_ok: bool = True) -> None:

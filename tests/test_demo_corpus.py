@@ -17,7 +17,7 @@ from mode_jax.data.corpus import build as demo_corpus
 from mode_jax.data.corpus.sources import clipart as sources_clipart
 from mode_jax.data.corpus.sources import fmnist as sources_fmnist
 from mode_jax.data.corpus.sources import mnist as sources_mnist
-from mode_jax.data.corpus.sources.common import MissingSource
+from mode_jax.data.corpus.sources.common import MissingSource, item_key
 from tests.helpers import demo_data
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
@@ -308,7 +308,7 @@ def test_prepare_clipart_drops_planted_leaks(tmp_path, monkeypatch):
   marker = demo_corpus.run_prepare(cfg, str(tmp_path / "w"))
   shards = str(tmp_path / "w" / "shards")
   samples = _all_samples(shards, marker["files"])
-  keys = {rel: f"clipart-{i:06d}" for i, rel in enumerate(sorted(PLANTED))}
+  keys = {rel: item_key("clipart", rel) for rel in PLANTED}
   task = lambda name: {k: s for f, ss in samples.items() if f.startswith(f"eval/{name}-")
                        for k, s in ss}
   retrieval, categories = task("clipart_retrieval"), task("clipart_categories")

@@ -210,7 +210,8 @@ def provenance(config, workdir: str, models: dict) -> dict:
   p = wd.path(workdir, "config.json")
   cfg = wd.read_json(p) if wd.exists(p) else json.loads(config.to_json_best_effort())
   out = {"workdir": workdir, "config": {k: cfg[k] for k in PROVENANCE_FIELDS if k in cfg},
-         "steps": {name: step for name, (_, step) in models.items()}}
+         "steps": {name: m.step for name, m in models.items()},
+         "fingerprints": {name: m.fingerprint for name, m in models.items()}}
   for rel in ("seed/plan.json", "cluster/meta.json", "embed/meta.json"):
     if wd.exists(wd.path(workdir, rel)):
       out[rel] = wd.read_json(wd.path(workdir, rel))

@@ -13,7 +13,9 @@ import dataclasses
 import ml_collections
 import numpy as np
 
+from mode_jax import provenance
 from mode_jax import workdir as wd
+from mode_jax.data.io import digests
 from mode_jax.data.io import loader as data_loader
 from mode_jax.eval import tasks as tasks_lib
 from mode_jax.models import convert, embedders
@@ -30,7 +32,9 @@ class ModelRef:
   name: str
   kind: str            # "checkpoint" (this run) or "file" (a public CLIP)
   path: str            # checkpoint dir, or the file / HF folder
-  ident: str           # what invalidates its outputs: the step, or the file's signature
+  fingerprint: str     # what its outputs are keyed by: its run's manifest, or its weights'
+  #                      content (+ activation)
+  step: int | None = None  # a checkpoint's step
   act: str | None = None   # a file's activation when its weights cannot tell (OpenCLIP: gelu)
 
 
@@ -48,8 +52,8 @@ def eval_models(config, workdir: str) -> dict[str, ModelRef]:
   out = {}
   for item in items or ["mode"]:
     if item == "mode":
-      for name, (ck, step) in runs.finished_models(config, workdir).items():
-        out[name] = ModelRef(name, "checkpoint", ck, str(step))
+      for name, m in runs.finished_models(config, workdir).items():
+        out[name] = ModelRef(name, "checkpoint", m.ckpt_dir, m.fingerprint, step=m.step)
       continue
     name, eq, path = item.partition("=")
     name, (path, _, act) = name.strip(), path.strip().partition("|")
@@ -67,8 +71,8 @@ def eval_models(config, workdir: str) -> dict[str, ModelRef]:
     weights = wd.path(path, "model.safetensors") if wd.isdir(path) else path
     if not wd.exists(weights):
       raise FileNotFoundError(f"config evaluate.models: {weights} not found")
-    out[name] = ModelRef(name, "file", path, wd.signature(weights) + (f"|{act}" if act else ""),
-                         act or None)
+    fp = provenance.digest([provenance.file_digest(weights, digests.memo_dir(workdir)), act])
+    out[name] = ModelRef(name, "file", path, fp, act=act or None)
   return out
 
 
@@ -80,7 +84,7 @@ def eval_mesh():
 def load(config, ref: ModelRef, mesh):
   """(CLIP replicated on `mesh`, image size, context length)."""
   if ref.kind == "checkpoint":
-    model, cfg = model_loader.load_model(ref.path, model_cfg=config.model, step=int(ref.ident),
+    model, cfg = model_loader.load_model(ref.path, model_cfg=config.model, step=ref.step,
                                          mesh=mesh)
   else:
     model, cfg = model_loader.load_model(ref.path, mesh=mesh, act=ref.act)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import importlib
 import json
 import logging
@@ -29,8 +28,11 @@ import os
 
 import ml_collections
 
+from mode_jax import provenance
 from mode_jax import workdir as wd
 from mode_jax.data.io import clip_benchmark as cb
+from mode_jax.data.io import digests, loader
+from mode_jax.data.io import webdataset as wds
 from mode_jax.eval import retrieval
 from mode_jax.eval import templates as templates_lib
 from mode_jax.eval import zeroshot
@@ -211,16 +213,13 @@ def resolve(cfg, workdir: str) -> tuple[dict[str, Task], dict[str, str]]:
 
 def captions_per_image(task: Task, workdir: str) -> list[list[str]]:
   """Every test sample's captions, by position in the loader's index."""
-  from mode_jax.data.io import loader
-  from mode_jax.data.io import webdataset as wds
   return wds.captions_by_position(loader.shard_paths(task.pattern, workdir),
                                   split_lines=task.captions == "txt_lines")
 
 
 def fingerprint(task: Task, workdir: str) -> str:
-  """What invalidates a task's outputs: its spec (names, templates, metric, source) and
-  its test shards' sizes and modification times (a regenerated or re-downloaded set)."""
-  from mode_jax.data.io import loader
-  shards = loader.shard_paths(task.pattern, workdir)
-  blob = json.dumps([task.spec(), [wd.signature(p) for p in shards]], sort_keys=True)
-  return hashlib.sha1(blob.encode()).hexdigest()[:16]
+  """What a task's outputs depend on: its spec (kind, metric, names, templates) and its test
+  shards' names and contents (a regenerated or re-downloaded set), not where they live."""
+  spec = {k: v for k, v in task.spec().items() if k != "source"}
+  return provenance.digest([spec, digests.fingerprint(loader.shard_paths(task.pattern, workdir),
+                                                      workdir)])

@@ -16,6 +16,7 @@ from clustering import config as cluster_config
 from clustering import distributed as points_lib
 from clustering import hierarchy, kmeans, summary
 from mode_jax import distributed
+from mode_jax import provenance
 from mode_jax import workdir as wd
 
 
@@ -24,13 +25,6 @@ def run(config, workdir: str) -> dict | None:
   (process 0; None on the others)."""
   shards = config.input.shards if "input" in config else None   # only for the summary's quotes
   return _assign(config.cluster, workdir, shards)
-
-
-def _embed_files(workdir: str) -> list[str]:
-  files = wd.glob(wd.path(workdir, "embed", "*.npz"))
-  if not files:
-    raise wd.MissingInput(wd.path(workdir, "embed", "*.npz"), "embed")
-  return files
 
 
 def _assign_file(f: str, h, metric: str, chunk_size: int, mesh) -> tuple:
@@ -44,16 +38,29 @@ def _assign_file(f: str, h, metric: str, chunk_size: int, mesh) -> tuple:
 def _assign(cfg, workdir: str, shards=None) -> dict | None:
   """Writes assign/<stem>.npz for every embed file (resumable) and cluster/summary/.
 
-  An assign file carries the fingerprint of the clustering it came from, so
-  a re-run keeps the files of the same clustering and redoes the others.
+  An assign file carries the fingerprint of the clustering it came from
+  (cluster/manifest.json), so a re-run keeps the files of the same clustering
+  and redoes the others; files of shards no longer in the data are moved to
+  <workdir>/stale/. The summary is always rewritten (it is cheap).
   `shards` (config.input.shards) lets the summary quote sample captions.
   Returns the expert-share report on process 0 (None on the others).
   """
   cfg = cluster_config.resolve_config(cfg)
+  clustering = provenance.upstream(workdir, "cluster", "cluster", "clustering", facts=("m", "n"))
   h = hierarchy.load(workdir)
-  files = _embed_files(workdir)
+  files = [wd.path(workdir, "embed", f)
+           for f in provenance.read(workdir, "embed")["facts"]["files"]]
   metric = h.meta.get("metric", cfg.metric)
-  cluster_fp = str(h.meta.get("fingerprint"))
+  cluster_fp = clustering.fingerprint
+  decision = provenance.decide(workdir, "assign", "assign", {}, {"clustering": clustering},
+                               outputs_exist=bool(wd.glob(wd.path(workdir, "assign", "*.npz"))))
+  wanted = {wd.basename(f) for f in files}
+  stale = [(f, workdir) for f in wd.glob(wd.path(workdir, "assign", "*.npz"))
+           if wd.basename(f) not in wanted]   # shards no longer in the data
+  if distributed.is_primary() and decision.todo:
+    print(provenance.say("assign", decision, f"assigning {len(files)} files to n={h.n} experts"))
+  distributed.on_primary("assign start", lambda: provenance.start(workdir, "assign", decision,
+                                                                  stale=stale))
   mesh = points_lib.local_mesh()
   stats = summary.Collector(h.m, h.n, cfg.summary_captions, cfg.seed)
   skipped, read = 0, []
@@ -90,6 +97,8 @@ def _assign(cfg, workdir: str, shards=None) -> dict | None:
                              shards=shards)
     print(f"assign: {len(files)} files ({skipped} up to date on process 0); expert shares "
           f"{[round(s, 3) for s in report['shares']]}")
+    if decision.todo:
+      provenance.finish(workdir, "assign", decision, m=h.m, n=h.n)
     return report
 
   return distributed.on_primary("assign summary", merge_and_write)

@@ -12,53 +12,50 @@ clustering/config.py (unknown fields are an error).
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 import numpy as np
 
 from clustering import config as cluster_config
 from clustering import distributed as points_lib
 from clustering import embed_files, hierarchy, streaming
 from mode_jax import distributed
+from mode_jax import provenance
 from mode_jax import workdir as wd
 
-_SUMMARY_ONLY = ("summary_captions", "summary_fine_clusters")
-
-
 def run(config, workdir: str) -> hierarchy.Hierarchy:
-  """Fits fine centers online over embed/ files, then the experts; skips if up to date."""
+  """Fits fine centers online over the embed stage's files, then the experts; skips when
+  cluster/manifest.json was made from the same embeddings and fields (a changed clustering
+  moves the old cluster/ to <workdir>/stale/)."""
   return _cluster(config.cluster, workdir)
 
 
-def _embed_inputs(workdir: str) -> tuple[list[str], dict]:
-  """Sorted embed/*.npz and embed/meta.json (MissingInput -> stage 'embed')."""
+def _embed_inputs(workdir: str) -> tuple[provenance.Input, list[str], dict]:
+  """(the embeddings' provenance, their files in shard order, embed/meta.json); MissingInput
+  naming `embed` until that stage has finished."""
+  embedded = provenance.upstream(workdir, "embed", "embed", "caption embeddings",
+                                 facts=("encoder",))
+  names = provenance.read(workdir, "embed")["facts"]["files"]
   meta = wd.read_json(wd.require(workdir, "embed/meta.json", "embed"))
-  files = wd.glob(wd.path(workdir, "embed", "*.npz"))
-  if not files:
-    raise wd.MissingInput(wd.path(workdir, "embed", "*.npz"), "embed")
-  return files, meta
-
-
-def _fingerprint(files: list[str], embed_meta: dict, cfg) -> str:
-  """Hash of the embed files' names, sizes and mtimes, embed meta and the fit config."""
-  h = hashlib.sha256()
-  for f in files:
-    h.update(f"{wd.basename(f)}:{wd.signature(f)};".encode())
-  fit_cfg = {k: v for k, v in cfg.to_dict().items() if k not in _SUMMARY_ONLY}
-  h.update(json.dumps([embed_meta, fit_cfg], sort_keys=True, default=str).encode())
-  return h.hexdigest()[:16]
+  return embedded, [wd.path(workdir, "embed", n) for n in names], meta
 
 
 def _cluster(cfg, workdir: str) -> hierarchy.Hierarchy:
   cfg = cluster_config.resolve_config(cfg)
-  files, embed_meta = _embed_inputs(workdir)
-  fp = _fingerprint(files, embed_meta, cfg)
-  meta_path = wd.path(workdir, "cluster", "meta.json")
-  if wd.exists(meta_path) and wd.read_json(meta_path).get("fingerprint") == fp:
+  embedded, files, embed_meta = _embed_inputs(workdir)
+  decision = provenance.decide(workdir, "cluster", "cluster",
+                               {"cluster": cluster_config.what_fields(cfg)},
+                               {"embeddings": embedded},
+                               outputs_exist=wd.exists(wd.path(workdir, "cluster", "meta.json")))
+  if not decision.todo:
     if distributed.is_primary():
-      print(f"cluster: up to date ({meta_path}, fingerprint {fp}); skipping")
+      print(f"cluster: up to date (fingerprint {decision.fingerprint}); skipping")
     return hierarchy.load(workdir)
+  if distributed.is_primary():
+    print(provenance.say("cluster", decision,
+                         f"fitting m={cfg.m} fine clusters and n={cfg.n} experts"))
+  distributed.on_primary("cluster start", lambda: provenance.start(
+      workdir, "cluster", decision, stale=[(wd.path(workdir, "cluster"), workdir)]))
+  if not files:
+    raise ValueError("cluster: the embed stage wrote no files (no training shards?)")
   order = list(range(len(files)))
   if cfg.shuffle_files:
     np.random.default_rng(cfg.seed).shuffle(order)
@@ -74,7 +71,7 @@ def _cluster(cfg, workdir: str) -> hierarchy.Hierarchy:
   def chunks():   # this host's block of the rows of each group's files
     for g in groups:
       x, got = embed_files.host_block([files_in_order[i] for i in g], rows[g], dim,
-                           embed_meta.get("dtype", "float16"))
+                                      embed_meta.get("dtype", "float16"))
       read["files"] += got
       read["rows"] += len(x)
       yield x
@@ -85,8 +82,8 @@ def _cluster(cfg, workdir: str) -> hierarchy.Hierarchy:
                 chunk_size=cfg.chunk_size, tol=cfg.tol)
   fine = streaming.fit_stream(chunks(), cfg.m, iters_per_chunk=cfg.iters_per_file,
                               progress=distributed.is_primary(), **fit_kw)
-  meta = dict(encoder=embed_meta.get("encoder"), embed_fingerprint=embed_meta.get("fingerprint"),
-              fingerprint=fp, dim=int(fine.centers.shape[1]), n_points=total,
+  meta = dict(encoder=embed_meta.get("encoder"), embed_fingerprint=embedded.fingerprint,
+              fingerprint=decision.fingerprint, dim=int(fine.centers.shape[1]), n_points=total,
               n_files=len(files), fine_balanced=bool(cfg.balanced_fine),
               balanced_method=cfg.balanced_method, iters_per_chunk=fine.iters,
               config=cfg.to_dict())
@@ -95,7 +92,11 @@ def _cluster(cfg, workdir: str) -> hierarchy.Hierarchy:
                       init=cfg.init, seed=cfg.seed, balanced=cfg.balanced_coarse,
                       mesh=points_lib.local_mesh(1), meta=meta)
   distributed.host_report(wd.path(workdir, "cluster"), read=read["files"], rows=read["rows"])
-  distributed.on_primary("cluster", lambda: hierarchy.save(h, workdir))
+  def save():
+    hierarchy.save(h, workdir)
+    provenance.finish(workdir, "cluster", decision, m=h.m, n=h.n)
+
+  distributed.on_primary("cluster", save)
   if distributed.is_primary():
     print(f"cluster: m={h.m} fine -> n={h.n} experts, fine per expert "
           f"{h.meta['fine_per_expert']}, order {h.expert_order}")

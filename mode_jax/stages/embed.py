@@ -6,14 +6,21 @@ mode_jax/text/encoders.py) and L2-normalised; the cluster stage reads these
 rows. Formats: mode_jax/workdir.py.
 
 Shards come from config.input.shards (a pattern or list, local or remote;
-relative = inside the workdir). Resumable: a shard whose npz exists is
-skipped; npz files are written atomically (mode_jax.workdir). Multi-host:
+relative = inside the workdir). Resumable: npz files are written atomically
+(mode_jax.workdir) and a shard whose npz is up to date is skipped. Multi-host:
 process i embeds shards i::process_count, batches split over its local
 devices, and writes embed/<stem>.npz for those shards only plus
 embed/hosts/process-<i>-of-<n>.json (what it read and wrote); process 0
 writes meta.json. Distinct captions are encoded once across shards while
 they fit in `cache_size` (memory stays bounded: later ones are encoded per
 shard).
+
+Provenance (mode_jax/provenance.py): each embed/<stem>.npz records the
+content digest of the shard its captions came from and the encoder's
+fingerprint; a file whose shard bytes or encoder changed is embedded again,
+the others are kept, and files of shards no longer in the data are moved to
+<workdir>/stale/. embed/manifest.json lists the files in shard order: what
+`cluster` reads.
 """
 
 from __future__ import annotations
@@ -25,8 +32,9 @@ import numpy as np
 from tqdm import tqdm
 
 from mode_jax import distributed
+from mode_jax import provenance
 from mode_jax import workdir as wd
-from mode_jax.data.io import loader
+from mode_jax.data.io import digests, loader
 from mode_jax.data.io import webdataset as wds
 from mode_jax.text import captions, encoders
 
@@ -61,20 +69,40 @@ def _embed(cfg, workdir: str, shards: str | Sequence[str]) -> dict:
   target = _shard_outputs(shard_list, workdir)
   out_dir = wd.path(workdir, "embed")
   meta_path = wd.path(out_dir, "meta.json")
-  fp = encoders.fingerprint(cfg)
-  if wd.exists(meta_path) and wd.read_json(meta_path).get("fingerprint") != fp:
-    raise ValueError(f"{out_dir} holds embeddings from another embed config "
-                     f"(fingerprint {wd.read_json(meta_path).get('fingerprint')} != {fp}); "
-                     f"delete it or run with the same config")
+  enc_fp = encoders.fingerprint(cfg)
+  sources = digests.file_digests(shard_list, workdir)   # what each shard's captions come from
+  stems = [wd.shard_stem(s) for s in shard_list]
+  decision = provenance.decide(
+      workdir, "embed", "embed", {"embed": encoders.what_fields(cfg)},
+      {"data": provenance.Input(provenance.digest([[wd.shard_stem(s), sources[s]]
+                                                   for s in shard_list]),
+                                {"shards": len(shard_list)}, "training captions"),
+       "encoder": provenance.Input(enc_fp, {"encoder": cfg.encoder}, "sentence encoder")},
+      outputs_exist=bool(wd.glob(wd.path(out_dir, "*.npz"))))
+  stale = [(f, workdir) for f in wd.glob(wd.path(out_dir, "*.npz"))
+           if wd.basename(f)[:-4] not in set(stems)]   # shards no longer in the data
+
+  def up_to_date(shard) -> bool:   # made from this shard's bytes with this encoder
+    if not wd.exists(target[shard]):
+      return False
+    z = wd.load_npz(target[shard])
+    return str(z.get("source", "")) == sources[shard] and str(z.get("encoder", "")) == enc_fp
 
   mine = distributed.share(shard_list)
-  pending = [s for s in mine if not wd.exists(target[s])]
+  pending = [s for s in mine if not up_to_date(s)]
+  if distributed.is_primary() and not decision.todo:
+    print(f"embed: up to date ({len(shard_list)} shards)")
+  if distributed.is_primary() and decision.todo:
+    print(provenance.say("embed", decision, f"embedding the captions of shards whose bytes or "
+                         f"encoder changed ({len(pending)} of {len(mine)} here)"))
+  distributed.on_primary("embed start", lambda: provenance.start(
+      workdir, "embed", decision, stale=stale))
   stats = dict(shards=len(mine), skipped_done=len(mine) - len(pending), samples=0,
                no_caption=0, no_image=0, truncated_shards=0, encoded=0)
   encoder = encoders.make_encoder(cfg) if pending or not wd.exists(meta_path) else None
   if encoder is not None and distributed.is_primary():
     wd.write_json(meta_path, dict(encoder=cfg.encoder, dim=int(encoder.dim), dtype=cfg.dtype,
-                                  fingerprint=fp))
+                                  fingerprint=enc_fp))
 
   bar = tqdm(desc="embed", unit="sample", disable=not pending)
   seen: dict[str, np.ndarray] = {}   # caption -> embedding, across shards, at most cache_size
@@ -104,7 +132,8 @@ def _embed(cfg, workdir: str, shards: str | Sequence[str]) -> dict:
     emb = np.stack([seen[t] if t in seen else here[t] for t in texts]) if texts else \
         np.zeros((0, encoder.dim), np.float32)
     bar.update(len(texts))
-    wd.save_npz(target[shard], keys=np.asarray(keys, dtype=str), emb=emb.astype(cfg.dtype))
+    wd.save_npz(target[shard], keys=np.asarray(keys, dtype=str), emb=emb.astype(cfg.dtype),
+                source=np.asarray(sources[shard]), encoder=np.asarray(enc_fp))
     stats["samples"] += len(texts)
     stats["no_caption"] += st.missing_captions
     stats["no_image"] += st.missing_images
@@ -114,4 +143,8 @@ def _embed(cfg, workdir: str, shards: str | Sequence[str]) -> dict:
                 stats["no_caption"], stats["no_image"])
   distributed.host_report(out_dir, **stats, read=[wd.shard_stem(s) for s in pending])
   distributed.barrier("embed")
+  if decision.todo:
+    distributed.on_primary("embed finish", lambda: provenance.finish(
+        workdir, "embed", decision, files=[f"{stem}.npz" for stem in stems],
+        encoder=cfg.encoder))
   return stats

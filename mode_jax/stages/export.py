@@ -27,8 +27,8 @@ def run(config, workdir: str) -> str:
     model, _ = model_loader.load_model(ck, model_cfg=config.model, step=step, mesh=mesh)
     return bundle.model_params(model)
 
-  loaded = ((name, step, lambda ck=ck, step=step: params(ck, step))
-            for name, (ck, step) in models.items())
+  loaded = ((name, m.step, lambda m=m: params(m.ckpt_dir, m.step))
+            for name, m in models.items())
   bundle.write_bundle(out, loaded, model_cfg=config.model, centers=centers, fine_to_expert=f2e,
                       order=order, embed_cfg=bundle.embed_config(config),
                       routing=bundle.routing_info(config),

@@ -40,7 +40,7 @@ def run(config, workdir: str):
   models = es.eval_models(config, workdir)
   fps = {n: tasks_lib.fingerprint(t, workdir) for n, t in tasks.items()}
   # what the results depend on: the models, the task, and the split
-  idents = {"models": {n: m.ident for n, m in models.items()}, "seed": probe.SEED,
+  idents = {"models": {n: m.fingerprint for n, m in models.items()}, "seed": probe.SEED,
             "holdout": float(cfg.probe_holdout)}
   todo = [n for n in tasks if not _up_to_date(workdir, n, idents, fps[n])]
   if not todo:

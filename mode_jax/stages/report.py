@@ -1,8 +1,34 @@
 """Stage `report`: routing weights from class names, the MoDE ensemble against its baselines,
-intervals, tables and plots in report/ (mode_jax/eval/report.py; process 0 writes)."""
+intervals, tables and plots in report/ (mode_jax/eval/report.py; process 0 writes).
 
+Provenance: report/manifest.json records the evaluation's and the
+clustering's fingerprints and config.report; a report of other inputs is
+moved to stale/ before the new one is written.
+"""
+
+from mode_jax import distributed
+from mode_jax import provenance
+from mode_jax import workdir as wd
 from mode_jax.eval import report
 
 
 def run(config, workdir: str):
-  return report.run_report(config.report, workdir)
+  inputs = {"evaluation": provenance.upstream(workdir, "eval", "evaluate", "evaluation",
+                                              ("models", "tasks")),
+            "clustering": provenance.upstream(workdir, "cluster", "cluster", "clustering",
+                                              ("m", "n"))}
+  decision = provenance.decide(workdir, "report", "report",
+                               provenance.select(config, ["report"]), inputs,
+                               outputs_exist=wd.exists(wd.path(workdir, "report")),
+                               complete=wd.exists(wd.path(workdir, "report", "results.md")))
+  if not decision.todo:
+    if distributed.is_primary():
+      print(f"report: up to date ({wd.path(workdir, 'report', 'results.md')})")
+    return None
+  if distributed.is_primary():
+    print(provenance.say("report", decision, "routing, ensembling and scoring"))
+  distributed.on_primary("report start", lambda: provenance.start(
+      workdir, "report", decision, stale=[(wd.path(workdir, "report"), workdir)]))
+  out = report.run_report(config.report, workdir)
+  distributed.on_primary("report finish", lambda: provenance.finish(workdir, "report", decision))
+  return out

@@ -2,11 +2,14 @@
 
 Its last step is a milestone checkpoint that clean-up never deletes: the
 experts and the dense baseline fork from it. Writes seed/plan.json (the step
-counts of the whole planned run, mode_jax/train/runs.py).
+counts of the whole planned run, mode_jax/train/runs.py). Provenance: the
+training fields and the training data's content (seed/manifest.json); a seed
+made from other inputs moves to stale/ before anything trains.
 """
 
 from mode_jax import checkpoint as ckpt_lib
 from mode_jax import distributed
+from mode_jax import provenance
 from mode_jax import workdir as wd
 from mode_jax.data.io import loader
 from mode_jax.train import runs
@@ -14,9 +17,23 @@ from mode_jax.train import runs
 
 def run(config, workdir: str):
   ckpt_lib.check_directory(runs.ckpt_dir(config, workdir, runs.SEED_DIR))   # before any work
+  paths = loader.shard_paths(config.input.shards, workdir)
   index = loader.load_index(runs.input_config(config), workdir)
   p = runs.plan(config, len(index))
+  decision = runs.decide(config, workdir, runs.SEED_DIR, "seed",
+                         {"data": runs.data_input(config, workdir, paths)},
+                         final_step=p["seed"])
+  if not decision.todo:
+    if distributed.is_primary():
+      print(f"seed: up to date (step {p['seed']}, fingerprint {decision.fingerprint})")
+    return None
+  if distributed.is_primary():
+    print(provenance.say("seed", decision, f"training the seed to step {p['seed']}"))
+  runs.start(config, workdir, runs.SEED_DIR, decision)
   distributed.on_primary("seed plan", lambda: wd.write_json(
       wd.path(workdir, runs.PLAN), dict(p, num_samples=len(index))))
-  return runs.fit(config, workdir, runs.SEED_DIR, num_steps=p["seed"], schedule_steps=p["total"],
-                  index=index, milestones=(p["seed"],), desc="seed")
+  result = runs.fit(config, workdir, runs.SEED_DIR, num_steps=p["seed"],
+                    schedule_steps=p["total"], index=index, milestones=(p["seed"],),
+                    desc="seed")
+  runs.finish(workdir, runs.SEED_DIR, decision, step=p["seed"], samples=len(index))
+  return result

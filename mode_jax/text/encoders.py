@@ -11,8 +11,6 @@ embeddings depend on.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from typing import Callable, Protocol, Sequence
 
@@ -20,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from mode_jax import constants
+from mode_jax import provenance
 from mode_jax.text import clip_text_encoder, sentence_encoder
 
 
@@ -80,30 +79,35 @@ def make_encoder(cfg: ml_collections.ConfigDict) -> TextEncoder:
                    f"({', '.join(sorted(_ENCODERS))}), 'clip:<CLIP weights>' nor a model folder")
 
 
+# embed fields that change how, not what, is computed (left out of every fingerprint)
+HOW_FIELDS = ("batch_size", "chunk", "cache_size")
+DIGEST_MEMO = "~/.cache/mode_jax/digests"   # encoder weights are hashed once per file
+
+
+def what_fields(cfg) -> dict:
+  """The embed config fields the embeddings depend on."""
+  return {k: v for k, v in cfg.items() if k not in HOW_FIELDS}
+
+
 def fingerprint(cfg: ml_collections.ConfigDict) -> str:
-  """What the embeddings depend on: the config and, for a model folder, its
-  config.json and weight-file size (cheap; no hashing of gigabytes)."""
-  model = {}
-  folder = None
+  """What the embeddings depend on: the config's what_fields and the encoder's files by
+  content (a model folder's config.json and weights, or a CLIP weights file)."""
+  files = []
   if cfg.encoder.startswith(clip_text_encoder.PREFIX):
     path = clip_text_encoder.weights_path(cfg.encoder)
     if os.path.isfile(path):
-      model["weights_bytes"] = os.path.getsize(path)
-    else:
-      folder = path if os.path.isdir(path) else None
+      files = [path]
+    elif os.path.isdir(path):
+      files = [os.path.join(path, "config.json"), os.path.join(path, "model.safetensors")]
   else:
     try:
       folder = sentence_encoder.resolve_model_dir(cfg.encoder)
+      files = [os.path.join(folder, "config.json"), os.path.join(folder, "model.safetensors")]
     except FileNotFoundError:
       pass
-  if folder is not None:
-    with open(os.path.join(folder, "config.json"), "rb") as f:
-      model["config"] = hashlib.sha256(f.read()).hexdigest()
-    weights = os.path.join(folder, "model.safetensors")
-    model["weights_bytes"] = os.path.getsize(weights) if os.path.exists(weights) else None
-  keys = ("encoder", "pooling", "dtype", "compute_dtype", "seed", "max_length")
-  blob = json.dumps([{k: cfg[k] for k in keys}, model], sort_keys=True)
-  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+  model = {os.path.basename(f): provenance.file_digest(f, DIGEST_MEMO)
+           for f in files if os.path.exists(f)}
+  return provenance.digest([what_fields(cfg), model])
 
 
 def resolve_config(cfg) -> ml_collections.ConfigDict:

@@ -13,22 +13,44 @@
 Step counts follow the data: steps_per_epoch = round(N / batch_size); the
 seed writes them to seed/plan.json. Every host runs every run: training
 splits each global batch over all devices of all hosts. Checkpoints live in
-<workdir>/<run>/ckpt, or under config.checkpoint_root (see `ckpt_dir`).
+<workdir>/<run>/ckpt, or under config.checkpoint_root/<workdir namespace>
+(see `ckpt_dir`).
+
+Provenance (mode_jax/provenance.py): each run keeps <run>/manifest.json with
+the fingerprint of its training fields and inputs (the data's content for
+the seed; the seed's and the assignment's manifests for an expert; the
+seed's for dense). A run made from other inputs is moved to stale/ with its
+checkpoints before training starts, so a checkpoint is only ever resumed by
+the run that made it.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import ml_collections
 
 from mode_jax import checkpoint as ckpt_lib
+from mode_jax import distributed
+from mode_jax import provenance
 from mode_jax import workdir as wd
-from mode_jax.data.io import loader
+from mode_jax.data.io import digests, loader
 from mode_jax.train import trainer
 
 SEED_DIR, DENSE_DIR, EXPERTS_DIR = "seed", "dense", "experts"
 PLAN = f"{SEED_DIR}/plan.json"
+
+# The config fields that decide what a training run computes (its provenance): model,
+# optimiser, loss, batch, seed, schedule, input stream and augmentation, public weights.
+TRAINING_FIELDS = ("model", "optim", "loss", "batch_size", "seed", "mode", "input",
+                   "init.pretrained")
+# ... less the ones that change how it runs, not what it computes: kernels and memory
+# policy (same maths), the data's location (its content is an input of its own), workers
+# and buffers. accum_steps is exact accumulation (state.make_train_step): how, too.
+HOW_FIELDS = ("model.attention", "model.remat", "input.shards", "input.num_workers",
+              "input.read_threads", "input.prefetch", "input.worker_buffer", "input.index_dir",
+              "input.index_threads", "input.batch_size", "input.resolution")
 
 
 def plan(config, n_samples: int) -> dict:
@@ -53,10 +75,63 @@ def clip_tokenizer():
   return ClipTokenizer()
 
 
+def training_fields(config) -> dict:
+  return provenance.select(config, TRAINING_FIELDS, HOW_FIELDS)
+
+
+def workdir_namespace(workdir: str) -> str:
+  """<workdir name>-<hash of its full path>: this workdir's folder under a shared
+  checkpoint_root, so two experiments sharing one root never see each other's runs."""
+  resolved = wd.resolve(workdir)
+  return f"{wd.basename(resolved)}-{provenance.digest(resolved, 8)}"
+
+
+def ckpt_root(config, workdir: str) -> str:
+  """The workdir, or <checkpoint_root>/<workdir namespace> when checkpoint_root is set."""
+  root = config.get("checkpoint_root", "")
+  return wd.path(root, workdir_namespace(workdir)) if root else workdir
+
+
 def ckpt_dir(config, workdir: str, run_rel: str) -> str:
-  """Checkpoint directory of a run: <checkpoint_root or workdir>/<run_rel>/ckpt."""
-  root = config.get("checkpoint_root", "") or workdir
-  return wd.path(root, *run_rel.split("/"), "ckpt")
+  """Checkpoint directory of a run: <ckpt_root>/<run_rel>/ckpt."""
+  return wd.path(ckpt_root(config, workdir), *run_rel.split("/"), "ckpt")
+
+
+def run_dir(workdir: str, run_rel: str) -> str:
+  return wd.path(workdir, *run_rel.split("/"))
+
+
+def data_input(config, workdir: str, paths=None) -> provenance.Input:
+  """The training shards as an input of a run: their names and contents."""
+  paths = paths if paths is not None else loader.shard_paths(config.input.shards, workdir)
+  return provenance.Input(digests.fingerprint(paths, workdir), {"shards": len(paths)},
+                          "training data")
+
+
+def decide(config, workdir: str, run_rel: str, stage: str, inputs: dict, *,
+           extra_fields: dict | None = None, final_step: int | None = None
+           ) -> provenance.Decision:
+  """The provenance decision of one training run (seed, an expert, dense): its training
+  fields (+ extra_fields) and inputs; `final_step`: the checkpoint a done run must hold."""
+  ck = ckpt_dir(config, workdir, run_rel)
+  complete = final_step is None or wd.exists(wd.path(ck, str(final_step)))
+  return provenance.decide(
+      workdir, run_rel, stage, dict(training_fields(config), **(extra_fields or {})), inputs,
+      outputs_exist=wd.exists(run_dir(workdir, run_rel)) or wd.exists(ck), complete=complete)
+
+
+def start(config, workdir: str, run_rel: str, decision: provenance.Decision) -> None:
+  """On process 0: a run made from other inputs (run dir and checkpoints) moves to
+  stale/, then the running manifest is written."""
+  distributed.on_primary(f"{run_rel} start", lambda: provenance.start(
+      workdir, run_rel, decision,
+      stale=[(run_dir(workdir, run_rel), workdir),
+             (ckpt_dir(config, workdir, run_rel), ckpt_root(config, workdir))]))
+
+
+def finish(workdir: str, run_rel: str, decision: provenance.Decision, **facts) -> None:
+  distributed.on_primary(f"{run_rel} finish",
+                         lambda: provenance.finish(workdir, run_rel, decision, **facts))
 
 
 def expert_rel(c: int) -> str:
@@ -93,14 +168,13 @@ def fit(config, workdir: str, run_rel: str, *, num_steps: int, schedule_steps: i
                 milestones=tuple(milestones), ckpt_dir=ckpt_dir(config, workdir, run_rel)))
   if init:
     c.init.update(init)
-  run_dir = wd.path(workdir, *run_rel.split("/"))
   tokenize = functools.partial(clip_tokenizer(), context_length=config.model.context_length)
   in_cfg = input_config(config)
 
   def input_fn(cfg, mesh):
     return loader.train_iterator(in_cfg, workdir, tokenize, index=index, indices=indices)
 
-  return trainer.train(c, run_dir, input_fn=input_fn, desc=desc)
+  return trainer.train(c, run_dir(workdir, run_rel), input_fn=input_fn, desc=desc)
 
 
 def expert_ids(config) -> list[int]:
@@ -117,11 +191,17 @@ def final_step(workdir: str) -> int:
   return p["seed"] + p["expert"]
 
 
-def finished_models(config, workdir: str) -> dict[str, tuple[str, int]]:
-  """model name -> (checkpoint dir, final step) for the dense baseline and every expert.
+class FinishedModel(NamedTuple):
+  ckpt_dir: str
+  step: int
+  fingerprint: str   # its run's manifest: what evaluation results are keyed by
 
-  MissingInput (naming the stage that trains it) for a model that has not
-  reached the final step.
+
+def finished_models(config, workdir: str) -> dict[str, FinishedModel]:
+  """model name -> FinishedModel for the dense baseline and every expert.
+
+  MissingInput (naming the stage that trains it) for a model whose run has
+  not finished (no done manifest, or no checkpoint at the final step).
   """
   want = final_step(workdir)
   runs = {"dense": (DENSE_DIR, "dense")}
@@ -129,14 +209,8 @@ def finished_models(config, workdir: str) -> dict[str, tuple[str, int]]:
   out = {}
   for name, (rel, stage) in runs.items():
     ck_dir = ckpt_dir(config, workdir, rel)
-    step = None
-    if wd.isdir(ck_dir):
-      ck = ckpt_lib.Checkpointer(ck_dir)
-      try:
-        step = ck.latest_step()
-      finally:
-        ck.close()
-    if step != want:
+    fp = provenance.upstream(workdir, rel, stage, name).fingerprint
+    if not wd.exists(wd.path(ck_dir, str(want))):
       raise wd.MissingInput(wd.path(ck_dir, str(want)), stage)
-    out[name] = (ck_dir, want)
+    out[name] = FinishedModel(ck_dir, want, fp)
   return out

@@ -49,13 +49,15 @@ from mode_jax.data.corpus.sources import fmnist as sources_fmnist
 from mode_jax.data.corpus.sources import mnist as sources_mnist
 from mode_jax.data.corpus.sources import tuxpaint as sources_tuxpaint
 from mode_jax.data.io import wds_writer
-from mode_jax.data.corpus.sources.common import MissingSource, choose_subset, debian_version
+from mode_jax.data.corpus.sources.common import (MissingSource, choose_subset, debian_version,
+                                                 item_key)
 
-FORMAT_VERSION = 3   # bump when the shard contents change for the same config (3: leak audit)
+FORMAT_VERSION = 4   # bump when the shard contents change for the same config (3: leak audit,
+                     # 4: keys derived from the item)
 MARKER = "shards/prepare.json"
 SOURCES = ("clipart", "icons", "fmnist", "mnist")
 # Fields that change how, not what, is built: left out of the fingerprint.
-_NOT_FINGERPRINTED = ("cache_dir", "npm_cache", "num_workers", "force")
+HOW_FIELDS = ("cache_dir", "npm_cache", "num_workers", "force")
 # Licences of the sources that are not records (icon_corpus records carry their own).
 LICENCES = {
     "clipart": ("openclipart", "Open Clip Art Library via Debian openclipart-svg",
@@ -105,7 +107,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def fingerprint(cfg) -> str:
-  fields = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_FINGERPRINTED}
+  fields = {k: v for k, v in cfg.to_dict().items() if k not in HOW_FIELDS}
   fields["sources"] = sorted(_sources(cfg))
   if "icons" in fields["sources"]:   # what "" means, and the package versions, can change
     fields["icon_sets"] = icon_corpus.icon_sets(cfg)
@@ -123,7 +125,8 @@ def _sources(cfg) -> list[str]:
   return choose_subset("prepare.sources", cfg.sources, SOURCES)
 
 
-def _cached(workdir: str, fp: str) -> dict | None:
+def cached(workdir: str, fp: str) -> dict | None:
+  """prepare.json when the shards of fingerprint `fp` are all there, else None."""
   p = wd.path(workdir, MARKER)
   if not wd.exists(p):
     return None
@@ -193,7 +196,6 @@ def _clipart(cfg, stats: dict):
   "heldout"}: the normalised titles on each side. Held-out samples carry "title" and
   "category" for _clipart_tasks."""
   all_rels = sources_clipart.list_svgs(cfg.clipart_dir)
-  index = {r: i for i, r in enumerate(all_rels)}   # key number: stable for a given tree
   rels = all_rels
   if cfg.max_clipart and cfg.max_clipart < len(all_rels):
     pick = np.random.default_rng([cfg.seed, 5]).choice(len(all_rels), cfg.max_clipart,
@@ -214,7 +216,7 @@ def _clipart(cfg, stats: dict):
   train, heldout = [], []
   for r, t in zip(ok, norm):
     _, meta, image = entries[r]
-    s = {"__key__": f"clipart-{index[r]:06d}", "png": image,
+    s = {"__key__": item_key("clipart", r), "png": image,
          "json": {"texts": sources_clipart.captions(meta)}}
     if t in held:
       heldout.append({**s, "title": t, "category": sources_clipart.category(r)})
@@ -291,7 +293,7 @@ def run_prepare(cfg, workdir: str) -> dict:
   names = _sources(cfg)
   fp = fingerprint(cfg)
   if not cfg.force:
-    marker = _cached(workdir, fp)
+    marker = cached(workdir, fp)
     if marker is not None:
       print(f"prepare: cached ({wd.path(workdir, MARKER)})")
       return marker

@@ -28,7 +28,7 @@ from mode_jax.data.corpus.sources import fluent3d as sources_fluent3d
 from mode_jax.data.corpus.sources import icons as sources_icons
 from mode_jax.data.corpus.sources import openmoji as sources_openmoji
 from mode_jax.data.corpus.sources import tuxpaint as sources_tuxpaint
-from mode_jax.data.corpus.sources.common import MissingSource, choose_subset
+from mode_jax.data.corpus.sources.common import MissingSource, choose_subset, item_key
 
 PACKAGES = ("iconify", "openmoji", "fluent3d", "tuxpaint")
 # Every npm tarball a package needs (emoji names come from emojibase for all of them).
@@ -147,11 +147,10 @@ def build(cfg, training: audit.Training, stats: dict, train_names=(), heldout_na
                           train_concepts=concept(train_names),
                           heldout_concepts=concept(heldout_names))
   stats["icons_split"] = sp["counts"]
-  number = {r["key"]: i for i, r in enumerate(recs)}   # record keys hold '/': shards get numbers
   by_key = {r["key"]: r for r in recs}
 
   def sample(key, **json_fields):
-    return {"__key__": f"icons-{number[key]:06d}", "png": images[key], "json": json_fields}
+    return {"__key__": item_key("icons", key), "png": images[key], "json": json_fields}
 
   train = [sample(k, texts=by_key[k]["captions"], source=by_key[k]["family"],
                   category=by_key[k].get("category", ""))

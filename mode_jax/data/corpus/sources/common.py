@@ -3,6 +3,7 @@ config lists, caption templating."""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 
 import numpy as np
@@ -14,6 +15,14 @@ class MissingSource(FileNotFoundError):
   def __init__(self, what: str, path: str, install: str):
     self.what, self.path, self.install = what, path, install
     super().__init__(f"{what} not found at {path}: install it with `{install}`")
+
+
+def item_key(prefix: str, identity: str) -> str:
+  """A sample key derived from the item itself (its path or record key), never from its place
+  in a listing: a rebuilt corpus (another package version, another source list) keeps every
+  key, so assignments and embeddings keyed by sample stay with their images. 64 bits of a
+  hash, because record keys hold '/' and '.', which webdataset keys cannot."""
+  return f"{prefix}-{hashlib.sha1(identity.encode()).hexdigest()[:16]}"
 
 
 def debian_version(package: str) -> str | None:
