@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from mode_jax import workdir as wd
 from mode_jax.data.io import webdataset as wds
@@ -56,7 +56,7 @@ def parquet_beside(shard: str) -> str | None:
 
 
 def _dirname(p: str) -> str:
-  return posixpath.dirname(p) if wd.is_remote(p) else os.path.dirname(p)
+  return posixpath.dirname(p) if wd.is_remote(p) else (os.path.dirname(p) or ".")
 
 
 def all_have_parquet(shards: Sequence[str]) -> bool:
@@ -183,16 +183,7 @@ class ShardCaptions:
       if diff:
         cut = " (the tar is truncated)" if tar_stats.truncated_shards else ""
         raise CaptionMismatch(f"{pq_path} does not match {shard}{cut}: {diff}; remove the "
-                              f"parquet files or read captions from the tars")
+                              f"parquet files to read captions from the tars")
       self.checked = True
     return keys, cands
 
-
-def iter_shard_captions(shards: Sequence[str], *, source: str = "auto"
-                        ) -> Iterator[tuple[str, list[str], list[list[str]], wds.Stats]]:
-  """(shard, keys, caption candidates, that shard's Stats) for each shard, in order."""
-  reader = ShardCaptions(shards, source=source)
-  for shard in shards:
-    st = wds.Stats()
-    keys, cands = reader.read(shard, st)
-    yield shard, keys, cands, st
