@@ -1,8 +1,7 @@
 """Captions without images (mode_jax/data/io/shard_captions.py): img2dataset's parquet or the tar.
 
-Shards are written as img2dataset 1.47.0 writes them (tests/helpers/img2dataset_shards.py,
-checked member for member and row for row against its WebDatasetSampleWriter): failed rows
-in the parquet only, samples in download-completion order. The expected samples are worked
+Shards are written as img2dataset 1.47.0 writes them (tests/helpers/img2dataset_shards.py):
+failed rows in the parquet only, samples in download-completion order. The expected samples are worked
 out from the input rows, not by either reader.
 """
 

@@ -14,6 +14,9 @@ img2dataset==1.47.0 --no-deps`):
   TarWriter (members in sorted extension order, tarfile's default PAX format, mode 0o444,
   user/group "bigdata"); every row, failed or not, goes to the parquet through
   BufferedParquetWriter (one row group per 100 rows).
+Checked once (not in CI: importing webdataset imports torch) against img2dataset 1.47.0's
+own WebDatasetSampleWriter fed the same rows: the same tar members (names, sizes, mode,
+owner, bytes) in the same order and an equal parquet table, schema and row-group count.
 """
 
 from __future__ import annotations
