@@ -3,7 +3,8 @@
   sizes.png        histogram of fine-cluster sizes and each expert's size
   experts.json/md  each expert's share of the data, fine centers and spread
   captions.md      sample captions per expert and per largest fine cluster,
-                   read straight from the shards (omitted when they are absent)
+                   read from the shards (from img2dataset's parquet files beside
+                   them when every shard has one; omitted when they are absent)
 Samples are a seeded, order-independent draw: every row gets a random
 priority and each group keeps its lowest ones, so hosts' partial
 collections merge into exactly what one process would have kept.
@@ -81,12 +82,14 @@ class Collector:
     return [(self.stems[int(i)], int(j)) for i, j in zip(f[sel], r[sel])]
 
 
-def read_captions(tar_path: str, keys: set[str]) -> dict[str, str]:
-  """First caption of each of `keys` in a shard, read with the training reader."""
+def read_captions(tar_path: str, keys: set[str], source=None) -> dict[str, str]:
+  """First caption of each of `keys` in a shard, read as the embed stage reads captions
+  (img2dataset's parquet beside the tars when there is one: shard_captions)."""
+  from mode_jax.data.io import shard_captions
   from mode_jax.data.io import webdataset as wds
-  return {s["__key__"]: s["texts"][0]
-          for s in wds.iter_shard(tar_path, with_images=False, stats=wds.Stats())
-          if s["__key__"] in keys}
+  source = source or shard_captions.ShardCaptions([tar_path])
+  got, texts = source.read(tar_path, wds.Stats())
+  return {k: t[0] for k, t in zip(got, texts) if k in keys}
 
 
 def _shard_of_stem(workdir: str, shards) -> dict[str, str]:
@@ -104,15 +107,16 @@ def _lookup_captions(workdir: str, wanted: list[tuple[str, int]], shards=None) -
   by_stem: dict[str, list[int]] = {}
   for stem, row in wanted:
     by_stem.setdefault(stem, []).append(row)
+  from mode_jax.data.io import shard_captions
   tar_of = _shard_of_stem(workdir, shards)
+  if any(stem not in tar_of for stem in by_stem):
+    return None
+  source = shard_captions.ShardCaptions([tar_of[stem] for stem in by_stem])
   out = {}
   for stem, rows in by_stem.items():
-    tar_path = tar_of.get(stem)
-    if tar_path is None:
-      return None
     keys = wd.load_npz(wd.path(workdir, "embed", stem + ".npz"))["keys"]
     want = {str(keys[r]): r for r in rows}
-    caps = read_captions(tar_path, set(want))
+    caps = read_captions(tar_of[stem], set(want), source)
     for key, row in want.items():
       out[(stem, row)] = caps.get(key, "(caption not found)")
   return out

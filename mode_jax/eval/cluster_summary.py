@@ -6,7 +6,9 @@ fingerprint are stale and left out) and the training shards of the same stems
 (config.input.shards as recorded in the workdir's config.json, else
 shards/train-*.tar). Each shard is read once: every sample's captions, and
 image bytes only for the picked samples (the others are skipped with a seek),
-so only those are decoded. On a web-scale corpus `max_shards` evenly spaced
+so only those are decoded. When every shard has img2dataset's parquet beside
+it, captions come from there (shard_captions) and the tar is read only for
+the picked images. On a web-scale corpus `max_shards` evenly spaced
 shards are read (word statistics need far fewer than 400M captions).
 
 Top words. Captions are lower-cased and split into letter runs; stop words
@@ -35,7 +37,7 @@ import re
 import numpy as np
 
 from mode_jax import workdir as wd
-from mode_jax.data.io import loader
+from mode_jax.data.io import loader, shard_captions
 from mode_jax.data.io import webdataset as wds
 
 THUMB = 96   # px, the side of a thumbnail in clusters.png
@@ -137,9 +139,17 @@ def thumbnail(image: np.ndarray, side: int = THUMB) -> np.ndarray:
   return np.asarray(im.resize((side, side), Image.BILINEAR))
 
 
-def read_shard(path: str, picked: set[str]) -> tuple[dict, dict]:
-  """({key: captions} of every sample, {key: thumbnail} of the picked ones), one pass: the
-  image bytes of the other samples are skipped, not read."""
+def read_shard(path: str, picked: set[str], source: shard_captions.ShardCaptions | None = None
+               ) -> tuple[dict, dict]:
+  """({key: captions} of every sample, {key: thumbnail} of the picked ones).
+
+  From the tar, one pass: the image bytes of the other samples are skipped, not read.
+  When `source` reads img2dataset's parquet, captions come from there and the tar is
+  read only for the picked images (headers until the last picked one is found).
+  """
+  if source is not None and source.parquet:
+    keys, cands = source.read(path, wds.Stats())
+    return dict(zip(keys, cands)), (read_thumbnails(path, picked) if picked else {})
   stats, texts, thumbs = wds.Stats(), {}, {}
 
   def wanted(name):
@@ -154,14 +164,41 @@ def read_shard(path: str, picked: set[str]) -> tuple[dict, dict]:
           continue
         texts[key] = s["texts"]
         if key in picked:
-          try:
-            thumbs[key] = thumbnail(wds.decode_image(members[wds.image_ext(members)],
-                                                     draft_size=2 * THUMB))
-          except Exception:   # noqa: BLE001  PIL raises many types on corrupt bytes
-            pass
+          _add_thumbnail(thumbs, key, members)
   except OSError:   # unreadable or truncated (TruncatedShard): keep what was read
     pass
   return texts, thumbs
+
+
+def read_thumbnails(path: str, picked: set[str]) -> dict:
+  """{key: thumbnail} of the picked samples; only their image bytes are read."""
+  thumbs, seen = {}, set()
+
+  def wanted(name):
+    key, ext = wds.split_name(name)
+    return ext in wds.IMAGE_EXTS and key in picked
+
+  try:
+    with wds.open_shard(path) as f:
+      for key, _, _, members in wds.iter_samples_raw(f, read_data=wanted):
+        if key in picked:
+          _add_thumbnail(thumbs, key, members)
+          seen.add(key)
+          if len(seen) == len(picked):
+            break
+  except OSError:   # unreadable or truncated (TruncatedShard): keep what was read
+    pass
+  return thumbs
+
+
+def _add_thumbnail(thumbs: dict, key: str, members: dict) -> None:
+  ext = wds.image_ext(members)
+  if ext is None:
+    return
+  try:
+    thumbs[key] = thumbnail(wds.decode_image(members[ext], draft_size=2 * THUMB))
+  except Exception:   # noqa: BLE001  PIL raises many types on corrupt bytes
+    pass
 
 
 # ---------------------------------------------------------------- output ----
@@ -227,8 +264,9 @@ def run(workdir: str, out_dir: str, n: int, words: int = 10, images: int = 8,
       wanted[f].add(str(assign[f]["keys"][r]))
   counts = [collections.Counter() for _ in range(n)]
   thumbs = {}
+  source = shard_captions.ShardCaptions([shard for _, shard in pairs])
   for i, (z, (_, shard)) in enumerate(zip(assign, pairs)):
-    texts, got = read_shard(shard, wanted[i])
+    texts, got = read_shard(shard, wanted[i], source)
     thumbs.update({(i, k): t for k, t in got.items()})
     for key, e in zip(z["keys"], experts[i]):
       if str(key) in texts:

@@ -279,7 +279,7 @@ def image_ext(members: dict) -> str | None:
 def parse_texts(members: dict, stats: Stats | None = None,
                 caption_keys=CAPTION_KEYS) -> tuple[list[str], int | None]:
   """Captions (stripped, non-empty, de-duplicated, in `caption_keys` order) and label."""
-  meta, texts, label = {}, [], None
+  meta, label = {}, None
   if members.get("json") is not None:
     try:
       meta = json.loads(members["json"])
@@ -298,17 +298,25 @@ def parse_texts(members: dict, stats: Stats | None = None,
     except (ValueError, UnicodeDecodeError):
       if stats is not None:
         stats.bad_json += 1
+  txt = members["txt"].decode("utf-8", "replace") if members.get("txt") is not None else None
+  return collect_texts(meta, txt, caption_keys), label
+
+
+def collect_texts(meta: dict, txt: str | None, caption_keys=CAPTION_KEYS) -> list[str]:
+  """The caption rule of `parse_texts` on a parsed .json dict and a .txt string (None when
+  absent); shard_captions applies it to img2dataset's parquet rows, so both give the same."""
+  texts = []
   for k in caption_keys:
     if k == "txt":
-      if members.get("txt") is not None:
-        texts.append(members["txt"].decode("utf-8", "replace"))
+      if txt is not None:
+        texts.append(txt)
       continue
     v = meta.get(k)
     if isinstance(v, str):
       texts.append(v)
     elif isinstance(v, list):
       texts += [t for t in v if isinstance(t, str)]
-  return list(dict.fromkeys(t.strip() for t in texts if t and t.strip())), label
+  return list(dict.fromkeys(t.strip() for t in texts if t and t.strip()))
 
 
 def decode_image(data: bytes, draft_size: int | None = None) -> np.ndarray:
