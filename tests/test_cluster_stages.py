@@ -14,6 +14,7 @@ import ml_collections
 from clustering import embed_files, kmeans
 from mode_jax.stages import assign as assign_stage
 from mode_jax.stages import cluster as cluster_stage
+from mode_jax import provenance
 from mode_jax import workdir as wd
 
 
@@ -44,6 +45,10 @@ def _write_embed(root, n_files=3, rows=400, d=16, seed=0, shards=True):
           tar.addfile(info, io.BytesIO(raw))
   wd.write_json(os.path.join(root, "embed", "meta.json"),
                 {"encoder": "synthetic", "dim": d, "dtype": "float16", "fingerprint": "e1"})
+  # The embed stage's manifest: what these files are made from, and their order.
+  wd.write_json(os.path.join(root, "embed", provenance.MANIFEST),
+                {"stage": "embed", "fingerprint": f"synthetic-{seed}-{n_files}", "state": "done",
+                 "facts": {"files": [f"train-{f:05d}.npz" for f in range(n_files)]}})
 
 
 def _cfg(**kw):

@@ -154,9 +154,35 @@ def test_registry_resume_and_fingerprint(tmp_path, fake):
     np.testing.assert_array_equal(z["emb"], first)
   assert not [f for f in os.listdir(tmp_path / "embed") if f.endswith(".tmp")]
 
-  fake.seed = 1                                                # another config: refuse to mix
-  with pytest.raises(ValueError, match="another embed config"):
-    run_embed(fake, str(tmp_path))
+
+
+def test_changed_bytes_or_config_reembed_exactly_what_they_touch(tmp_path, fake, capsys):
+  """Provenance: a shard rewritten with other bytes is embedded again, the others are kept; a
+  shard gone from the data has its file moved to stale/; another config embeds all again."""
+  w = str(tmp_path)
+  make_workdir(w)
+  run_embed(fake, w)
+  capsys.readouterr()
+  assert FakeEncoder.calls == 2 and wd.read_json(f"{w}/embed/manifest.json")["state"] == "done"
+  kept = os.path.getmtime(tmp_path / "embed" / "train-00000.npz")
+  write_shard(os.path.join(w, "shards", "train-00001.tar"),
+              [("n_000", {"png": PNG, "txt": b"a brand new caption"})])
+  stats = run_embed(fake, w)
+  assert stats["skipped_done"] == 1 and FakeEncoder.calls == 3
+  assert os.path.getmtime(tmp_path / "embed" / "train-00000.npz") == kept
+  with np.load(tmp_path / "embed" / "train-00001.npz") as z:
+    assert list(z["keys"]) == ["n_000"]
+  assert "embed: training captions changed; embedding" in capsys.readouterr().out
+  os.remove(os.path.join(w, "shards", "train-00001.tar"))
+  run_embed(fake, w)
+  assert not os.path.exists(tmp_path / "embed" / "train-00001.npz")
+  assert [f for f in os.listdir(tmp_path / "stale") if f.startswith("embed__train-00001.npz")]
+  assert wd.read_json(f"{w}/embed/manifest.json")["facts"]["files"] == ["train-00000.npz"]
+  capsys.readouterr()
+  fake.seed = 1                                                # another config: all again
+  stats = run_embed(fake, w)
+  assert stats["skipped_done"] == 0 and FakeEncoder.calls == 4
+  assert "embed: config changed (embed.seed 0 -> 1)" in capsys.readouterr().out
 
 
 def test_missing_shards_and_bad_config(tmp_path, fake):

@@ -3,7 +3,9 @@
 DESIGN.md step 1: one caption per pair (a seeded pick when a sample has
 several) is embedded with a frozen sentence encoder (config.embed, see
 mode_jax/text/encoders.py) and L2-normalised; the cluster stage reads these
-rows. Formats: mode_jax/workdir.py.
+rows. Formats: mode_jax/workdir.py. Captions come from img2dataset's parquet
+files when every shard has one (no image bytes move), else from the tars
+(data/io/shard_captions.py).
 
 Shards come from config.input.shards (a pattern or list, local or remote;
 relative = inside the workdir). Resumable: npz files are written atomically
@@ -34,7 +36,7 @@ from tqdm import tqdm
 from mode_jax import distributed
 from mode_jax import provenance
 from mode_jax import workdir as wd
-from mode_jax.data.io import digests, loader
+from mode_jax.data.io import digests, loader, shard_captions
 from mode_jax.data.io import webdataset as wds
 from mode_jax.text import captions, encoders
 
@@ -70,14 +72,19 @@ def _embed(cfg, workdir: str, shards: str | Sequence[str]) -> dict:
   out_dir = wd.path(workdir, "embed")
   meta_path = wd.path(out_dir, "meta.json")
   enc_fp = encoders.fingerprint(cfg)
-  sources = digests.file_digests(shard_list, workdir)   # what each shard's captions come from
+  reader = shard_captions.ShardCaptions(shard_list)   # img2dataset's parquet when every shard
+  caption_files = {s: shard_captions.parquet_beside(s) if reader.parquet else s  # has one
+                   for s in shard_list}
+  got = digests.file_digests(list(caption_files.values()), workdir)
+  sources = {s: got[f] for s, f in caption_files.items()}   # what the captions come from
   stems = [wd.shard_stem(s) for s in shard_list]
   decision = provenance.decide(
       workdir, "embed", "embed", {"embed": encoders.what_fields(cfg)},
       {"data": provenance.Input(provenance.digest([[wd.shard_stem(s), sources[s]]
                                                    for s in shard_list]),
                                 {"shards": len(shard_list)}, "training captions"),
-       "encoder": provenance.Input(enc_fp, {"encoder": cfg.encoder}, "sentence encoder")},
+       "encoder": provenance.Input(encoders.weights_fingerprint(cfg), {},
+                                   "sentence encoder weights")},
       outputs_exist=bool(wd.glob(wd.path(out_dir, "*.npz"))))
   stale = [(f, workdir) for f in wd.glob(wd.path(out_dir, "*.npz"))
            if wd.basename(f)[:-4] not in set(stems)]   # shards no longer in the data
@@ -108,10 +115,7 @@ def _embed(cfg, workdir: str, shards: str | Sequence[str]) -> dict:
   seen: dict[str, np.ndarray] = {}   # caption -> embedding, across shards, at most cache_size
   for shard in pending:
     st = wds.Stats()
-    keys, cands = [], []
-    for sample in wds.iter_shard(shard, with_images=False, stats=st):
-      keys.append(sample["__key__"])
-      cands.append(sample["texts"])
+    keys, cands = reader.read(shard, st)
     if st.truncated_shards or st.unreadable_shards:
       stats["truncated_shards"] += 1
       log.warning("embed: %s is truncated or corrupt; kept %d samples before the break",
@@ -141,7 +145,9 @@ def _embed(cfg, workdir: str, shards: str | Sequence[str]) -> dict:
   if stats["no_caption"] or stats["no_image"]:
     log.warning("embed: skipped %d samples without a caption and %d without an image",
                 stats["no_caption"], stats["no_image"])
-  distributed.host_report(out_dir, **stats, read=[wd.shard_stem(s) for s in pending])
+  distributed.host_report(out_dir, **stats, read=[wd.shard_stem(s) for s in pending],
+                          captions_from="parquet" if reader.parquet else "tar",
+                          parquet_fallbacks=reader.fallbacks)
   distributed.barrier("embed")
   if decision.todo:
     distributed.on_primary("embed finish", lambda: provenance.finish(

@@ -89,9 +89,9 @@ def what_fields(cfg) -> dict:
   return {k: v for k, v in cfg.items() if k not in HOW_FIELDS}
 
 
-def fingerprint(cfg: ml_collections.ConfigDict) -> str:
-  """What the embeddings depend on: the config's what_fields and the encoder's files by
-  content (a model folder's config.json and weights, or a CLIP weights file)."""
+def weights_fingerprint(cfg) -> str:
+  """The encoder's files by content: a model folder's config.json and weights, or a CLIP
+  weights file ('' for a registered encoder without files)."""
   files = []
   if cfg.encoder.startswith(clip_text_encoder.PREFIX):
     path = clip_text_encoder.weights_path(cfg.encoder)
@@ -107,7 +107,12 @@ def fingerprint(cfg: ml_collections.ConfigDict) -> str:
       pass
   model = {os.path.basename(f): provenance.file_digest(f, DIGEST_MEMO)
            for f in files if os.path.exists(f)}
-  return provenance.digest([what_fields(cfg), model])
+  return provenance.digest(model) if model else ""
+
+
+def fingerprint(cfg: ml_collections.ConfigDict) -> str:
+  """What the embeddings depend on: the config's what_fields and the encoder's files."""
+  return provenance.digest([what_fields(cfg), weights_fingerprint(cfg)])
 
 
 def resolve_config(cfg) -> ml_collections.ConfigDict:
