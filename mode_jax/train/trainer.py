@@ -433,7 +433,7 @@ def train(config, run_dir: str, *, input_fn, evaluators=(), progress: bool = Tru
   data = Prefetcher(data, mesh)
   batch, stall = data.next_with_stall()
   compiled, step_memory = _compile(train_step, state, batch, desc)
-  writer = metrics_lib.MetricWriter(run_dir)
+  writer = metrics_lib.MetricWriter(run_dir, start_step=start)   # drops rows past `start`
   window = _Window(config, step_memory)
   profiler = _Profiler(config.get("profile", ()), run_dir)
   clock = DeviceClock()
