@@ -10,6 +10,7 @@ import pytest
 
 from mode_jax import workdir as wd
 from mode_jax.train import metrics as metrics_lib
+from mode_jax.train import progress as progress_lib
 from mode_jax.train import trainer
 from tests.test_trainer import SyntheticData, tiny_config
 
@@ -27,7 +28,21 @@ class _DiesAt(SyntheticData):
     return super().__next__()
 
 
-def test_resume_drops_rows_logged_after_the_restored_checkpoint(tmp_path):
+class _CountingBar(progress_lib.StepBar):
+  """Records what the trainer tells its bar (tqdm itself is disabled in tests)."""
+  seen = []
+
+  def __init__(self, total, start, desc, enabled=True):
+    super().__init__(total, start, desc, enabled=False)
+    self.start, self.count = start, 0
+    _CountingBar.seen.append(self)
+
+  def completed(self, n=1):
+    self.count += n
+    super().completed(n)
+
+
+def test_resume_drops_rows_logged_after_the_restored_checkpoint(tmp_path, monkeypatch):
   """Regression: killed after logging step 3 with its newest checkpoint at step 2, the
   resumed run logged step 3 again (steps 1, 2, 3, 3, 4)."""
   run = str(tmp_path / "run")
@@ -36,11 +51,16 @@ def test_resume_drops_rows_logged_after_the_restored_checkpoint(tmp_path):
                   input_fn=lambda c, m: _DiesAt(c, m, die_at=3), progress=False)
   rows = metrics_lib.read_jsonl(os.path.join(run, "metrics.jsonl"))
   assert [r["step"] for r in rows] == [1, 2, 3]   # step 3 logged, never checkpointed
+  monkeypatch.setattr(progress_lib, "StepBar", _CountingBar)
+  _CountingBar.seen.clear()
   res = trainer.train(tiny_config(num_steps=4, log_every=1, ckpt_every=2), run,
                       input_fn=SyntheticData, progress=False)
   assert res.step == 4 and [h["step"] for h in res.history] == [3, 4]
   rows = metrics_lib.read_jsonl(os.path.join(run, "metrics.jsonl"))
   assert [r["step"] for r in rows] == [1, 2, 3, 4]
+  # the bar resumed at step 2 and was told of exactly the two steps that finished
+  (bar,) = _CountingBar.seen
+  assert (bar.start, bar.count) == (2, 2)
 
 
 def _tb_events(folder):
