@@ -11,7 +11,16 @@ import math
 ADAM_B1 = 0.9                 # paper Sec. 4.1
 ADAM_B2 = 0.98                # paper Sec. 4.1 (OpenAI CLIP Sec. 2.5)
 ADAM_EPS = 1e-6               # OpenAI CLIP / MetaCLIP training code
-WEIGHT_DECAY = 0.2            # applied to weights of rank >= 2 only (MetaCLIP)
+WEIGHT_DECAY = 0.2            # paper Sec. 4.1 / MetaCLIP; only on WEIGHT_DECAY_ROLES
+# Which parameters decay, by their role (models/roles.py). The reference rule,
+# MetaCLIP src/training/main.py (OpenCLIP's main.py until 2026-06): no decay where
+# p.ndim < 2 or the name contains bn/ln/bias/logit_scale/norm. On the unstacked
+# OpenAI-layout CLIP that decays every matmul kernel (qkv, out, MLP, patch
+# embedding, both projections), the token embedding and both positional
+# embeddings (2-d), and exempts biases, LayerNorm gains, the 1-d class embedding,
+# logit scale and logit bias. (OpenCLIP since 2026-06 also exempts the positional
+# and class embeddings via no_weight_decay(); we follow MetaCLIP, MoDE's code.)
+WEIGHT_DECAY_ROLES = ("kernel", "embedding", "position")
 WARMUP_STEPS = 2000           # paper Sec. 4.1
 PEAK_LR = {"B/32": 5e-4, "B/16": 5e-4, "L/14": 4e-4}   # paper Sec. 4.1
 GLOBAL_BATCH = 32768          # paper Sec. 4.1

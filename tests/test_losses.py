@@ -5,7 +5,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from flax import nnx
 
+from mode_jax.models import roles
 from mode_jax.train import losses, optimizer
 
 
@@ -61,17 +63,23 @@ def test_schedule_warmup_then_cosine_over_whole_run():
   np.testing.assert_allclose(s(110), 0.0, atol=1e-6)
 
 
-def test_weight_decay_only_on_matrices():
+def _param(x, role):
+  return nnx.Param(jnp.asarray(x), **roles.meta(role))
+
+
+def test_weight_decay_only_on_weight_roles():
+  """Decay by the role a parameter carries (tests/test_weight_decay.py: scanned models)."""
   cfg = optimizer.default_config()
   cfg.lr, cfg.warmup_steps = 0.1, 0
   tx = optimizer.make_optimizer(cfg, 100)
-  params = {"w": jnp.ones((3, 3)), "b": jnp.ones((3,)), "logit_scale": jnp.ones(())}
+  params = {"w": _param(np.ones((3, 3)), roles.KERNEL), "b": _param(np.ones((3,)), roles.BIAS),
+            "logit_scale": _param(np.ones(()), roles.LOGIT)}
   zeros = jax.tree.map(jnp.zeros_like, params)
   updates, _ = tx.update(zeros, tx.init(params), params)
   new = optax.apply_updates(params, updates)
-  np.testing.assert_allclose(new["w"], 1 - 0.1 * 0.2, rtol=1e-6)   # decoupled decay lr*wd
-  np.testing.assert_allclose(new["b"], 1.0)
-  np.testing.assert_allclose(new["logit_scale"], 1.0)
+  np.testing.assert_allclose(new["w"][...], 1 - 0.1 * 0.2, rtol=1e-6)   # decoupled decay lr*wd
+  np.testing.assert_allclose(new["b"][...], 1.0)
+  np.testing.assert_allclose(new["logit_scale"][...], 1.0)
 
 
 def test_adam_hyperparameters_match_pytorch_adamw():
@@ -82,17 +90,17 @@ def test_adam_hyperparameters_match_pytorch_adamw():
   rng = np.random.default_rng(0)
   w0 = rng.normal(size=(4, 5)).astype(np.float32)
   grads = [rng.normal(size=(4, 5)).astype(np.float32) for _ in range(5)]
-  p, st = {"w": jnp.asarray(w0)}, None
+  p, st = {"w": _param(w0, roles.KERNEL)}, None
   st = tx.init(p)
   for g in grads:
-    u, st = tx.update({"w": jnp.asarray(g)}, st, p)
+    u, st = tx.update({"w": _param(g, roles.KERNEL)}, st, p)
     p = optax.apply_updates(p, u)
   tw = torch.nn.Parameter(torch.tensor(w0))
   opt = torch.optim.AdamW([tw], lr=1e-2, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.2)
   for g in grads:
     tw.grad = torch.tensor(g)
     opt.step()
-  np.testing.assert_allclose(p["w"], tw.detach().numpy(), atol=1e-5)
+  np.testing.assert_allclose(p["w"][...], tw.detach().numpy(), atol=1e-5)
 
 
 def test_clip_loss_dispatches_by_name_and_refuses_unknown():

@@ -303,9 +303,8 @@ def test_trainer_loads_pretrained_weights_into_a_scanned_model(tmp_path):
   """init.pretrained with scan_layers: the trainer once filled the stacked state with
   the converter's per-layer layout (a structure mismatch)."""
   from mode_jax.train import config as config_lib
-  from mode_jax.train import sharding
+  from mode_jax.train import initial_state, sharding
   from mode_jax.train import state as state_lib
-  from mode_jax.train import trainer
   torch, model = _hf_model(tmp_path)
   images, tokens = _inputs()
   ref = _torch_outputs(torch, model, images, tokens)
@@ -315,7 +314,7 @@ def test_trainer_loads_pretrained_weights_into_a_scanned_model(tmp_path):
   mesh = sharding.make_mesh({"data": 1, "fsdp": 1}, devices=jax.devices()[:1])
   graphdef, _, _, shardings, init_fn = state_lib.build(
       c.model, c.optim, schedule_steps=2, mesh=mesh, rules=[(".*", "replicate")])
-  state = trainer._load_pretrained(c, init_fn(), shardings)
+  state = initial_state.load_pretrained(c, init_fn(), shardings)
   img, txt, _, _ = state_lib.model_from_state(graphdef, state)(jnp.asarray(images),
                                                               jnp.asarray(tokens))
   np.testing.assert_allclose(np.asarray(img), ref[0], atol=1e-4)

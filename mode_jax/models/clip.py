@@ -33,6 +33,7 @@ import ml_collections
 from flax import nnx
 
 from mode_jax import constants
+from mode_jax.models import roles
 from mode_jax.models.text import TextTransformer
 from mode_jax.models.vit import VisionTransformer
 
@@ -157,9 +158,9 @@ class CLIP(nnx.Module):
         eos_id=cfg.get("eos_id"), dtype=dtype,
         mlp_ratio=cfg.get("text", {}).get("mlp_ratio") or MLP_RATIO, **blocks)
     init_scale = constants.SIGLIP_SCALE_INIT if cfg.logit_bias else constants.LOGIT_SCALE_INIT
-    self.logit_scale = nnx.Param(jnp.asarray(init_scale, jnp.float32))
-    self.logit_bias = (nnx.Param(jnp.asarray(constants.SIGLIP_BIAS_INIT, jnp.float32))
-                       if cfg.logit_bias else None)
+    self.logit_scale = nnx.Param(jnp.asarray(init_scale, jnp.float32), **roles.meta(roles.LOGIT))
+    self.logit_bias = (nnx.Param(jnp.asarray(constants.SIGLIP_BIAS_INIT, jnp.float32),
+                                 **roles.meta(roles.LOGIT)) if cfg.logit_bias else None)
 
   def encode_image(self, images):
     return l2_normalize(self.visual(images))

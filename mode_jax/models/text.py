@@ -13,6 +13,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
+from mode_jax.models import roles
 from mode_jax.models.transformer import Transformer
 
 
@@ -26,15 +27,19 @@ class TextTransformer(nnx.Module):
     self.dtype = dtype
     # OpenAI CLIP init: token std 0.02, positions std 0.01, projection width^-0.5.
     self.token_embedding = nnx.Embed(vocab_size, width, dtype=dtype,
-                                     embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
+                                     embedding_init=nnx.initializers.normal(0.02), rngs=rngs,
+                                     embedding_metadata=roles.meta(roles.EMBEDDING))
     self.positional_embedding = nnx.Param(
-        nnx.initializers.normal(0.01)(rngs.params(), (context_length, width)))
+        nnx.initializers.normal(0.01)(rngs.params(), (context_length, width)),
+        **roles.meta(roles.POSITION))
     self.transformer = Transformer(width, depth, heads, mlp_ratio=mlp_ratio, act=act,
                                    dtype=dtype, remat=remat, attention=attention,
                                    scan_layers=scan_layers, tokens=context_length, rngs=rngs)
-    self.ln_final = nnx.LayerNorm(width, epsilon=1e-5, dtype=dtype, rngs=rngs)
+    self.ln_final = nnx.LayerNorm(width, epsilon=1e-5, dtype=dtype, rngs=rngs,
+                                  **roles.layer_norm())
     self.text_projection = nnx.Param(
-        nnx.initializers.normal(width ** -0.5)(rngs.params(), (width, embed_dim)))
+        nnx.initializers.normal(width ** -0.5)(rngs.params(), (width, embed_dim)),
+        **roles.meta(roles.KERNEL))
 
   def __call__(self, tokens):
     """tokens: int [B, L] with L <= context_length -> [B, embed_dim] (not normalised)."""

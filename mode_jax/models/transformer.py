@@ -20,6 +20,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from mode_jax import constants
+from mode_jax.models import roles
 
 
 def quick_gelu(x):
@@ -142,9 +143,11 @@ class Attention(nnx.Module):
     self.impl = impl
     # OpenAI CLIP init: attn std width^-0.5, out-proj scaled by (2 depth)^-0.5.
     std = width ** -0.5
-    self.qkv = nnx.Linear(width, 3 * width, dtype=dtype, kernel_init=_normal(std), rngs=rngs)
+    self.qkv = nnx.Linear(width, 3 * width, dtype=dtype, kernel_init=_normal(std), rngs=rngs,
+                          **roles.linear())
     self.out = nnx.Linear(width, width, dtype=dtype,
-                          kernel_init=_normal(std * (2 * depth) ** -0.5), rngs=rngs)
+                          kernel_init=_normal(std * (2 * depth) ** -0.5), rngs=rngs,
+                          **roles.linear())
 
   def __call__(self, x, *, causal):
     b, t, w = x.shape
@@ -157,14 +160,15 @@ class Block(nnx.Module):
   """One pre-LN residual attention block."""
 
   def __init__(self, width, heads, *, depth, mlp_ratio, act, dtype, attention="einsum", rngs):
-    self.ln_1 = nnx.LayerNorm(width, epsilon=1e-5, dtype=dtype, rngs=rngs)
+    self.ln_1 = nnx.LayerNorm(width, epsilon=1e-5, dtype=dtype, rngs=rngs, **roles.layer_norm())
     self.attn = Attention(width, heads, depth=depth, dtype=dtype, impl=attention, rngs=rngs)
-    self.ln_2 = nnx.LayerNorm(width, epsilon=1e-5, dtype=dtype, rngs=rngs)
+    self.ln_2 = nnx.LayerNorm(width, epsilon=1e-5, dtype=dtype, rngs=rngs, **roles.layer_norm())
     hidden = int(width * mlp_ratio)
     self.c_fc = nnx.Linear(width, hidden, dtype=dtype, kernel_init=_normal((2 * width) ** -0.5),
-                           rngs=rngs)
+                           rngs=rngs, **roles.linear())
     self.c_proj = nnx.Linear(hidden, width, dtype=dtype,
-                             kernel_init=_normal(width ** -0.5 * (2 * depth) ** -0.5), rngs=rngs)
+                             kernel_init=_normal(width ** -0.5 * (2 * depth) ** -0.5), rngs=rngs,
+                             **roles.linear())
     self.act = ACTIVATIONS[act]
 
   def __call__(self, x, causal=False):

@@ -13,6 +13,7 @@ import numpy as np
 from flax import nnx
 
 from mode_jax import constants
+from mode_jax.models import roles
 from mode_jax.models.transformer import Transformer
 
 _MEAN = np.asarray(constants.IMAGE_MEAN, np.float32) * 255
@@ -40,16 +41,19 @@ class VisionTransformer(nnx.Module):
     grid = image_size // patch_size
     scale = width ** -0.5
     self.patch_embed = nnx.Linear(3 * patch_size * patch_size, width, use_bias=False,
-                                  dtype=dtype, rngs=rngs)
-    self.class_embedding = nnx.Param(scale * nnx.initializers.normal(1.0)(rngs.params(), (width,)))
+                                  dtype=dtype, rngs=rngs, **roles.linear(bias=False))
+    self.class_embedding = nnx.Param(scale * nnx.initializers.normal(1.0)(rngs.params(), (width,)),
+                                     **roles.meta(roles.CLASS_TOKEN))
     self.positional_embedding = nnx.Param(
-        scale * nnx.initializers.normal(1.0)(rngs.params(), (grid * grid + 1, width)))
-    self.ln_pre = nnx.LayerNorm(width, epsilon=1e-5, dtype=dtype, rngs=rngs)
+        scale * nnx.initializers.normal(1.0)(rngs.params(), (grid * grid + 1, width)),
+        **roles.meta(roles.POSITION))
+    self.ln_pre = nnx.LayerNorm(width, epsilon=1e-5, dtype=dtype, rngs=rngs, **roles.layer_norm())
     self.transformer = Transformer(width, depth, heads, mlp_ratio=mlp_ratio, act=act,
                                    dtype=dtype, remat=remat, attention=attention,
                                    scan_layers=scan_layers, tokens=grid * grid + 1, rngs=rngs)
-    self.ln_post = nnx.LayerNorm(width, epsilon=1e-5, dtype=dtype, rngs=rngs)
-    self.proj = nnx.Param(scale * nnx.initializers.normal(1.0)(rngs.params(), (width, embed_dim)))
+    self.ln_post = nnx.LayerNorm(width, epsilon=1e-5, dtype=dtype, rngs=rngs, **roles.layer_norm())
+    self.proj = nnx.Param(scale * nnx.initializers.normal(1.0)(rngs.params(), (width, embed_dim)),
+                          **roles.meta(roles.KERNEL))
 
   def __call__(self, images):
     """images: [B, H, W, 3] uint8 (normalised here) or normalised floats -> [B, embed_dim]."""

@@ -1,4 +1,4 @@
-"""The CLIP optimiser: AdamW (0.9, 0.98, 1e-6), decay 0.2 on rank >= 2 weights, warmup + cosine.
+"""The CLIP optimiser: AdamW (0.9, 0.98, 1e-6), decay 0.2 on weights by role, warmup + cosine.
 
 The schedule is a function of the optimiser's own step count over the whole
 planned run (`total_steps`), not of the current job: a run resumed or an
@@ -8,13 +8,21 @@ expert forked from the seed at step s continues the same curve from s
 Config fields (`config.optim`): lr, warmup_steps, b1, b2, eps, weight_decay,
 end_lr_ratio (cosine floor as a fraction of lr; 0 in the paper), grad_clip
 (global norm; 0 disables; the paper uses none).
+
+Weight decay follows the reference rule (MetaCLIP's training code: rank >= 2
+weights of the unstacked model; constants.WEIGHT_DECAY_ROLES says which roles
+that is). It is read from the role each parameter carries (models/roles.py),
+not from its rank: with `scan_layers` every bias and LayerNorm gain is stacked
+into a 2-d array, and a rank test decayed them.
 """
 
 import jax
 import ml_collections
 import optax
+from flax import nnx
 
 from mode_jax import constants
+from mode_jax.models import roles
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -44,8 +52,16 @@ def lr_schedule(cfg, total_steps: int) -> optax.Schedule:
 
 
 def decay_mask(params):
-  """Weight decay only on weights of rank >= 2 (no decay on gains, biases, logit scale)."""
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+  """True where weight decay applies: a bool per nnx.Param of `params` (an nnx.State).
+
+  Decided by each parameter's role (constants.WEIGHT_DECAY_ROLES), so a model
+  with scanned layers gets the same mask as one without. A parameter without
+  a role raises rather than silently taking or escaping decay.
+  """
+  is_param = lambda x: isinstance(x, nnx.Variable)
+  decays = lambda path, p: roles.role_of(p, jax.tree_util.keystr(path)) in (
+      constants.WEIGHT_DECAY_ROLES)
+  return jax.tree.map_with_path(decays, params, is_leaf=is_param)
 
 
 def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
