@@ -56,8 +56,13 @@ def parse_flags(argv):
   """absl's parser, but a mistyped --config.field stops with one line, not a traceback."""
   try:
     return flags.FLAGS(argv)
-  except flags.Error as e:
-    sys.exit(f"error: {e}")
+  except (flags.Error, ValueError) as e:
+    text = str(e)
+    refused = re.findall(r"^(?:ValueError|KeyError): (.+)$", text, re.M)
+    if refused:   # a config file refused its arguments: its message, not ml_collections' traceback
+      where = re.search(r"--config=(\S+?):?\s", text)
+      sys.exit(f"error: {where.group(1) + ': ' if where else ''}{refused[-1]}")
+    sys.exit(f"error: {text}")
   except (AttributeError, KeyError) as e:   # ml_collections: an override of a missing field
     text = str(e).replace("\\'", "'").replace("\\n", "\n")
     key = re.search(r"'([^']+)'", text)

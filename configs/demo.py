@@ -96,12 +96,23 @@ def get_config(arg=None):
     c.prepare.fmnist_train_limit, c.prepare.eval_limit = 150, 100
     c.prepare.mnist_limit = 200
     c.prepare.min_category_images = 2
-    c.cluster.m = min(c.cluster.m, 8)
-    c.model.vision.update(width=32, depth=1, heads=2)
-    c.model.text.update(width=32, depth=1, heads=2)
-    c.model.embed_dim = 32
-    c.batch_size = 32
-    c.mode.total_epochs, c.mode.seed_epochs = 1.0, 0.6
-    c.optim.warmup_steps = 2
-    c.log_every, c.ckpt_every, c.eval_batch_size = 5, 10, 64
+    laptop(c)
   return c
+
+
+def laptop(c) -> None:
+  """`runlocal`'s recipe, on any config: a 1-block CLIP of width 32 at 32 px, batch 32, one
+  epoch with the paper's seed-expert split, at most 8 fine clusters, frequent logs and
+  checkpoints; the stages and their data stay as configured."""
+  c.cluster.m = min(c.cluster.m, 8)
+  c.model.variant, c.model.image_size, c.model.context_length = (
+      c.model.variant.split("/")[0] + "/8", 32, 24)
+  c.model.vision.update(width=32, depth=1, heads=2)
+  c.model.text.update(width=32, depth=1, heads=2)
+  c.model.embed_dim = 32
+  c.model.update(dtype="float32", remat="none", attention="auto")
+  c.batch_size, c.accum_steps = 32, 1
+  c.mode.total_epochs, c.mode.seed_epochs = 1.0, 0.6
+  c.optim.warmup_steps = 2
+  c.input.num_workers = 0
+  c.log_every, c.ckpt_every, c.eval_batch_size = 5, 10, 64

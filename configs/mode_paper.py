@@ -1,17 +1,27 @@
 """The paper's recipe (DESIGN.md "Paper recipe"), shared by mode_b32/b16/l14.py.
 
-  python launch.py pipeline --config configs/mode_b16.py:n=4,shards=gs://b/{00000..31999}.tar \
+  python launch.py pipeline \
+      --config 'configs/mode_b16.py:n=4,shards=gs://b/cc12m/{00000..01242}.tar,root=gs://b/cb' \
       --workdir gs://b/mode_b16_n4
+
+Arguments: n (experts), expert (-1 = all; c = expert c alone), ablation
+("" | "random"), shards (required: the training data, img2dataset's
+webdataset output, local or gs:// / s3://; brace and glob patterns,
+'::'-joined lists), suite ("mode26" the paper's 26 tasks, "datacomp38",
+"folders" = every CLIP_benchmark folder under root, or a module), root
+(the folder of the suite's CLIP_benchmark task folders), encoder (a local HF
+folder of the paper's sentence encoder, supervised SimCSE BERT-base, read
+with pooler output; default the offline MiniLM), runlocal.
 
 Global batch 32,768; 32 epochs of the data-set size; seed at epoch 27; 5
 epochs per expert ("epoch" = the full data-set size); out-of-cluster ratio
-0.02; m = 1,024 fine clusters; n experts from the argument. The sentence
-encoder of the paper is supervised SimCSE BERT-base with pooler output: pass
-its local HF folder as `encoder=/path/to/sup-simcse-bert-base-uncased`
-(nothing is downloaded at run time); the default is the offline MiniLM.
+0.02; m = 1,024 fine clusters. Nothing is downloaded at run time.
 
-`runlocal` keeps the recipe's structure (stages, schedule split, routing) but
-shrinks model, batch and data to the embedded demo corpus, for tests.
+The data is the researcher's own: a config with shards= has no `prepare`
+stage and needs none of the demo corpus's packages. Without shards= it stops
+before any compute naming the argument. `runlocal` shrinks the model, batch
+and schedule to a CPU (configs/demo.py `laptop`) and keeps the shards and
+suite; `runlocal` without shards runs on the embedded demo corpus instead.
 """
 
 import ml_collections
@@ -23,20 +33,32 @@ from mode_jax.models import clip as clip_lib
 
 
 def paper_config(variant: str, arg) -> ml_collections.ConfigDict:
-  arg = common.parse_arg(arg, n=4, expert=-1, ablation="", shards="shards/train-*.tar",
+  arg = common.parse_arg(arg, n=4, expert=-1, ablation="", shards="", suite="mode26", root="",
                          encoder="", runlocal=False)
-  c = demo.get_config(f"n={arg.n},m={constants.NUM_FINE_CLUSTERS},expert={arg.expert},"
-                      f"ablation={arg.ablation}" + (",runlocal" if arg.runlocal else ""))
-  if arg.runlocal:
+  structure = (f"n={arg.n},m={constants.NUM_FINE_CLUSTERS},expert={arg.expert},"
+               f"ablation={arg.ablation}")
+  if not arg.shards:
+    if not arg.runlocal:
+      raise ValueError(f"the {variant} recipe needs the training data: shards=PATTERN "
+                       "(img2dataset webdataset shards, e.g. shards=/data/cc3m/{00000..00331}.tar "
+                       "or gs://bucket/cc12m/{00000..01242}.tar); `runlocal` without shards runs "
+                       "the demo corpus")
+    c = demo.get_config(structure + ",runlocal")   # the embedded demo corpus, CPU-sized
     c.model.variant = variant.split("/")[0] + "/8"   # the paper's tower name, 32 px demo data
-    c.cluster.m = 8
     return c
 
+  c = demo.get_config(structure)
+  del c["prepare"]   # the researcher's data: no demo corpus stage
   c.input.shards = arg.shards
-  c.input.num_workers = 8
+  c.evaluate.update(suite=arg.suite, root=arg.root)
   if arg.encoder:
     c.embed.encoder, c.embed.pooling = arg.encoder, "pooler"   # paper: SimCSE pooler_output
+  if arg.runlocal:
+    c.model.variant = variant
+    demo.laptop(c)
+    return c
 
+  c.input.num_workers = 8
   c.model = clip_lib.default_config()   # full-size defaults: OpenAI context, vocab
   c.model.variant, c.model.image_size = variant, 224
   c.model.dtype = "bfloat16"

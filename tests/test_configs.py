@@ -11,7 +11,9 @@ from mode_jax.train import trainer
 @pytest.mark.parametrize("module,variant,lr", [
     (mode_b32, "B/32", 5e-4), (mode_b16, "B/16", 5e-4), (mode_l14, "L/14", 4e-4)])
 def test_paper_recipe(module, variant, lr, tmp_path):
-  c = module.get_config("n=8")
+  c = module.get_config("n=8,shards=gs://b/{00000..00009}.tar,root=gs://b/cb")
+  assert "prepare" not in c and c.input.shards == "gs://b/{00000..00009}.tar"
+  assert (c.evaluate.suite, c.evaluate.root) == ("mode26", "gs://b/cb")
   assert c.model.variant == variant and c.model.image_size == 224
   assert c.model.act == "quick_gelu" and c.model.context_length == 77
   assert c.model.vocab_size == 49408

@@ -182,8 +182,31 @@ def _folder_task(folder: str, entry: dict) -> Task | str:
               captions="txt_lines")
 
 
+FOLDERS_SUITE = "folders"   # every CLIP_benchmark task folder under root, named by its folder
+WDS_PREFIX = "wds_"          # clip_benchmark_export_wds names its folders wds_<dataset>
+
+
+def folder_entries(root: str) -> tuple[dict, ...]:
+  """The `folders` suite: one entry per CLIP_benchmark task folder directly under root,
+  named by the folder (less wds_), its kind from dataset_type.txt. Zero-shot tasks score
+  mean per-class recall, as CLIP_benchmark does (chance 1/n on any class balance)."""
+  out = []
+  for name in wd.listdir(root):
+    folder = wd.path(root, name)
+    if cb.is_task_folder(folder):
+      out.append(dict(name=name.removeprefix(WDS_PREFIX), folders=(name,),
+                      kind=cb.open_task(folder).kind, metric="mean_per_class"))
+  return tuple(out)
+
+
 def resolve(cfg, workdir: str) -> tuple[dict[str, Task], dict[str, str]]:
-  """(tasks to evaluate by name, {skipped task: reason}) for config.evaluate."""
+  """(tasks to evaluate by name, {skipped task: reason}) for config.evaluate.
+
+  A suite task whose folder is absent is skipped (a partial download still
+  evaluates); one named in config.evaluate.tasks is an error, as are an
+  unreadable root and a suite with no task found. Every check here runs before
+  any compute (the pipeline calls this first).
+  """
   cfg = cfg if cfg is not None else default_config()
   if not cfg.get("suite"):
     tasks, skipped = workdir_tasks(workdir), {}
@@ -191,8 +214,12 @@ def resolve(cfg, workdir: str) -> tuple[dict[str, Task], dict[str, str]]:
     if not cfg.get("root"):
       raise ValueError("config evaluate.root is empty: set it to the directory holding the "
                        f"{cfg.suite} task folders (--config.evaluate.root=/data/clip_benchmark)")
-    tasks, skipped, root = {}, {}, wd.resolve(cfg.root)   # relative to here, not the workdir
-    for entry in suite_entries(cfg.suite):
+    root = wd.resolve(cfg.root)   # relative to where the command runs, not the workdir
+    if not wd.isdir(root):
+      raise ValueError(f"config evaluate.root={cfg.root}: {root} is not a readable folder")
+    entries = folder_entries(root) if cfg.suite == FOLDERS_SUITE else suite_entries(cfg.suite)
+    tasks, skipped = {}, {}
+    for entry in entries:
       t = suite_task(root, entry)
       if isinstance(t, Task):
         tasks[t.name] = t
@@ -204,10 +231,14 @@ def resolve(cfg, workdir: str) -> tuple[dict[str, Task], dict[str, str]]:
     if unknown:
       raise ValueError(f"config evaluate.tasks: unknown task(s) {unknown}; known: "
                        f"{sorted(set(tasks) | set(skipped))}")
-    tasks = {k: v for k, v in tasks.items() if k in want}
-    skipped = {k: v for k, v in skipped.items() if k in want}
+    missing = {k: v for k, v in skipped.items() if k in want}
+    if missing:
+      reasons = "; ".join(f"{k}: {v}" for k, v in missing.items())
+      raise ValueError(f"config evaluate.tasks: {reasons}")
+    tasks, skipped = {k: v for k, v in tasks.items() if k in want}, {}
   if not tasks:
-    raise ValueError(f"no evaluation task found (skipped: {skipped})")
+    where = f" under {cfg.root}" if cfg.get("suite") else ""
+    raise ValueError(f"no evaluation task found{where} (skipped: {skipped})")
   return tasks, skipped
 
 
