@@ -2,7 +2,7 @@
 
 One checkpoint = the train state (params, optimiser state, step, RNG) as an
 Orbax PyTree plus a small JSON `meta` item (the data position, which is the
-same on every host, see data/loader.py; the step). Saves are asynchronous.
+same on every host, see data/io/loader.py; the step). Saves are asynchronous.
 Clean-up keeps the last `keep` checkpoints plus named milestone steps (the
 seed step experts fork from must survive). Restores go onto whatever mesh the
 caller's abstract state carries, so a state saved on 8 devices restores on 1,

@@ -19,7 +19,9 @@ Layout and formats (all arrays little-endian numpy):
                                       per sample), rebuilt when the shard changes
   embed/<shard-stem>.npz              keys: str[n]; emb: float16|float32[n, D],
                                       L2-normalised caption embeddings, one row
-                                      per sample of that shard, shard order
+                                      per sample of that shard, shard order;
+                                      source: the content digest of the file the
+                                      captions came from; encoder: its fingerprint
   embed/meta.json                     {"encoder", "dim", "dtype", "fingerprint"}
   cluster/fine_centers.npy            float32[m, D]   (mu_s of DESIGN.md)
   cluster/coarse_centers.npy          float32[n, D]
@@ -41,12 +43,16 @@ Layout and formats (all arrays little-endian numpy):
                                       config.checkpoint_root/<run>/ckpt if set)
   eval/<model>/<task>.npz             logits: float32[N_img, N_cls] raw cosines
                                       (zero-shot) or float32[N_img, N_txt]
-                                      (retrieval); labels: int32[N_img];
+                                      (retrieval); labels: int32[N_img] (-1: no
+                                      label, left out of every metric);
+                                      retrieval: txt_index int32[N_txt] (the
+                                      meta_emb row of each caption column);
                                       retrieval also has txt_to_img: int32[N_txt]
                                       (the image of each caption; absent = one
                                       caption per image, in order); logit_scale:
                                       float32[] (the model's exp(scale))
-  eval/<model>/done.json              {task: [model ident, task fingerprint]}
+  eval/<model>/manifest.json          {"model", "fingerprint", "tasks": {task: key of
+                                      (model fingerprint, task fingerprint)}}
   eval/meta_emb/<task>.npy            float32[N_cls, D] class metadata embeddings
                                       (retrieval: one row per caption); .json
                                       beside it: the task and encoder fingerprints
@@ -58,7 +64,13 @@ Layout and formats (all arrays little-endian numpy):
                                       specialisation), routing_weights.md/csv,
                                       clusters.md, metrics.csv, *.png
   bundle/                             `export`: HF CLIPModel folders, mode.json,
-                                      routing arrays (mode_jax/bundle.py)
+                                      routing arrays (mode_jax/eval/bundle.py)
+  <stage dir>/manifest.json           what the outputs were made from (provenance.py):
+                                      shards/, embed/, cluster/, assign/, seed/,
+                                      experts/<c>/, dense/, eval/, report/
+  stale/<path>-<fingerprint>/         outputs of other inputs, moved aside (never
+                                      read again; delete when not wanted)
+  index/digests/                      memoised content digests of local data files
 
 A stage whose inputs are missing raises `MissingInput`, which the launcher
 prints as one line naming the file and the command that makes it.

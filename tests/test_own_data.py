@@ -64,12 +64,23 @@ def test_the_guard_refuses_demo_data(tmp_path):
   assert "the own-data recipe opened demo-corpus data" in r.stdout + r.stderr
 
 
+def guide_command(name: str = "runlocal") -> list[str]:
+  """The laptop command of docs/own-data.md, as its words (the guide's own text is run)."""
+  import shlex
+  with open(os.path.join(ROOT, "docs", "own-data.md")) as f:
+    lines = [l for l in f if l.startswith("python launch.py pipeline") and name in l]
+  assert len(lines) == 1, lines
+  return shlex.split(lines[0])[2:]
+
+
 @pytest.fixture(scope="module")
 def own_run(own_crawl, own_cb_root, tmp_path_factory):
   pattern, stats = own_crawl
   w = str(tmp_path_factory.mktemp("own") / "w")
-  config = f"configs/mode_b32.py:n=2,shards={pattern},suite=folders,root={own_cb_root},runlocal"
-  r = launch_guarded("pipeline", "--config", config, "--workdir", w)
+  words = [a.replace("/data/mycrawl/{00000..00003}.tar", pattern).replace("/data/cb", own_cb_root)
+           .replace("workdirs/mine", w) for a in guide_command()]
+  assert f"shards={pattern}" in words[2] and words[-1] == w
+  r = launch_guarded(*words)
   assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
   return w, r, stats
 

@@ -27,7 +27,7 @@ import numpy as np
 from mode_jax import workdir as wd
 
 EVAL_STAGE = "evaluate"
-SHARDS_STAGE = "prepare"   # mode_jax/data/demo_corpus.py writes shards/eval/
+SHARDS_STAGE = "prepare"   # mode_jax/data/corpus/build.py writes shards/eval/
 
 
 def logits_rel(model: str, task: str) -> str:

@@ -17,7 +17,7 @@ stored in state dicts; OpenAI's convention of 64-wide heads is used unless the
 HF config says otherwise.
 
 The inverse, `hf_from_params` + `hf_config`, writes our parameters as a HF
-`CLIPModel` (mode_jax/bundle.py exports every finished model that way).
+`CLIPModel` (mode_jax/eval/bundle.py exports every finished model that way).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ MoDE clusters pairs by caption meaning, one caption per pair (DESIGN.md step
 1): when a sample has several, the reference picks one at random; we make
 that pick a pure function of (seed, key), so it does not depend on shard
 order, host count or resume points. Shards are read with
-mode_jax/data/webdataset.py, the same reader (and caption rules) as training.
+mode_jax/data/io/webdataset.py, the same reader (and caption rules) as training.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ the fraction of time the device waited for input and per-device memory.
 A run directory holds ckpt/ (Orbax), metrics.jsonl and tb/; it may be local
 or gs:// (s3:// with ckpt_dir elsewhere, see checkpoint.py). Re-running the
 same command resumes from the newest checkpoint, data position included, on
-any number of hosts: the position is global (data/loader.py). The steps a
+any number of hosts: the position is global (data/io/loader.py). The steps a
 killed run logged after its newest checkpoint are recomputed, and their old
 metrics rows dropped (metrics.py). The entry point starts jax.distributed before calling train() (launch.py).
 
