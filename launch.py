@@ -1,31 +1,18 @@
 """mode_jax's one entry point: a sub-command per pipeline stage.
 
   python launch.py <stage> --config configs/x.py[:key=val,runlocal] --workdir W [--config.f=v]
-
-Stages (each reads and writes the workdir; see mode_jax/workdir.py), in order:
-  prepare   build the embedded demo corpus into shards/           (configs/demo.py)
-  embed     one caption per sample -> sentence embeddings in embed/
-  cluster   fine centers (m) and coarse experts (n) in cluster/
-  assign    every sample to its fine cluster and expert in assign/
-  seed      the dense seed CLIP on all data (seed/)
-  experts   each expert forked from the seed, on its stream (experts/<c>/)
-  dense     baseline: the seed continued on all data (dense/)
-  evaluate  raw cosine logits per model and task in eval/ (config.evaluate: the
-            workdir's tasks or a suite, configs/eval_mode26.py; public CLIPs)
-  probe     linear probe on frozen image features (paper Table 9): probe/
-  report    routed ensemble vs baselines: report/results.md, plots
-  pipeline  prepare .. report (not probe); re-running resumes where it stopped
-  train     train one CLIP from config.input (e.g. configs/fmnist_clip.py)
-  export    the finished models + routing as a bundle others can use (mode_jax/bundle.py):
-            HF CLIPModel folders, mode.json, routing arrays, sentence encoder
-            (--config.export.out=DIR; default <workdir>/bundle)
-
-Without a config or workdir, a bundle alone (mode_jax/classify.py):
   python launch.py classify --bundle B --images DIR --classes "a,b,c"
                             [--templates openai|FILE] [--top 3] [--out F.json|F.csv]
 
-A stage whose inputs are missing stops with one line naming the file and the
-stage that makes it; a bad config stops before any compute.
+The stages and what each reads and writes: mode_jax/stages/__init__.py (one
+module each, `run(config, workdir)`); `pipeline` runs them in order and
+re-running resumes, re-doing only what a change touched (docs/design.md).
+`classify` needs no config or workdir: a bundle made by `export` alone.
+
+jax.distributed starts first, for every stage, when the environment or the
+config says the job has several processes (mode_jax/distributed.py). A stage
+whose inputs are missing stops with one line naming the file and the stage
+that makes it; a bad config stops before any compute.
 """
 
 import json

@@ -4,6 +4,7 @@ import ml_collections
 
 from clustering import kmeans
 from mode_jax import constants
+from mode_jax import sections
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -40,10 +41,6 @@ def what_fields(cfg) -> dict:
 
 def resolve_config(cfg) -> ml_collections.ConfigDict:
   """Defaults overlaid with cfg; a field the stages do not know raises ValueError."""
-  out = default_config()
-  for key, value in (cfg or {}).items():
-    if key not in out:
-      raise ValueError(f"unknown clustering config field {key!r}; known: {sorted(out)}")
-    out[key] = value
+  out = sections.overlay(default_config(), cfg, "cluster")
   kmeans.check_metric(out.metric)
   return out

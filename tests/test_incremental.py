@@ -123,6 +123,16 @@ def base(encoder, tmp_path_factory):
   return w
 
 
+_FRESH = {}   # overrides -> a fresh run's workdir (the kill test reuses (c)'s)
+
+
+def fresh_run(encoder, tmp_path, *overrides):
+  if overrides not in _FRESH:
+    _FRESH[overrides] = tmp_path / "fresh"
+    run_pipeline(tiny_config(encoder, *overrides), _FRESH[overrides])
+  return _FRESH[overrides]
+
+
 def _changed(base, tmp_path, encoder, *overrides):
   """Re-runs a copy of the base workdir with `overrides`: (workdir, re-ran units), and
   checks it against a fresh run of the changed config."""
@@ -130,13 +140,12 @@ def _changed(base, tmp_path, encoder, *overrides):
   shutil.copytree(base, w)
   before = manifests(w)
   run_pipeline(tiny_config(encoder, *overrides), w)
-  fresh = tmp_path / "fresh"
-  run_pipeline(tiny_config(encoder, *overrides), fresh)
-  assert_same_outputs(w, fresh)
+  assert_same_outputs(w, fresh_run(encoder, tmp_path, *overrides))
   return w, reran(before, manifests(w))
 
 
 TRAINING = {"seed", "dense", "experts/0", "experts/1"}
+LR = ("optim.lr=0.003",)   # (c), and the change the kill test makes
 AFTER_TRAINING = {"evaluate", "report"}
 
 
@@ -154,7 +163,7 @@ def test_b_one_data_source_less_reruns_everything(base, tmp_path, encoder):
 
 
 def test_c_learning_rate_retrains_the_seed_and_below(base, tmp_path, encoder):
-  _, got = _changed(base, tmp_path, encoder, "optim.lr=0.003")
+  _, got = _changed(base, tmp_path, encoder, *LR)
   assert got == TRAINING | AFTER_TRAINING
 
 
@@ -183,7 +192,7 @@ def test_kill_9_between_stages_after_a_change_then_restart(base, tmp_path, encod
   their manifests done), restarted: equal to a fresh run; nothing is trained twice."""
   w = tmp_path / "killed"
   shutil.copytree(base, w)
-  overrides = ("optim.lr=0.003",)
+  overrides = LR
   cfg = tiny_config(encoder, *overrides)
   script = (f"import sys; sys.path.insert(0, {ROOT!r}); "
             f"from tests.test_incremental import run_pipeline, tiny_config; "
@@ -204,6 +213,4 @@ def test_kill_9_between_stages_after_a_change_then_restart(base, tmp_path, encod
   assert before["seed"]["state"] == "done" and before["experts/1"]["state"] == "done"
   run_pipeline(cfg, w)
   assert reran(before, manifests(w)) == {"dense"} | AFTER_TRAINING
-  fresh = tmp_path / "fresh"
-  run_pipeline(cfg, fresh)
-  assert_same_outputs(w, fresh)
+  assert_same_outputs(w, fresh_run(encoder, tmp_path, *overrides))

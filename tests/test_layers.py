@@ -4,7 +4,8 @@
   mode_jax/stages/, explore.py   one module per stage (and the notebook helper)
   configs/                       experiment files (read the libraries' defaults)
   libraries, lowest first        models, text, data, clustering, ensemble, train, eval
-  base                           constants, workdir, distributed, provenance, checkpoint
+  base                           constants, workdir, distributed, provenance, checkpoint,
+                                 sections
 
 Every import counts, the ones inside functions too: a local import that hid a
 circle from Python would still be a circle for a reader.
@@ -20,7 +21,7 @@ PACKAGES = ("mode_jax", "clustering", "configs")
 LIBRARIES = ("mode_jax.models", "mode_jax.text", "mode_jax.data", "clustering",
              "mode_jax.ensemble", "mode_jax.train", "mode_jax.eval")
 BASE = ("mode_jax.constants", "mode_jax.workdir", "mode_jax.distributed", "mode_jax.provenance",
-        "mode_jax.checkpoint", "mode_jax")
+        "mode_jax.checkpoint", "mode_jax.sections", "mode_jax")
 # The stage modules that may call other stages' `run` (the pipeline is their list).
 ORCHESTRATORS = ("mode_jax.stages.pipeline",)
 

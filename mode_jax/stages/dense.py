@@ -7,7 +7,6 @@ captions). It costs what one expert costs. Provenance: the seed's
 fingerprint and the training fields (dense/manifest.json).
 """
 
-from mode_jax import distributed
 from mode_jax import provenance
 from mode_jax.data.io import loader
 from mode_jax.train import runs
@@ -21,16 +20,9 @@ def run(config, workdir: str):
       config, workdir, runs.DENSE_DIR, "dense",
       {"seed": provenance.upstream(workdir, runs.SEED_DIR, "seed", "seed", ("step",))},
       final_step=final)
-  if not decision.todo:
-    if distributed.is_primary():
-      print(f"dense: up to date (step {final})")
-    return None
-  if distributed.is_primary():
-    print(provenance.say("dense", decision, f"training the dense baseline to step {final}"))
-  runs.start(config, workdir, runs.DENSE_DIR, decision)
-  index = loader.load_index(runs.input_config(config), workdir)
-  result = runs.fit(config, workdir, runs.DENSE_DIR, num_steps=final,
-                    schedule_steps=p["total"], index=index,
-                    init=runs.fork(config, workdir, step, continue_data=True), desc="dense")
-  runs.finish(workdir, runs.DENSE_DIR, decision, step=final)
-  return result
+  return runs.fit_once(
+      config, workdir, runs.DENSE_DIR, "dense", decision,
+      f"training the dense baseline to step {final}",
+      index_fn=lambda: loader.load_index(runs.input_config(config), workdir),
+      num_steps=final, schedule_steps=p["total"],
+      init=runs.fork(config, workdir, step, continue_data=True))

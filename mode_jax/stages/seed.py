@@ -9,7 +9,6 @@ made from other inputs moves to stale/ before anything trains.
 
 from mode_jax import checkpoint as ckpt_lib
 from mode_jax import distributed
-from mode_jax import provenance
 from mode_jax import workdir as wd
 from mode_jax.data.io import loader
 from mode_jax.train import runs
@@ -23,17 +22,9 @@ def run(config, workdir: str):
   decision = runs.decide(config, workdir, runs.SEED_DIR, "seed",
                          {"data": runs.data_input(config, workdir, paths)},
                          final_step=p["seed"])
-  if not decision.todo:
-    if distributed.is_primary():
-      print(f"seed: up to date (step {p['seed']}, fingerprint {decision.fingerprint})")
-    return None
-  if distributed.is_primary():
-    print(provenance.say("seed", decision, f"training the seed to step {p['seed']}"))
-  runs.start(config, workdir, runs.SEED_DIR, decision)
-  distributed.on_primary("seed plan", lambda: wd.write_json(
-      wd.path(workdir, runs.PLAN), dict(p, num_samples=len(index))))
-  result = runs.fit(config, workdir, runs.SEED_DIR, num_steps=p["seed"],
-                    schedule_steps=p["total"], index=index, milestones=(p["seed"],),
-                    desc="seed")
-  runs.finish(workdir, runs.SEED_DIR, decision, step=p["seed"], samples=len(index))
-  return result
+  if decision.todo:
+    distributed.on_primary("seed plan", lambda: wd.write_json(
+        wd.path(workdir, runs.PLAN), dict(p, num_samples=len(index))))
+  return runs.fit_once(config, workdir, runs.SEED_DIR, "seed", decision,
+                       f"training the seed to step {p['seed']}", index_fn=lambda: index,
+                       num_steps=p["seed"], schedule_steps=p["total"], milestones=(p["seed"],))

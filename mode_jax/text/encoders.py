@@ -19,6 +19,7 @@ import numpy as np
 
 from mode_jax import constants
 from mode_jax import provenance
+from mode_jax import sections
 from mode_jax.text import clip_text_encoder, sentence_encoder
 
 
@@ -116,11 +117,7 @@ def fingerprint(cfg: ml_collections.ConfigDict) -> str:
 
 
 def resolve_config(cfg) -> ml_collections.ConfigDict:
-  merged = default_config()
-  for k, v in (cfg or {}).items():
-    if k not in merged:
-      raise ValueError(f"embed: unknown config field {k!r}; fields: {', '.join(merged)}")
-    merged[k] = v
+  merged = sections.overlay(default_config(), cfg, "embed")
   if merged.dtype not in ("float16", "float32"):
     raise ValueError(f"embed.dtype must be 'float16' or 'float32', not {merged.dtype!r}")
   return merged

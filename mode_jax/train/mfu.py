@@ -16,10 +16,16 @@ devices (fake CPU devices split one machine).
 from __future__ import annotations
 
 import functools
+import json
 import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from mode_jax.models.clip import CLIP
+from mode_jax.train import state as state_lib
 
 # (substring of jax.Device.device_kind, dense bf16 FLOP/s per device, source); first match wins.
 PEAK_FLOPS = (
@@ -81,11 +87,15 @@ def plain_model_config(model_cfg):
 
 
 def clip_train_flops(model_cfg, loss_name: str, global_batch: int) -> float:
-  """Model FLOPs of one CLIP train step (forward + backward) at `global_batch`."""
-  from flax import nnx
-  from mode_jax.models.clip import CLIP
-  from mode_jax.train import state as state_lib
-  cfg = plain_model_config(model_cfg)
+  """Model FLOPs of one CLIP train step (forward + backward) at `global_batch` (a lowering
+  and XLA's cost analysis, once per model, loss and batch in a process: the seed, the
+  experts and dense share them)."""
+  return _train_flops(plain_model_config(model_cfg).to_json(), loss_name, global_batch)
+
+
+@functools.lru_cache(maxsize=None)
+def _train_flops(model_json: str, loss_name: str, global_batch: int) -> float:
+  cfg = ml_collections.ConfigDict(json.loads(model_json))
   graphdef, params = nnx.split(nnx.eval_shape(lambda: CLIP(cfg, rngs=nnx.Rngs(0))), nnx.Param)
   s = cfg.image_size
   batch = {"image": jax.ShapeDtypeStruct((global_batch, s, s, 3), jnp.uint8),

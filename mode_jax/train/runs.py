@@ -134,6 +134,24 @@ def finish(workdir: str, run_rel: str, decision: provenance.Decision, **facts) -
                          lambda: provenance.finish(workdir, run_rel, decision, **facts))
 
 
+def fit_once(config, workdir: str, run_rel: str, stage: str, decision: provenance.Decision,
+             doing: str, *, index_fn, **fit_kw):
+  """One run of a training stage under its provenance decision: up to date -> one line and
+  None; else the one line of why, stale outputs aside, training (`index_fn()` gives the
+  sample index), the done manifest; returns the trainer's result."""
+  if not decision.todo:
+    if distributed.is_primary():
+      print(f"{stage}: up to date (step {fit_kw['num_steps']}, fingerprint "
+            f"{decision.fingerprint})")
+    return None
+  if distributed.is_primary():
+    print(provenance.say(stage, decision, doing))
+  start(config, workdir, run_rel, decision)
+  result = fit(config, workdir, run_rel, index=index_fn(), desc=stage, **fit_kw)
+  finish(workdir, run_rel, decision, step=fit_kw["num_steps"])
+  return result
+
+
 def expert_rel(c: int) -> str:
   return f"{EXPERTS_DIR}/{c}"
 
