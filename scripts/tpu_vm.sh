@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs one launch.py command on every worker of a Cloud TPU VM slice at once.
 #
-#   scripts/tpu_vm.sh TPU_NAME ZONE "<stage> --config configs/mode_b16.py:n=4 --workdir gs://bucket/w"
+#   scripts/tpu_vm.sh TPU_NAME ZONE "<stage> --config 'configs/mode_b16.py:n=4,shards=gs://bucket/data/{00000..00999}.tar,root=gs://bucket/cb' --workdir gs://bucket/w"
 #   scripts/tpu_vm.sh TPU_NAME ZONE --install     # once: venv + JAX's TPU build on every worker
 #
 # Every worker runs the same command. MODE_JAX_DISTRIBUTED=on makes launch.py call
