@@ -49,6 +49,15 @@ def run(config, workdir: str) -> dict:
   return _embed(config.get("embed"), workdir, shards)
 
 
+def _stamp(path: str) -> tuple[str, str] | None:
+  """(source digest, encoder fingerprint) an embed file records, reading those two small
+  members only (ranged reads on an object store, never the embeddings)."""
+  with wd.open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
+    if "source" not in z.files or "encoder" not in z.files:
+      return None
+    return str(z["source"]), str(z["encoder"])
+
+
 def _shard_outputs(shards: Sequence[str], workdir: str) -> dict[str, str]:
   """shard -> embed/<stem>.npz; two shards with one stem would overwrite each other."""
   out, seen = {}, {}
@@ -92,8 +101,8 @@ def _embed(cfg, workdir: str, shards: str | Sequence[str]) -> dict:
   def up_to_date(shard) -> bool:   # made from this shard's bytes with this encoder
     if not wd.exists(target[shard]):
       return False
-    z = wd.load_npz(target[shard])
-    return str(z.get("source", "")) == sources[shard] and str(z.get("encoder", "")) == enc_fp
+    stamp = _stamp(target[shard])
+    return stamp == (sources[shard], enc_fp)
 
   mine = distributed.share(shard_list)
   pending = [s for s in mine if not up_to_date(s)]

@@ -15,6 +15,8 @@ import hashlib
 import random
 import re
 
+from mode_jax.data.corpus import tables
+
 MAX_TAGS = 3   # tags quoted in one caption; alt-text rarely lists more
 _NO_ARTICLE = re.compile(r"^(\d|the |a |an |some |two |three |people|men|women|family|couple)")
 _AN = re.compile(r"^(?:[aeio]|u(?!ni|s[aeiu]|tensil)|hour|honest|heir|x[ -]ray|8|11|18)")
@@ -63,54 +65,11 @@ def _tags(name: str, tags) -> list[str]:
   return out
 
 
-# Each form: (kind, needs, template). `needs` names the context fields it uses
+# Each form (tables/caption_forms.json): (kind, needs, template). `needs` names the context fields it uses
 # beyond the name; a form is skipped when one of them is empty. "descx" is the
 # description when it says more than the name ("A frog." does not: no "A frog: A frog.").
-FORMS = [
-    ("emoji", (), "{n} emoji"),
-    ("emoji", (), "{N}"),
-    ("emoji", (), "{an} emoji"),
-    ("emoji", (), "{an}, emoji icon"),
-    ("emoji", (), "emoji: {n}"),
-    ("emoji", (), "icon of {an}"),
-    ("emoji", ("src",), "{src} emoji: {n}"),
-    ("emoji", ("tags",), "{N} emoji ({tags})"),
-    ("emoji", ("tags",), "{an} emoji, {tags}"),
-    ("emoji", ("tags",), "{N}. Keywords: {tags}"),
-    ("emoji", ("cat",), "{n} emoji from the {cat} category"),
-    ("emoji", ("cat",), "{cat} emoji: {n}"),
-    ("emoji", ("style",), "{style} {n} emoji"),
-    ("emoji", ("style",), "{N}, {style} emoji"),
-    ("emoji", ("alias",), "{alias} emoji"),
-    ("emoji", ("alias",), "{N} (also: {alias})"),
-    ("icon", (), "{n} icon"),
-    ("icon", (), "{an} icon"),
-    ("icon", (), "{N}"),
-    ("icon", (), "{n} vector icon"),
-    ("icon", (), "icon of {an}"),
-    ("icon", (), "{n} symbol"),
-    ("icon", (), "{an} pictogram"),
-    ("icon", (), "{n} glyph"),
-    ("icon", ("src",), "{src} icon: {n}"),
-    ("icon", ("src",), "{src} icon: {raw}"),
-    ("icon", (), "{raw}"),
-    ("icon", ("src",), "{n}, {src} icon"),
-    ("icon", ("cat",), "{cat} icon: {n}"),
-    ("icon", ("cat",), "{N} icon, {cat}"),
-    ("icon", ("style",), "{style} {n} icon"),
-    ("icon", ("alias",), "{N} ({alias})"),
-    ("icon", ("alias",), "{alias} icon"),
-    ("icon", ("tags",), "{n} icon ({tags})"),
-    ("stamp", ("desc", "descx"), "Tux Paint stamp of {an}: {desc}"),
-    ("stamp", ("desc",), "{desc}"),
-    ("stamp", ("desc", "descx"), "{An}: {desc}"),
-    ("stamp", ("desc", "descx"), "{N}. {desc}"),
-    ("stamp", (), "clip art of {an}"),
-    ("stamp", (), "{an} stamp"),
-    ("stamp", (), "drawing of {an}"),
-    ("stamp", ("cat",), "{N} ({cat})"),
-    ("stamp", ("cat",), "{cat} clip art: {n}"),
-]
+FORMS = [(kind, tuple(needs), template)
+         for kind, needs, template in tables.load("caption_forms")]
 KINDS = ("emoji", "icon", "stamp")
 # A field so informative that one caption always uses it: a stamp's sentence is
 # the only text a person wrote about that very picture.

@@ -29,6 +29,7 @@ import re
 import numpy as np
 
 from mode_jax.data.corpus import captions as captions_alt
+from mode_jax.data.corpus import tables
 
 RECORD_FIELDS = ("key", "family", "concept", "captions", "render", "licence", "attribution",
                  "source", "version")
@@ -333,31 +334,10 @@ def split(records: list[dict], images: dict, heldout_families=HELDOUT_FAMILIES,
 # prompts are never seen in training.
 EVAL_TEMPLATES = ["a picture of {}.", "an image showing {}.", "a small drawing of {}."]
 # OpenMoji groups (CLDR emoji groups, Unicode TR51) -> readable names, first canonical.
-OPENMOJI_GROUPS = {
-    "smileys-emotion": ["smileys and emotions", "a face showing a feeling"],
-    "people-body": ["people and body parts", "a person"],
-    "animals-nature": ["animals and nature", "an animal or a plant"],
-    "food-drink": ["food and drink", "something to eat or drink"],
-    "travel-places": ["travel and places", "a place or a vehicle"],
-    "activities": ["activities", "a sport, a game or an event"],
-    "objects": ["objects", "an everyday object"],
-    "symbols": ["symbols", "a sign or a symbol"],
-    "flags": ["flags", "a flag"],
-}
+OPENMOJI_GROUPS = tables.load("classnames")["openmoji_groups"]
 # Not semantic classes: skin-tone swatches, and OpenMoji's own extras (brands, UI marks).
 OPENMOJI_EXCLUDE = ("component", "extras-openmoji", "extras-unicode")
-TUXPAINT_NAMES = {
-    "animals": ["animals", "an animal"], "clothes": ["clothes", "something to wear"],
-    "food": ["food", "something to eat"], "hobbies": ["hobbies", "a musical instrument"],
-    "household": ["household things", "a tool or a dish"],
-    "medical": ["medicine", "a medical item"],
-    "military": ["military", "a weapon or an army vehicle"],
-    "naturalforces": ["forces of nature", "weather"], "people": ["people", "a person or a toy"],
-    "plants": ["plants", "a plant"], "seasonal": ["holidays and seasons", "a holiday decoration"],
-    "space": ["space", "a planet"], "sports": ["sports", "sports equipment"],
-    "symbols": ["symbols", "a letter or a sign"], "town": ["town", "a building or a road sign"],
-    "vehicles": ["vehicles", "a vehicle"],
-}
+TUXPAINT_NAMES = tables.load("classnames")["tuxpaint_categories"]   # stamp folders
 MIN_CLASS_IMAGES = 10   # rarer classes are dropped: a 3-image class makes accuracy noise
 
 

@@ -25,6 +25,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 from tqdm import tqdm
 
+from mode_jax.data.corpus import tables
 from mode_jax.data.corpus.sources.common import MissingSource
 
 CLIPART_DIR = "/usr/share/openclipart/svg"
@@ -32,21 +33,7 @@ INSTALL = "apt-get install -y --no-install-recommends openclipart-svg"
 MAX_DESCRIPTION = 500   # characters; a few descriptions are whole licence texts
 
 # Top-level category -> readable names (first is canonical) for the zero-shot set.
-CATEGORY_NAMES = {
-    "animals": ["animals", "an animal"], "buildings": ["buildings", "a building"],
-    "buttons": ["buttons", "a button"], "computer": ["computer icons", "a computer"],
-    "containers": ["containers", "a container"], "decorations": ["decorations", "an ornament"],
-    "education": ["education", "school things"],
-    "electronics": ["electronics", "an electronic device"],
-    "food": ["food", "something to eat"], "geography": ["geography", "a map"],
-    "logos": ["logos", "a logo"], "office": ["office supplies", "an office item"],
-    "people": ["people", "a person"], "plants": ["plants", "a plant"],
-    "recreation": ["recreation", "sports and games"], "science": ["science", "a science symbol"],
-    "shapes": ["shapes", "a geometric shape"],
-    "signs_and_symbols": ["signs and symbols", "a sign"],
-    "special": ["special", "a template"], "tools": ["tools", "a tool"],
-    "transportation": ["transportation", "a vehicle"], "unsorted": ["unsorted", "a thing"],
-}
+CATEGORY_NAMES = tables.load("classnames")["clipart_categories"]
 CATEGORY_TEMPLATES = [
     "a clip art of {}.", "an icon of {}.", "a vector drawing of {}.", "an illustration of {}.",
 ]
