@@ -470,7 +470,8 @@ def test_prepare_icons_from_real_packages_never_leaks(tmp_path):
   shards = str(tmp_path / "w" / "shards")
   samples = _all_samples(shards, marker["files"])
   recs = icon_corpus.pick(icon_corpus.records(cfg, {}), 120, 160, cfg.seed)   # as built
-  rec = lambda key: recs[int(key.split("-")[1])]
+  by_key = {item_key("icons", r["key"]): r for r in recs}   # a sample's key names its record
+  rec = lambda key: by_key[key]
 
   train = [rec(k) for f, ss in samples.items() if f.startswith("train-") for k, _ in ss]
   assert len(train) == marker["train"]["icons"] > 50
@@ -532,3 +533,25 @@ def test_prepare_passes_other_sources_names_to_the_icon_split(fake_tree, tmp_pat
                               for _, s in ss for t in s["json"]["texts"]}
   assert train_titles <= seen["train"] and held_titles == seen["heldout"]
   assert {"seven", "7"} <= seen["train"] and not seen["train"] & seen["heldout"]
+
+
+def test_a_rebuilt_corpus_keeps_every_key(tmp_path, monkeypatch):
+  """Keys come from the item, not from its place in a listing: the same records listed in
+  another order (another package version, another source list) make the same key -> image
+  pairs (the issue: icon keys were numbered by enumeration, so a rebuild pointed
+  assignments and embeddings at other images)."""
+  from mode_jax.data.corpus import icon_corpus
+  cfg = _tiny_config(tmp_path, "", sources="icons")
+  cfg.icon_packages, cfg.icon_sets = "iconify", "mdi"
+  demo_data.skip_without(sources=cfg.sources, icon_packages=cfg.icon_packages)
+  cfg.max_icons, cfg.max_heldout_icons, cfg.icon_size = 0, 0, 16   # every listed record
+  listed = icon_corpus.records(cfg, {})[:60]
+  built = []
+  for order in (listed, listed[::-1]):
+    monkeypatch.setattr(icon_corpus, "records", lambda *a, order=order, **k: list(order))
+    w = str(tmp_path / f"w{len(built)}")
+    marker = demo_corpus.run_prepare(cfg, w)
+    samples = _all_samples(os.path.join(w, "shards"), marker["files"])
+    built.append({k: s["png"].tobytes() for f, ss in samples.items() for k, s in ss})
+  assert len(built[0]) > 30 and set(built[0]) == set(built[1])
+  assert all(built[0][k] == built[1][k] for k in built[0])
