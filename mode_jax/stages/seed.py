@@ -8,8 +8,6 @@ made from other inputs moves to stale/ before anything trains.
 """
 
 from mode_jax import checkpoint as ckpt_lib
-from mode_jax import distributed
-from mode_jax import workdir as wd
 from mode_jax.data.io import loader
 from mode_jax.train import runs
 
@@ -22,9 +20,7 @@ def run(config, workdir: str):
   decision = runs.decide(config, workdir, runs.SEED_DIR, "seed",
                          {"data": runs.data_input(config, workdir, paths)},
                          final_step=p["seed"])
-  if decision.todo:
-    distributed.on_primary("seed plan", lambda: wd.write_json(
-        wd.path(workdir, runs.PLAN), dict(p, num_samples=len(index))))
   return runs.fit_once(config, workdir, runs.SEED_DIR, "seed", decision,
                        f"training the seed to step {p['seed']}", index_fn=lambda: index,
+                       files={runs.PLAN: dict(p, num_samples=len(index))},
                        num_steps=p["seed"], schedule_steps=p["total"], milestones=(p["seed"],))

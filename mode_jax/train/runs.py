@@ -135,10 +135,11 @@ def finish(workdir: str, run_rel: str, decision: provenance.Decision, **facts) -
 
 
 def fit_once(config, workdir: str, run_rel: str, stage: str, decision: provenance.Decision,
-             doing: str, *, index_fn, **fit_kw):
+             doing: str, *, index_fn, files=None, **fit_kw):
   """One run of a training stage under its provenance decision: up to date -> one line and
-  None; else the one line of why, stale outputs aside, training (`index_fn()` gives the
-  sample index), the done manifest; returns the trainer's result."""
+  None; else the one line of why, stale outputs aside, `files` ({rel: json} the run writes
+  beside its outputs, e.g. the seed's plan), training (`index_fn()` gives the sample
+  index), the done manifest; returns the trainer's result."""
   if not decision.todo:
     if distributed.is_primary():
       print(f"{stage}: up to date (step {fit_kw['num_steps']}, fingerprint "
@@ -147,6 +148,9 @@ def fit_once(config, workdir: str, run_rel: str, stage: str, decision: provenanc
   if distributed.is_primary():
     print(provenance.say(stage, decision, doing))
   start(config, workdir, run_rel, decision)
+  if files:
+    distributed.on_primary(f"{run_rel} files", lambda: [
+        wd.write_json(wd.path(workdir, rel), obj) for rel, obj in files.items()])
   result = fit(config, workdir, run_rel, index=index_fn(), desc=stage, **fit_kw)
   finish(workdir, run_rel, decision, step=fit_kw["num_steps"])
   return result
