@@ -105,3 +105,28 @@ def test_orbax_checkpoints_save_and_restore_on_gcs(gcs):
   np.testing.assert_array_equal(ck.restore_params(abstract)["w"], state["params"]["w"])
   ck.close()
   assert wd.exists(wd.path(d, "7", "commit_success.txt"))
+
+
+@pytest.mark.parametrize("store", ["gcs", "s3"])
+def test_exists_sees_a_file_another_host_wrote_after_a_listing(store, request):
+  """gcsfs and s3fs cache listings per instance, without expiry: after a listing,
+  exists() of a file another host wrote since answers False from the cache. Ours
+  (workdir) and the instances epath makes for Orbax must ask the store."""
+  import fsspec
+  from etils import epath
+  request.getfixturevalue(store)
+  proto = {"gcs": "gs", "s3": "s3"}[store]
+  d = f"{proto}://{BUCKET}/listing-{store}"
+  wd.write_bytes(wd.path(d, "a"), b"1")
+  cached = fsspec.filesystem(proto, use_listings_cache=True, skip_instance_cache=True)
+  assert sorted(wd.basename(p) for p in cached.ls(d)) == ["a"]
+  assert wd.listdir(d) == ["a"]
+  assert [p.name for p in epath.Path(d).iterdir()] == ["a"]
+
+  other_host = fsspec.filesystem(proto, skip_instance_cache=True)
+  other_host.pipe_file(f"{d}/b", b"2")
+
+  assert not cached.exists(f"{d}/b")            # fsspec's default: the stale listing
+  assert wd.exists(wd.path(d, "b"))
+  assert epath.Path(d, "b").exists()            # Orbax's polls go through epath
+  assert wd.listdir(d) == ["a", "b"]
