@@ -16,7 +16,8 @@ in ts_utils._build_ocdbt_kvstore_tspec ("Checkpoint path should be
 absolute"), so `check_directory` stops such a run before any compute.
 
 A save that fails in Orbax's background thread raises CheckpointError (one
-line) at the next save or at close, and never waits for it: see _FailedSaves.
+line) at the next save or at close, as soon as the failure shows, instead of
+waiting at Orbax's barriers for hosts that wait for it: see _FailedSaves.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import orbax.checkpoint as ocp
 from mode_jax import workdir as wd
 
 ORBAX_SCHEMES = ("gs://",)
-POLL_S = 0.25   # how often a wait for a save in flight looks for its failure
+POLL_S = 0.05   # how often a wait for a save in flight looks for its failure
 
 
 class CheckpointError(ValueError):
