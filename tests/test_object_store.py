@@ -173,28 +173,38 @@ def test_tensorstore_reads_generations_from_the_emulator(patched, request):
   assert kv.read("k").result().value == b"two"
 
 
-def _state(n: int):
-  import jax.numpy as jnp
-  return {"params": {f"w{i:02d}": jnp.full((3, 4), float(i)) for i in range(n)},
-          "step": jnp.asarray(0)}
+FAILING_SAVES = """
+import sys
+import jax, jax.numpy as jnp
+from mode_jax.train import checkpoint as ckpt_lib
+state = {"params": {f"w{i:02d}": jnp.full((3, 4), float(i)) for i in range(40)},
+         "step": jnp.asarray(0)}
+ck = ckpt_lib.Checkpointer(sys.argv[1])
+try:
+  for step in range(1, 6):
+    ck.save(step, state, {"step": step}, force=True)
+  ck.close()
+except ckpt_lib.CheckpointError as e:
+  ck.close()                    # after the error: no wait, no second raise
+  sys.exit(f"error: {e}")      # what launch.py does on one process
+"""
 
 
 def test_a_failed_background_save_raises_one_line(gcs_unpatched):
   """Orbax saves in a background thread; when that save fails (here: the released
   emulator and a state of 40 arrays) the next save raises CheckpointError with one
-  line naming the step, the directory and the cause, and close() then lets go."""
-  from mode_jax.train import checkpoint as ckpt_lib
+  line naming the step, the directory and the cause, and the process exits.
+  (In a process of its own, as launch.py runs, with no TensorStore or Orbax state left
+  by the other tests.)"""
   d = f"gs://{BUCKET}/failing"
-  ck = ckpt_lib.Checkpointer(d)
-  with pytest.raises(ckpt_lib.CheckpointError) as e:
-    for step in range(1, 6):
-      ck.save(step, _state(40), {"step": step}, force=True)
-    ck.close()
-  msg = str(e.value)
-  assert len(msg.splitlines()) == 1 and "tensorstore_spec" not in msg, msg
-  assert msg.startswith("checkpoint save of step ") and f" to {d} failed: " in msg, msg
-  assert msg.endswith(MALFORMED), msg
-  ck.close()   # after the error: no wait, no second raise
+  r = subprocess.run([sys.executable, "-c", FAILING_SAVES, d], cwd=ROOT, capture_output=True,
+                     text=True, timeout=600, env=clean_env(**gcs_unpatched))
+  assert r.returncode == 1, r.stderr[-3000:]
+  # Orbax's and TensorStore's threads print tracebacks of the failure around it.
+  errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+  assert len(errors) == 1, r.stderr[-3000:]
+  assert errors[0].startswith("error: checkpoint save of step ") and f" to {d} failed: " in errors[0]
+  assert MALFORMED in errors[0] and "tensorstore_spec" not in errors[0], errors[0]
 
 
 def _two_hosts(env, directory):
