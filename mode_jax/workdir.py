@@ -165,6 +165,31 @@ def shard_stem(shard_path: str) -> str:
   return base[:-4] if base.endswith(".tar") else base
 
 
+# gcsfs and s3fs cache directory listings per filesystem instance with no expiry
+# (fsspec DirCache), and exists() answers from a cached listing of the parent
+# (fsspec _ls_from_cache, s3fs _exists_in_cache): after one listing, a file
+# another host wrote since stays invisible to this process. Hosts of a pod poll
+# the shared store (Orbax's non-primary hosts wait for the primary's files with
+# exists()), so no instance may cache: ours (url_to_fs) and those etils epath
+# makes for Orbax (fsspec.filesystem("gcs")) alike. fsspec passes
+# FSSPEC_<PROTOCOL>_<KWARG> to every instance it creates (fsspec.config
+# .apply_config), read into fsspec.config.conf when fsspec is imported; set
+# both, so the order of imports does not matter. An explicit setting wins.
+LISTINGS_CACHE_OFF = {"gcs": "FSSPEC_GCS_USE_LISTINGS_CACHE", "s3": "FSSPEC_S3_USE_LISTINGS_CACHE"}
+
+
+def _fresh_listings() -> None:
+  import sys
+  config = sys.modules.get("fsspec.config")
+  for proto, var in LISTINGS_CACHE_OFF.items():
+    os.environ.setdefault(var, "false")
+    if config is not None:   # fsspec already imported: its conf is read at each instantiation
+      config.conf.setdefault(proto, {}).setdefault("use_listings_cache", False)
+
+
+_fresh_listings()
+
+
 def _fs(p: str):
   import fsspec
   fs, rel = fsspec.core.url_to_fs(str(p))

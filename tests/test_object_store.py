@@ -4,6 +4,9 @@ Every stage but the checkpoints lives on the bucket. Orbax cannot write s3://
 (TensorStore's OCDBT kvstore spec is built from a local path: see
 mode_jax/checkpoint.py), so the seed stage stops before any compute with one line
 naming --config.checkpoint_root, and runs once that points at a local folder.
+On gs:// Orbax checkpoints save and restore from one and from two processes
+(tests/helpers/gcs_emulator.py: what the emulator needed), and a save that
+fails in Orbax's background thread ends the run with one line, not a hang.
 """
 
 import os
@@ -11,6 +14,7 @@ import subprocess
 import sys
 
 import numpy as np
+import portpicker
 import pytest
 
 from mode_jax import workdir as wd
@@ -19,6 +23,8 @@ from tests.helpers.procs import clean_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = "mode"
+CKPT_WORKER = os.path.join(ROOT, "tests", "helpers", "checkpoint_worker.py")
+MALFORMED = "Malformed StorageGeneration"
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +39,16 @@ def gcs():
   pytest.importorskip("gcp_storage_emulator",
                       reason="pip install -r requirements-test.txt (gcp-storage-emulator)")
   with stores.gcs_emulator(BUCKET) as env:
+    yield env
+
+
+@pytest.fixture
+def gcs_unpatched():
+  """The emulator as released (downloads without generation headers), for one test:
+  it points this process's clients at itself while it runs, over `gcs`."""
+  pytest.importorskip("gcp_storage_emulator",
+                      reason="pip install -r requirements-test.txt (gcp-storage-emulator)")
+  with stores.gcs_emulator(BUCKET, patched=False) as env:
     yield env
 
 
@@ -79,7 +95,10 @@ def test_stages_run_on_s3_with_checkpoints_on_a_local_folder(s3, tmp_path):
   ckpt = tmp_path / "ckpt"
   r = launch("seed", *cfg, "--workdir", w, f"--config.checkpoint_root={ckpt}", env=s3)
   assert r.returncode == 0, r.stderr[-3000:]
-  assert any(n.isdigit() for n in os.listdir(ckpt / "seed" / "ckpt"))
+  from mode_jax.train import runs
+  space = runs.workdir_namespace(w)   # checkpoint_root/<this workdir's name and hash>
+  assert os.listdir(ckpt) == [space] and space.startswith("w-")
+  assert any(n.isdigit() for n in os.listdir(ckpt / space / "seed" / "ckpt"))
   assert wd.exists(wd.path(w, "seed", "plan.json"))       # everything else on the bucket
   assert wd.exists(wd.path(w, "seed", "metrics.jsonl"))
 
@@ -105,3 +124,118 @@ def test_orbax_checkpoints_save_and_restore_on_gcs(gcs):
   np.testing.assert_array_equal(ck.restore_params(abstract)["w"], state["params"]["w"])
   ck.close()
   assert wd.exists(wd.path(d, "7", "commit_success.txt"))
+
+
+@pytest.mark.parametrize("store", ["gcs", "s3"])
+def test_exists_sees_a_file_another_host_wrote_after_a_listing(store, request):
+  """gcsfs and s3fs cache listings per instance, without expiry: after a listing,
+  exists() of a file another host wrote since answers False from the cache. Ours
+  (workdir) and the instances epath makes for Orbax must ask the store."""
+  import fsspec
+  from etils import epath
+  request.getfixturevalue(store)
+  proto = {"gcs": "gs", "s3": "s3"}[store]
+  d = f"{proto}://{BUCKET}/listing-{store}"
+  wd.write_bytes(wd.path(d, "a"), b"1")
+  cached = fsspec.filesystem(proto, use_listings_cache=True, skip_instance_cache=True)
+  assert sorted(wd.basename(p) for p in cached.ls(d)) == ["a"]
+  assert wd.listdir(d) == ["a"]
+  assert [p.name for p in epath.Path(d).iterdir()] == ["a"]
+
+  other_host = fsspec.filesystem(proto, skip_instance_cache=True)
+  other_host.pipe_file(f"{d}/b", b"2")
+
+  assert not cached.exists(f"{d}/b")            # fsspec's default: the stale listing
+  assert wd.exists(wd.path(d, "b"))
+  assert epath.Path(d, "b").exists()            # Orbax's polls go through epath
+  assert wd.listdir(d) == ["a", "b"]
+
+
+@pytest.mark.parametrize("patched", [False, True])
+def test_tensorstore_reads_generations_from_the_emulator(patched, request):
+  """The root cause, on TensorStore's GCS driver alone: without the download's
+  x-goog-generation header it takes generation 0 and refuses its next conditional
+  read; with it (and GCS's preconditions) the read answers "unchanged" and a write
+  conditioned on an old generation is refused, as on GCS."""
+  import tensorstore as ts
+  request.getfixturevalue("gcs" if patched else "gcs_unpatched")
+  kv = ts.KvStore.open({"driver": "gcs", "bucket": BUCKET, "path": "kv/"}).result()
+  first = kv.write("k", b"one").result()
+  second = kv.write("k", b"two").result()
+  read = kv.read("k").result()
+  assert read.value == b"two"
+  if not patched:
+    assert read.stamp.generation != second.generation
+    with pytest.raises(ValueError, match=MALFORMED):
+      kv.read("k", if_not_equal=read.stamp.generation).result()
+    return
+  assert read.stamp.generation == second.generation
+  assert kv.read("k", if_not_equal=read.stamp.generation).result().state == "unspecified"
+  refused = kv.write("k", b"three", if_equal=first.generation).result()
+  assert refused.generation == b""                # condition failed: nothing written
+  assert kv.read("k").result().value == b"two"
+
+
+FAILING_SAVES = """
+import sys
+import jax, jax.numpy as jnp
+from mode_jax import checkpoint as ckpt_lib
+state = {"params": {f"w{i:02d}": jnp.full((3, 4), float(i)) for i in range(40)},
+         "step": jnp.asarray(0)}
+ck = ckpt_lib.Checkpointer(sys.argv[1])
+try:
+  for step in range(1, 6):
+    ck.save(step, state, {"step": step}, force=True)
+  ck.close()
+except ckpt_lib.CheckpointError as e:
+  ck.close()                    # after the error: no wait, no second raise
+  sys.exit(f"error: {e}")      # what launch.py does on one process
+"""
+
+
+def test_a_failed_background_save_raises_one_line(gcs_unpatched):
+  """Orbax saves in a background thread; when that save fails (here: the released
+  emulator and a state of 40 arrays) the next save raises CheckpointError with one
+  line naming the step, the directory and the cause, and the process exits.
+  (In a process of its own, as launch.py runs, with no TensorStore or Orbax state left
+  by the other tests.)"""
+  d = f"gs://{BUCKET}/failing"
+  r = subprocess.run([sys.executable, "-c", FAILING_SAVES, d], cwd=ROOT, capture_output=True,
+                     text=True, timeout=600, env=clean_env(**gcs_unpatched))
+  assert r.returncode == 1, r.stderr[-3000:]
+  # Orbax's and TensorStore's threads print tracebacks of the failure around it.
+  errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+  assert len(errors) == 1, r.stderr[-3000:]
+  assert errors[0].startswith("error: checkpoint save of step ") and f" to {d} failed: " in errors[0]
+  assert MALFORMED in errors[0] and "tensorstore_spec" not in errors[0], errors[0]
+
+
+def _two_hosts(env, directory):
+  port = portpicker.pick_unused_port()
+  procs = [subprocess.Popen(
+      [sys.executable, CKPT_WORKER, directory],
+      env=clean_env(**env, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+                    JAX_PROCESS_ID=str(i)),
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  return [(p.communicate(timeout=900)[0], p.returncode) for p in procs]
+
+
+def test_two_processes_save_and_restore_on_gcs(gcs):
+  """2 processes x 40 arrays (sharded over both) x 3 asynchronous saves to gs://,
+  then both restore the last two steps on another mesh and check every shard."""
+  outs = _two_hosts(gcs, f"gs://{BUCKET}/two-hosts")
+  for out, code in outs:
+    assert code == 0 and out.rstrip().endswith("restored"), out[-3000:]
+    assert MALFORMED not in out
+  assert wd.exists(f"gs://{BUCKET}/two-hosts/3/commit_success.txt")
+
+
+def test_a_failed_save_on_a_pod_stops_both_hosts(gcs_unpatched):
+  """The hang this replaces: the primary's save failed in the background while the
+  other host polled for its files for 10 minutes. Now the host whose save failed
+  ends the job with one `error:` line and the other stops with it."""
+  outs = _two_hosts(gcs_unpatched, f"gs://{BUCKET}/failing-pod")
+  assert all(code != 0 for _, code in outs)
+  errors = [line for out, _ in outs for line in out.splitlines()
+            if line.startswith("error: checkpoint save of step ")]
+  assert errors and all(MALFORMED in e for e in errors), [o[-2000:] for o, _ in outs]

@@ -6,6 +6,7 @@ variables (and yields them, for child processes), and stops it on exit.
 """
 
 import contextlib
+import copy
 import os
 import subprocess
 import sys
@@ -31,8 +32,13 @@ def _wait_http(url: str, what: str):
 
 @contextlib.contextmanager
 def _environ(env: dict):
+  """env in os.environ, and in fsspec's config if fsspec already read the environment."""
   old = {k: os.environ.get(k) for k in env}
   os.environ.update(env)
+  config = sys.modules.get("fsspec.config")
+  saved = copy.deepcopy(config.conf) if config else None
+  if config:
+    config.set_conf_env(config.conf)
   try:
     yield env
   finally:
@@ -41,15 +47,24 @@ def _environ(env: dict):
         os.environ.pop(k, None)
       else:
         os.environ[k] = v
+    if config:
+      config.conf.clear()
+      config.conf.update(saved)
 
 
 @contextlib.contextmanager
-def gcs_emulator(bucket: str):
-  """gcp-storage-emulator (tests/helpers/gcs_emulator.py) with one bucket."""
+def gcs_emulator(bucket: str, patched: bool = True):
+  """gcp-storage-emulator (tests/helpers/gcs_emulator.py) with one bucket.
+
+  patched=False: downloads and preconditions as the released emulator serves
+  them, without the generation headers TensorStore needs (Orbax saves fail).
+  """
   port = portpicker.pick_unused_port()
   url = f"http://127.0.0.1:{port}"
+  flags = [] if patched else ["--unpatched"]
   server = subprocess.Popen([sys.executable, os.path.join(HERE, "gcs_emulator.py"), str(port),
-                             bucket], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             bucket, *flags], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
   # gcsfs: STORAGE_EMULATOR_HOST (and no gRPC bucket probe); TensorStore (Orbax):
   # TENSORSTORE_GCS_HTTP_URL and a fixed token instead of credentials.
   env = dict(STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url,
