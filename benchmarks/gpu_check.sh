@@ -24,8 +24,9 @@ CARRY=(flax==0.12.8 optax==0.2.8 orbax-checkpoint==0.12.8 ml-collections==1.1.0
 ON_MACHINE=(jax jaxlib numpy safetensors tokenizers tqdm matplotlib fsspec pillow absl-py
             regex)
 # Not used by this check: object-store workdirs (gcsfs, s3fs), clip-art rendering (CairoSVG:
-# `prepare` ran where the wheels were made), TFDS readers (tensorflow-datasets).
-NOT_NEEDED=(gcsfs s3fs CairoSVG tensorflow-datasets)
+# `prepare` ran where the wheels were made), TFDS readers (tensorflow-datasets), img2dataset's
+# parquet captions (pyarrow: the demo shards have none, so it is never imported).
+NOT_NEEDED=(gcsfs s3fs CairoSVG tensorflow-datasets pyarrow)
 
 if [[ "${1:-}" == --print-carry ]]; then
   printf '%s\n' "${CARRY[@]}"
