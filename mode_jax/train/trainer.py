@@ -37,6 +37,7 @@ progress.py (the bar), profiler.py, metrics.py (JSONL + TensorBoard).
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 
 import jax
@@ -97,24 +98,48 @@ class Cadence:
 # ==== mesh, model, optimiser and the compiled step ======================================
 
 def _build(config):
-  """(mesh, graphdef, abstract state, shardings, init_fn, jitted train step)."""
-  mesh = sharding.make_mesh(config.mesh)
-  graphdef, tx, abstract, shardings, init_fn = state_lib.build(
-      config.model, config.optim, schedule_steps=config.schedule_steps, mesh=mesh,
-      rules=[tuple(r) for r in config.sharding_rules], seed=config.seed)
-  schedule = optimizer.lr_schedule(config.optim, config.schedule_steps)
-  step = state_lib.make_train_step(graphdef, tx, schedule, shardings, mesh, config.loss,
-                                   accum_steps=config.accum_steps)
-  return mesh, graphdef, abstract, shardings, init_fn, step
+  """(mesh, graphdef, abstract state, shardings, init_fn, jitted train step).
+
+  Built once per process for the fields that define them: the seed, the experts and
+  dense of one `pipeline` share one mesh, one step function and its compiled program.
+  """
+  key = json.dumps([config.model.to_dict(), config.optim.to_dict(), config.schedule_steps,
+                    config.mesh.to_dict(), [list(r) for r in config.sharding_rules],
+                    config.seed, config.loss, config.accum_steps], sort_keys=True, default=str)
+  return _build_cached(key, config)
+
+
+_BUILT: dict = {}
+
+
+def _build_cached(key: str, config):
+  if key not in _BUILT:
+    mesh = sharding.make_mesh(config.mesh)
+    graphdef, tx, abstract, shardings, init_fn = state_lib.build(
+        config.model, config.optim, schedule_steps=config.schedule_steps, mesh=mesh,
+        rules=[tuple(r) for r in config.sharding_rules], seed=config.seed)
+    schedule = optimizer.lr_schedule(config.optim, config.schedule_steps)
+    step = state_lib.make_train_step(graphdef, tx, schedule, shardings, mesh, config.loss,
+                                     accum_steps=config.accum_steps)
+    _BUILT[key] = (mesh, graphdef, abstract, shardings, init_fn, step)
+  return _BUILT[key]
+
+
+_COMPILED: dict = {}
 
 
 def _compile(train_step, state, batch, desc: str):
-  """Compiles the step once, ahead of the loop, so the first timed window excludes it.
+  """Compiles the step once, ahead of the loop, so the first timed window excludes it
+  (once per process and input layout: a later run of the same build reuses it).
 
   Returns (compiled step, its per-device memory from XLA's analysis).
   """
   t0 = time.perf_counter()
-  compiled = train_step.lower(state, batch).compile()
+  key = (id(train_step), str(jax.tree.map(lambda x: (x.shape, x.dtype, x.sharding),
+                                          (state, batch))))
+  if key not in _COMPILED:
+    _COMPILED[key] = train_step.lower(state, batch).compile()
+  compiled = _COMPILED[key]
   memory = mfu_lib.compiled_memory(compiled)
   if jax.process_index() == 0:
     print(f"[{desc}] step compiled in {time.perf_counter() - t0:.1f}s; per device: "
