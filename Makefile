@@ -36,10 +36,10 @@ demo-full: env apt npm
 demo-fmnist: env apt
 	$(BIN)/python launch.py train --config configs/fmnist_clip.py --workdir workdirs/fmnist
 
-# npm tarballs with icon and emoji art (mode_jax/data/npm_packages.py PINNED), cached once
+# npm tarballs with icon and emoji art (mode_jax/data/corpus/npm_packages.py PINNED), cached once
 # in ~/.cache/mode_jax/npm; the corpus tests read them (and skip, naming this, without them).
 npm: env apt
-	$(BIN)/python -c "from mode_jax.data import npm_packages as n; [n.tarball(k) for k in n.PINNED]"
+	$(BIN)/python -c "from mode_jax.data.corpus import npm_packages as n; [n.tarball(k) for k in n.PINNED]"
 
 test: env apt npm
 	$(BIN)/python -m pytest

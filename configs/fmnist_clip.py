@@ -2,7 +2,7 @@
 
 The first real demo: captions are class names (with synonyms) in training
 templates; zero-shot accuracy on the test set is measured with templates
-never used in training (mode_jax/data/fmnist_demo.py holds both lists).
+never used in training (mode_jax/data/corpus/fmnist_stream.py holds both lists).
 
   python launch.py train --config configs/fmnist_clip.py --workdir /tmp/fm
   python launch.py train --config configs/fmnist_clip.py:runlocal --workdir /tmp/fm
