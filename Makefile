@@ -7,11 +7,11 @@ APT_PKGS := openclipart-svg dataset-fashion-mnist wordnet-base tuxpaint-stamps-d
 
 .PHONY: demo demo-full demo-fmnist test bench env apt npm clean
 
-$(BIN)/.ok: requirements.txt requirements-test.txt requirements-data.txt
+$(BIN)/.ok: requirements.txt requirements-test.txt requirements-files.txt requirements-data.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements-test.txt
-	$(BIN)/pip install -q --no-deps -r requirements-data.txt
+	$(BIN)/pip install -q --no-deps -r requirements-files.txt -r requirements-data.txt
 	touch $@
 
 env: $(BIN)/.ok

@@ -20,7 +20,7 @@
 CARRY=(flax==0.12.8 optax==0.2.8 orbax-checkpoint==0.12.8 ml-collections==1.1.0
        grain==0.2.18 array-record==0.8.6 portpicker==1.6.0 tensorboardX==2.6.5
        simplejpeg==1.9.0 ftfy==6.3.1 wcwidth==0.9.4 open-clip-torch==3.3.0)
-# On the machine already (KINDS.md's package list); the machine's versions are used.
+# On the machine already (docs/corpus.md's package list); the machine's versions are used.
 ON_MACHINE=(jax jaxlib numpy safetensors tokenizers tqdm matplotlib fsspec pillow absl-py
             regex)
 # Not used by this check: object-store workdirs (gcsfs, s3fs), clip-art rendering (CairoSVG:

@@ -1,4 +1,4 @@
-"""JAX k-means for MoDE (DESIGN.md steps 2-4): fine, coarse, balanced, sharded, streamed.
+"""JAX k-means for MoDE (docs/method.md steps 2-4): fine, coarse, balanced, sharded, streamed.
 
   kmeans.py       chunked, data-parallel Lloyd / balanced k-means, assignment
   balanced.py     balanced assignment: reference auction and cluster prices

@@ -1,4 +1,4 @@
-"""Fine clusters -> coarse experts (DESIGN.md step 3), and the cluster/ files that hold them.
+"""Fine clusters -> coarse experts (docs/method.md step 3), and the cluster/ files that hold them.
 
 The m fine centers are clustered into n experts by balanced k-means
 (constants.COARSE_ITERS iterations, reference prep_hrchy.cluster_coarse);

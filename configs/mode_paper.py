@@ -1,4 +1,4 @@
-"""The paper's recipe (DESIGN.md "Paper recipe"), shared by mode_b32/b16/l14.py.
+"""The paper's recipe (docs/method.md "Paper recipe"), shared by mode_b32/b16/l14.py.
 
   python launch.py pipeline \
       --config 'configs/mode_b16.py:n=4,shards=gs://b/cc12m/{00000..01242}.tar,root=gs://b/cb' \

@@ -1,8 +1,8 @@
 """The paper's sweep over the number of experts n in {2, 4, 8, 16, 32}.
 
-Prints one launch command per n (one workdir each; the shards, embeddings and
-fine clusters can be shared by pointing the workdirs' shards/ and embed/ at
-the same place):
+Prints one launch command per n, one workdir each: every workdir embeds the
+shards, fits its own clustering and trains its own seed (27 of 32 epochs), so a
+sweep of five n costs five seeds (sharing the seed across n is not done yet):
 
   python -m configs.sweep_n --model b16 --shards 'gs://b/{00000..31999}.tar' --root gs://b/sweep \
       --suite-root gs://b/clip_benchmark

@@ -67,7 +67,7 @@ AUCTION_EPS_FRACTION = 1 / 50  # reference auction_lap: eps = (max - min score) 
 AUCTION_EPS_MIN = 1e-4        # reference auction_lap: eps.clamp_min_(1e-4)
 AUCTION_RETAIN_ROUNDS = 100   # reference auction_lap: last winners keep an eps bid for 100 rounds
 
-# --- Caption embeddings (paper Sec. 3.1, 4.1; DESIGN.md step 1) -----------------
+# --- Caption embeddings (paper Sec. 3.1, 4.1; docs/method.md step 1) -----------------
 PAPER_SENTENCE_ENCODER = "princeton-nlp/sup-simcse-bert-base-uncased"  # paper: supervised SimCSE BERT-base
 PAPER_SENTENCE_POOLING = "pooler"   # SimCSE's pooler_output = tanh(W h_CLS + b), 768-d
 DEFAULT_SENTENCE_ENCODER = "minilm"  # ours, offline: all-MiniLM-L6-v2 (PyPI), 384-d

@@ -3,7 +3,7 @@
 `DemoRun(workdir)` reads the locked config and the clustering, shows which
 samples each expert was trained on, and builds a MoDE zero-shot classifier:
 the experts' class features for a task, weighted by the task's routing
-weights (computed from the class names alone, DESIGN.md step 8).
+weights (computed from the class names alone, docs/method.md step 8).
 """
 
 from __future__ import annotations

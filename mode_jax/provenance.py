@@ -52,6 +52,17 @@ STALE = "stale"          # <workdir>/stale/<rel>-<old fingerprint>/: outputs of 
 _READ_CHUNK = 1 << 22
 
 
+# The version of each stage's code, part of its fingerprint: bump a stage's number when its
+# outputs change for the same inputs and config (a fixed bug, another file format), so every
+# workdir re-makes them and says why. Stages not named are at 1.
+VERSIONS = {"prepare": 1, "embed": 1, "cluster": 1, "assign": 1, "seed": 1, "experts": 1,
+            "dense": 1, "evaluate": 1, "report": 1}
+
+# Where this machine memoises digests of local files that have no workdir memo (encoder
+# weights; data read for a workdir on an object store). A memo is keyed by the file's
+# absolute path, size, times and inode: safe to share between workdirs.
+MACHINE_MEMO = "~/.cache/mode_jax/digests"
+
 def digest(obj: Any, n: int = 16) -> str:
   """The first n hex digits of sha256 over canonical JSON of obj."""
   blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
@@ -117,6 +128,27 @@ def file_digest(path: str, memo_dir: str | None = None) -> str:
   return out
 
 
+def tree_digest(path: str, memo_dir: str | None = None) -> str:
+  """A content fingerprint of a file, or of a folder (a model's config, weights, tokenizer):
+  every file in it, hidden ones aside, by relative path and content."""
+  if not wd.isdir(path):
+    return file_digest(path, memo_dir)
+  got = []
+
+  def walk(folder, rel):
+    for name in wd.listdir(folder):
+      if name.startswith("."):
+        continue
+      p = wd.path(folder, name)
+      if wd.isdir(p):
+        walk(p, f"{rel}{name}/")
+      else:
+        got.append([rel + name, file_digest(p, memo_dir)])
+
+  walk(path, "")
+  return digest(got)
+
+
 def _sha256(f) -> str:
   h = hashlib.sha256()
   with f:
@@ -176,9 +208,10 @@ def decide(workdir: str, rel: str, stage: str, fields: dict, inputs: dict[str, I
   promises are all there (False: someone deleted some; they are re-made).
   """
   fields = json.loads(json.dumps(fields, default=str))   # as a manifest holds them: lists
-  fp = digest({"stage": stage, "fields": fields,
+  version = VERSIONS.get(stage, 1)
+  fp = digest({"stage": stage, "version": version, "fields": fields,
                "inputs": {k: v.fingerprint for k, v in sorted(inputs.items())}})
-  new = {"stage": stage, "fingerprint": fp, "fields": fields,
+  new = {"stage": stage, "version": version, "fingerprint": fp, "fields": fields,
          "inputs": {k: {"fingerprint": v.fingerprint, "facts": v.facts, "label": v.label}
                     for k, v in sorted(inputs.items())}}
   old = read(workdir, rel)
@@ -196,6 +229,9 @@ def decide(workdir: str, rel: str, stage: str, fields: dict, inputs: dict[str, I
 def explain(old: dict, new: dict) -> str:
   """One line: which inputs and config fields differ between two manifests."""
   parts = []
+  if old.get("version", 1) != new.get("version", 1):
+    parts.append(f"{new['stage']} code changed (version {old.get('version', 1)} -> "
+                 f"{new.get('version', 1)})")
   for name, inp in new["inputs"].items():
     was = old.get("inputs", {}).get(name)
     if was is None:
@@ -211,7 +247,7 @@ def explain(old: dict, new: dict) -> str:
   if changed:
     shown = changed[:3] + ([f"{len(changed) - 3} more"] if len(changed) > 3 else [])
     parts.append(f"config changed ({', '.join(shown)})")
-  return "; ".join(parts) or "made by other code (stage version changed)"
+  return "; ".join(parts) or "made by another fingerprint scheme (an older mode_jax)"
 
 
 def _short(v) -> str:

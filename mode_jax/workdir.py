@@ -1,6 +1,6 @@
 """The workdir: where every pipeline stage reads its inputs and writes its outputs.
 
-Data flows one way (DESIGN.md): shards -> embeddings -> centers -> assignments
+Data flows one way (docs/method.md): shards -> embeddings -> centers -> assignments
 -> seed -> experts -> per-expert logits -> routed ensemble -> report. Each stage
 reads only what earlier stages wrote here, so any stage can be re-run, resumed
 or moved to another machine. This module is the single description of those
@@ -23,7 +23,7 @@ Layout and formats (all arrays little-endian numpy):
                                       source: the content digest of the file the
                                       captions came from; encoder: its fingerprint
   embed/meta.json                     {"encoder", "dim", "dtype", "fingerprint"}
-  cluster/fine_centers.npy            float32[m, D]   (mu_s of DESIGN.md)
+  cluster/fine_centers.npy            float32[m, D]   (mu_s of docs/method.md)
   cluster/coarse_centers.npy          float32[n, D]
   cluster/fine_to_expert.npy          int32[m]        (pi: fine -> expert)
   cluster/expert_order.json           expert ids, widest spread first
@@ -122,6 +122,16 @@ class MissingInput(RuntimeError):
     self.path, self.stage = path, stage
     super().__init__(
         f"missing {path}: run `python launch.py {stage} --config ... "
+        f"--workdir ...` first")
+
+
+class StaleInput(MissingInput):
+  """An input another stage wrote is there but was made from other inputs or config."""
+
+  def __init__(self, path: str, stage: str, reason: str):
+    self.path, self.stage = path, stage
+    RuntimeError.__init__(
+        self, f"out of date {path} ({reason}): run `python launch.py {stage} --config ... "
         f"--workdir ...` first")
 
 
@@ -281,10 +291,11 @@ def glob(pattern: str) -> list[str]:
 
 
 def signature(p: str) -> str:
-  """size:mtime of a file (what invalidates caches built from it)."""
+  """What invalidates caches built from a file: size, mtime, and locally its ctime and inode
+  (a file rewritten with the same size and a restored mtime still changes its ctime)."""
   if not is_remote(p):
     st = os.stat(_local(p))
-    return f"{st.st_size}:{st.st_mtime_ns}"
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
   fs, rel = _fs(p)
   info = fs.info(rel)
   stamp = next((info[k] for k in ("mtime", "LastModified", "updated", "ETag", "etag",

@@ -7,9 +7,9 @@
 # Every worker runs the same command. MODE_JAX_DISTRIBUTED=on makes launch.py call
 # jax.distributed.initialize() before anything else; JAX finds its peers through
 # the TPU VM metadata. The workdir must be shared: a gs:// bucket or a
-# filesystem mounted on every worker. Multi-host Orbax saves to gs:// are
-# untested on real GCS (they hang on the emulator, README "Pods and clusters");
-# if they stall, add --config.checkpoint_root=<shared folder>. The repository must be
+# filesystem mounted on every worker. Multi-host Orbax saves to gs:// pass on the
+# GCS emulator (docs/pods.md) but are untested on real GCS; if they stall, add
+# --config.checkpoint_root=<shared folder>. The repository must be
 # checked out at $REPO_DIR (default ~/mode_jax) on every worker.
 set -euo pipefail
 tpu=$1; zone=$2; shift 2
@@ -17,7 +17,8 @@ repo=${REPO_DIR:-'~/mode_jax'}   # '~' expands on the workers
 venv=${VENV_DIR:-$repo/.venv-tpu}
 ssh() { gcloud compute tpus tpu-vm ssh "$tpu" --zone "$zone" --worker=all --command "$1"; }
 install="cd $repo && (test -x $venv/bin/python || python3 -m venv $venv) && \
-$venv/bin/pip install -q --upgrade pip && $venv/bin/pip install -q -e '.[tpu]'"
+$venv/bin/pip install -q --upgrade pip && $venv/bin/pip install -q -e '.[tpu]' && \
+$venv/bin/pip install -q --no-deps -r requirements-files.txt"
 if [ "${1:-}" = "--install" ]; then
   ssh "$install"
   exit

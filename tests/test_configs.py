@@ -1,4 +1,4 @@
-"""Paper configs carry the recipe of DESIGN.md and pass validation at full size."""
+"""Paper configs carry the recipe of docs/method.md and pass validation at full size."""
 
 import pytest
 

@@ -425,6 +425,23 @@ def test_rebuild_removes_stale_shards_and_killed_run_leaves_no_marker(tmp_path, 
   assert not os.path.exists(os.path.join(workdir, "shards", "prepare.json"))
 
 
+@needs_mnist
+def test_prepare_stage_force_rebuilds_an_up_to_date_corpus(tmp_path, capsys):
+  """prepare.force rebuilds (it is a how-field, out of the key, so the key alone skipped)."""
+  import ml_collections
+  from mode_jax.stages import prepare
+  config = ml_collections.ConfigDict({"prepare": _tiny_config(tmp_path, "", sources="mnist")})
+  workdir = str(tmp_path / "w")
+  prepare.run(config, workdir)
+  prepare.run(config, workdir)
+  assert "prepare: up to date" in capsys.readouterr().out
+  config.prepare.force = True
+  prepare.run(config, workdir)
+  out = capsys.readouterr().out
+  assert "prepare.force is set" in out and "up to date" not in out
+  assert os.listdir(os.path.join(workdir, "stale"))
+
+
 @pytest.mark.parametrize("source,field,install", [
     ("clipart", "clipart_dir", "apt-get install -y --no-install-recommends openclipart-svg"),
     ("fmnist", "fmnist_dir", "apt-get install -y --no-install-recommends dataset-fashion-mnist"),

@@ -54,11 +54,13 @@ def make_workdir(root):
   return {k: m for k, m in shard0 + shard1}
 
 
-def run_embed(cfg, workdir, shards=None):
+def run_embed(cfg, workdir, shards=None, caption_keys=None):
   """The embed stage on a config with this embed section (and training shards)."""
   c = {"embed": dict(cfg)}
-  if shards is not None:
-    c["input"] = {"shards": shards}
+  if shards is not None or caption_keys is not None:
+    c["input"] = {"shards": shards or wd.TRAIN_SHARDS}
+  if caption_keys is not None:
+    c["input"]["caption_keys"] = caption_keys
   return embed_stage.run(ml_collections.ConfigDict(c), workdir)
 
 
@@ -183,6 +185,26 @@ def test_changed_bytes_or_config_reembed_exactly_what_they_touch(tmp_path, fake,
   stats = run_embed(fake, w)
   assert stats["skipped_done"] == 0 and FakeEncoder.calls == 4
   assert "embed: config changed (embed.seed 0 -> 1)" in capsys.readouterr().out
+
+
+def test_captions_come_from_the_caption_keys_training_reads(tmp_path, fake, capsys):
+  """config.input.caption_keys picks where training reads captions; embed clusters the same
+  captions (it read the fixed default order whatever the config said) and re-embeds when
+  the keys change."""
+  w = str(tmp_path)
+  write_shard(os.path.join(w, "shards", "train-00000.tar"), [
+      (f"k{i}", {"png": PNG, "txt": f"cat {i}".encode(), "json": js({"caption": f"dog {i}"})})
+      for i in range(4)])
+  run_embed(fake, w)
+  with np.load(tmp_path / "embed" / "train-00000.npz") as z:
+    default = z["emb"].copy()
+  assert FakeEncoder.encoded == 4
+  run_embed(fake, w, caption_keys="txt")
+  assert "config changed (input.caption_keys" in capsys.readouterr().out
+  with np.load(tmp_path / "embed" / "train-00000.npz") as z:
+    np.testing.assert_allclose(z["emb"], FakeEncoder().encode([f"cat {i}" for i in range(4)]),
+                               atol=1e-3)
+    assert not np.allclose(z["emb"], default, atol=1e-3)   # the default: "caption" first
 
 
 def test_missing_shards_and_bad_config(tmp_path, fake):

@@ -79,7 +79,6 @@ def test_deterministic_by_seed_and_ooc_options(tmp_path):
   assert none.num_ooc == 0 and none.num_in_cluster == 300
   inc = es.expert_stream(_cfg(expert=1, ooc_ratio=0.1, ooc_base="in_cluster"), w, index)
   assert inc.num_ooc == 30
-  assert es.expert_stream(_cfg(expert=1, epoch_samples=50), w, index).epoch_samples == 50
   with pytest.raises(ValueError, match="no samples"):
     es.expert_stream(_cfg(expert=7), w, index)
 

@@ -54,9 +54,16 @@ def test_runlocal_train_runs_and_resumes(tmp_path):
   assert 0.0 <= acc <= 1.0
   assert os.path.exists(tmp_path / "config.json")
   assert os.path.exists(tmp_path / "train" / "metrics.jsonl")
-  # Re-running the finished command resumes at the last step and trains nothing more.
+  # Re-running the finished command trains nothing more; a changed recipe trains afresh
+  # (before provenance it resumed the old run's last step and reported its accuracy).
   r2 = launch("train", "--config", "configs/fmnist_clip.py:runlocal", "--workdir", str(tmp_path))
-  assert r2.returncode == 0 and "resumed" in r2.stdout + r2.stderr
+  assert r2.returncode == 0 and "train: up to date" in r2.stdout, r2.stdout
+  r3 = launch("train", "--config", "configs/fmnist_clip.py:runlocal", "--config.optim.lr=0.003",
+              "--workdir", str(tmp_path))
+  assert r3.returncode == 0, r3.stderr[-2000:]
+  assert "config changed (optim.lr 0.001 -> 0.003)" in r3.stdout, r3.stdout
+  assert "resumed" not in r3.stdout + r3.stderr
+  assert os.listdir(tmp_path / "stale")
 
 
 def test_fmnist_idx_reader_matches_known_facts():

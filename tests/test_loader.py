@@ -295,3 +295,24 @@ def test_resize_center_crop_follows_torchvision_rule():
   from PIL import Image
   ref = np.asarray(Image.fromarray(img).resize((30, 20), Image.BICUBIC))[:, 5:25]
   np.testing.assert_array_equal(out, ref)
+
+
+def test_index_is_rebuilt_when_a_shard_is_rewritten_with_its_size_and_mtime(tmp_path,
+                                                                             monkeypatch):
+  """A shard rewritten in place with the same size and its old mtime restored (rsync -t,
+  a restored backup) is re-indexed: the old byte offsets would point into other samples."""
+  w = str(tmp_path)
+  wds_writer.write_shards(os.path.join(w, "shards/train-%05d.tar"), _samples(), N)
+  cfg = _cfg()
+  shard = loader.load_index(cfg, w).shards[0]
+  st = os.stat(shard)
+  data = open(shard, "rb").read()
+  os.remove(shard)                       # another file, same bytes, same size and times
+  with open(shard, "wb") as f:
+    f.write(data)
+  os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
+  calls = []
+  real = shard_index.scan_shard
+  monkeypatch.setattr(shard_index, "scan_shard", lambda p: calls.append(p) or real(p))
+  loader.load_index(cfg, w)
+  assert calls == [shard]

@@ -213,3 +213,26 @@ def test_exported_bundle_classifies_as_the_report_ensembles(demo_workdir, tmp_pa
   np.testing.assert_allclose(got["routing_weights"], np.asarray(weights), atol=1e-5)
   np.testing.assert_allclose(got["logits"], want, atol=1e-4)
   np.testing.assert_array_equal(got["logits"].argmax(1), want.argmax(1))
+
+
+def test_probe_then_report_tabulates_the_probe_of_these_models(demo_workdir, tmp_path):
+  """`probe` after `report` (docs/evaluation.md's order) re-reports with the probe table (the
+  report said "up to date" and left it out); a probe of other weights is never tabulated."""
+  import shutil
+  w, _ = demo_workdir
+  mine = str(tmp_path / "w")
+  shutil.copytree(w, mine)
+  r = launch("probe", "--config", "configs/demo.py:runlocal", "--config.evaluate.tasks=mnist",
+             "--workdir", mine)
+  assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+  assert os.path.exists(os.path.join(mine, "probe", "mnist.json"))
+  r = launch("report", "--config", "configs/demo.py:runlocal", "--workdir", mine)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "new input probe" in r.stdout, r.stdout[-2000:]
+  assert "## Linear probe" in open(os.path.join(mine, "report", "results.md")).read()
+  spec = json.load(open(os.path.join(mine, "probe", "mnist.json")))
+  spec["idents"]["models"]["dense"] = "weights of another run"
+  json.dump(spec, open(os.path.join(mine, "probe", "mnist.json"), "w"))
+  r = launch("report", "--config", "configs/demo.py:runlocal", "--workdir", mine)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "## Linear probe" not in open(os.path.join(mine, "report", "results.md")).read()

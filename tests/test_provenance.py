@@ -110,3 +110,31 @@ def test_upstream_names_the_stage_that_makes_a_missing_input(tmp_path):
   provenance.finish(str(tmp_path), "stage", d, m=8, n=4)
   got = provenance.upstream(str(tmp_path), "stage", "stage", "it", facts=("n",))
   assert got.fingerprint == d.fingerprint and got.facts == {"n": 4}
+
+
+def test_a_new_stage_version_reruns_and_says_so(tmp_path, monkeypatch):
+  """A fixed bug changes outputs of the same inputs: the stage's version is in its key."""
+  d = _decide(tmp_path, {"lr": 1}, {"data": "d1"})
+  provenance.start(str(tmp_path), "stage", d)
+  provenance.finish(str(tmp_path), "stage", d)
+  monkeypatch.setitem(provenance.VERSIONS, "stage", 2)
+  again = _decide(tmp_path, {"lr": 1}, {"data": "d1"})
+  assert again.action == "rerun" and again.reason == "stage code changed (version 1 -> 2)"
+
+
+def test_tree_digest_covers_every_file_of_a_model_folder(tmp_path):
+  """A model folder is its weights and the files read beside them (tokenizer, pooling)."""
+  m = tmp_path / "model"
+  (m / "1_Pooling").mkdir(parents=True)
+  for name, body in [("config.json", b"{}"), ("model.safetensors", b"w"),
+                     ("tokenizer.json", b"t"), ("1_Pooling/config.json", b"mean")]:
+    (m / name).write_bytes(body)
+  first = provenance.tree_digest(str(m))
+  copy = tmp_path / "copy"
+  os.rename(m, copy)
+  assert provenance.tree_digest(str(copy)) == first                # a moved copy: the same
+  (copy / "tokenizer.json").write_bytes(b"T")
+  assert provenance.tree_digest(str(copy)) != first
+  (copy / "tokenizer.json").write_bytes(b"t")
+  (copy / "1_Pooling" / "config.json").write_bytes(b"cls")
+  assert provenance.tree_digest(str(copy)) != first

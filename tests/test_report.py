@@ -19,7 +19,7 @@ def unit(x):
 
 
 def ref_routing(E, M, pi, n, per_query=False):
-  """DESIGN.md step 8 reference formula in float64 (per_query: each row its own N=1 task)."""
+  """docs/method.md step 8 reference formula in float64 (per_query: each row its own N=1 task)."""
   if per_query:
     return np.stack([ref_routing(E[q:q + 1], M, pi, n) for q in range(len(E))])
   N = len(E)

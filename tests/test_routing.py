@@ -1,4 +1,4 @@
-"""Routing weights vs a direct float64 numpy transcription of DESIGN.md step 8."""
+"""Routing weights vs a direct float64 numpy transcription of docs/method.md step 8."""
 
 import math
 
@@ -15,7 +15,7 @@ def softmax(x):
 
 
 def ref_numpy(E, M, pi, n, top_k=1):
-  """Reference formula, as written in DESIGN.md step 8 (top_k: k nearest centers vote)."""
+  """Reference formula, as written in docs/method.md step 8 (top_k: k nearest centers vote)."""
   N = len(E)
   dist = np.linalg.norm(E[:, None, :].astype(np.float64) - M[None].astype(np.float64), axis=-1)
   a = math.exp(0.5 - math.sqrt(N)) if N < 10 else 0.0

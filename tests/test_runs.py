@@ -66,3 +66,42 @@ def test_no_orbax_manager_is_left_open(tmp_path, monkeypatch):
   with pytest.raises(wd.MissingInput):   # the seed has no milestone here
     runs.seed_step(c, w)
   assert len(opened) == len(closed) and set(map(id, opened)) == set(map(id, closed))
+
+
+def _recipe(tmp_path, lr):
+  shards = tmp_path / "data"
+  shards.mkdir(exist_ok=True)
+  (shards / "00000.tar").write_bytes(b"pairs")
+  return _config(optim={"lr": lr}, input={"shards": str(shards / "*.tar")})
+
+
+def test_a_run_forked_from_a_seed_of_another_recipe_stops(tmp_path):
+  """`launch.py experts` (or dense) alone after a change the seed has not seen stops, naming
+  `seed`: it would fork the old seed and train on the new recipe's data (the review)."""
+  w = str(tmp_path / "w")
+  c = _recipe(tmp_path, 0.001)
+  d = runs.decide(c, w, runs.SEED_DIR, "seed", {"data": runs.data_input(c, w)})
+  provenance.start(w, runs.SEED_DIR, d)
+  provenance.finish(w, runs.SEED_DIR, d, step=3)
+  assert runs.current_seed(c, w).fingerprint == d.fingerprint
+  with pytest.raises(wd.StaleInput, match=r"optim.lr 0.001 -> 0.003.*launch.py seed"):
+    runs.current_seed(_recipe(tmp_path, 0.003), w)
+  (tmp_path / "data" / "00000.tar").write_bytes(b"other pairs")
+  with pytest.raises(wd.StaleInput, match=r"training data changed.*launch.py seed"):
+    runs.current_seed(c, w)
+
+
+def test_models_of_another_recipe_are_not_evaluated_as_this_one(tmp_path):
+  """evaluate after an lr change without retraining stopped nowhere: it scored the old models
+  under the new config's name. Now: StaleInput naming the stage that retrains them."""
+  w = str(tmp_path / "w")
+  c = _recipe(tmp_path, 0.001)
+  wd.write_json(wd.path(w, runs.PLAN), {"seed": 3, "expert": 2, "total": 5})
+  for rel in [runs.DENSE_DIR] + [runs.expert_rel(i) for i in range(2)]:
+    d = runs.decide(c, w, rel, "x", {})
+    provenance.start(w, rel, d)
+    provenance.finish(w, rel, d, step=5)
+    os.makedirs(os.path.join(runs.ckpt_dir(c, w, rel), "5"))
+  assert sorted(runs.finished_models(c, w)) == ["dense", "expert_0", "expert_1"]
+  with pytest.raises(wd.StaleInput, match=r"optim.lr 0.001 -> 0.003.*launch.py dense"):
+    runs.finished_models(_recipe(tmp_path, 0.003), w)

@@ -1,6 +1,6 @@
 """An expert's training stream: its cluster's samples plus a few out-of-cluster ones.
 
-D_c (DESIGN.md step 6) is the union of the fine clusters that fine_to_expert
+D_c (docs/method.md step 6) is the union of the fine clusters that fine_to_expert
 maps to expert c; the assign stage already wrote each sample's expert in
 assign/<stem>.npz. The stream is a subset of the loader's sample numbers, fed
 to `loader.train_iterator(..., indices=stream.indices)`, which shuffles it
@@ -15,10 +15,11 @@ experts that is ~1.5% of the data beside the cluster's 25%). `ooc_base=
 The reference redraws the OOC samples (unseeded) each time it reads a shard;
 here they are drawn once per (seed, expert), so the stream is reproducible.
 
-Epoch length: the paper keeps an expert "epoch" at the full data-set size, so
-one expert epoch is `epoch_samples` = all samples (default) and covers its
-subset about N / |stream| times; the loader's endless reshuffled repeat
-provides exactly that.
+Epoch length: the paper keeps an expert "epoch" at the full data-set size
+(the step counts of runs.plan: an epoch is N / batch steps for the seed and
+every expert alike), so one expert epoch covers its subset about
+N / |stream| times; the loader's endless reshuffled repeat provides exactly
+that.
 
 `ablation="random"` (paper Table 5, Random-n): experts get random disjoint
 splits of the assigned samples with the same sizes as the clusters.
@@ -49,7 +50,6 @@ def default_config() -> ml_collections.ConfigDict:
   c.ooc_base = "out_of_cluster"       # reference: ratio of the shard's OOC samples
   c.ablation = ""                     # "random": Random-n split of paper Table 5
   c.seed = 0
-  c.epoch_samples = 0                 # samples per expert epoch; 0 = the full data set
   return c
 
 
@@ -59,7 +59,7 @@ class ExpertStream:
   indices: np.ndarray        # int64, sorted sample numbers of the loader's index
   num_in_cluster: int
   num_ooc: int
-  epoch_samples: int         # samples per expert "epoch"
+  epoch_samples: int         # samples per expert "epoch": the whole data set (paper)
 
   @property
   def passes_per_epoch(self) -> float:
@@ -138,4 +138,4 @@ def expert_stream(cfg, workdir: str, index: SampleIndex) -> ExpertStream:
     n = int(experts.max()) + 1 if (experts >= 0).any() else 0
     raise ValueError(f"expert {cfg.expert} has no samples (the assignment has {n} experts)")
   return ExpertStream(expert=int(cfg.expert), indices=indices, num_in_cluster=n_in,
-                      num_ooc=n_ooc, epoch_samples=int(cfg.epoch_samples or len(index)))
+                      num_ooc=n_ooc, epoch_samples=len(index))

@@ -1,7 +1,7 @@
 """The MoDE ensemble: routed sums of experts' raw cosine logits, and its baselines.
 
 expert_logits is float32 [n, N_img, N_cls] (or [n, N_img, N_txt] for
-retrieval): expert c's raw cosine similarities (DESIGN.md step 7).
+retrieval): expert c's raw cosine similarities (docs/method.md step 7).
 
 * MoDE: logits = sum_c w_c logits_c with routing weights w (step 8).
 * uniform: the plain mean over experts.

@@ -1,4 +1,4 @@
-"""Routing weights: how much each data expert counts for a task (DESIGN.md steps 8-9).
+"""Routing weights: how much each data expert counts for a task (docs/method.md steps 8-9).
 
 Per task, from its class-name metadata embeddings e_l [N, D] (sentence
 encoder, same as clustering), the fine centers mu_s [m, D] and the fine ->

@@ -201,7 +201,7 @@ def routing_info(config) -> dict:
           "class_embedding": "per class: every (name, template) prompt embedded with the "
                              "sentence encoder, normalised, averaged, re-normalised",
           "ensemble": "logits = sum_c w_c cos(image_c, class_c): raw cosines of each expert, "
-                      "no logit scale, no softmax (DESIGN.md steps 7-8)",
+                      "no logit scale, no softmax (docs/method.md steps 7-8)",
           "fine_centers": FINE_CENTERS, "fine_to_expert": FINE_TO_EXPERT,
           "expert_order": EXPERT_ORDER}
 

@@ -42,7 +42,7 @@ def evaluate_retrieval(embed_images: Callable, embed_texts: Callable,
 
 def metadata_embedding(embed_sentences: Callable, task: str, spec: dict,
                        captions_per_image: Sequence[Sequence[str]] | None = None) -> np.ndarray:
-  """eval/meta_emb/<task>.npy: e_l of DESIGN.md step 8 with the clustering's sentence encoder.
+  """eval/meta_emb/<task>.npy: e_l of docs/method.md step 8 with the clustering's sentence encoder.
 
   Zero-shot: per class, every (name, template) prompt normalised, averaged,
   re-normalised. Retrieval: one normalised row per caption of every sample

@@ -24,7 +24,7 @@ l2_normalize = clip_lib.l2_normalize   # one normalisation for training, evaluat
 
 @functools.partial(jax.jit, static_argnames="n_groups")
 def pool_prompts(prompt_emb, group_ids, n_groups: int):
-  """DESIGN.md step 7: normalise every prompt, average per group (class), re-normalise."""
+  """docs/method.md step 7: normalise every prompt, average per group (class), re-normalise."""
   e = l2_normalize(prompt_emb.astype(jnp.float32))
   total = jax.ops.segment_sum(e, group_ids, num_segments=n_groups)
   return l2_normalize(total)   # the mean's direction; the count cancels
@@ -60,7 +60,7 @@ _cosine_jit = jax.jit(_cosine)
 
 
 def cosine_logits(image_feats, text_feats, pad_to: int | None = None) -> np.ndarray:
-  """Raw cosine similarities [B, T] (no logit scale, no softmax; DESIGN.md step 7).
+  """Raw cosine similarities [B, T] (no logit scale, no softmax; docs/method.md step 7).
 
   Padded to `pad_to` rows so every batch shares one compile. The features
   were already computed over all devices (models/embedders.py); this is a

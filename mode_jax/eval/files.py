@@ -11,7 +11,7 @@
   eval/meta_emb/<task>.npy  float32 [N_cls, D] class metadata embeddings; for a
                             retrieval task, one row per caption of every
                             sample, read or not (the per-query routing of
-                            DESIGN.md step 9): `caption_rows` picks the rows
+                            docs/method.md step 9): `caption_rows` picks the rows
                             of a model's caption columns
   eval/tasks/<task>.json    the task as evaluated: {"kind": "zeroshot" | "retrieval",
                             "metric": "top1" | "mean_per_class" | "top1_top5" |

@@ -71,7 +71,7 @@ def eval_models(config, workdir: str) -> dict[str, ModelRef]:
     weights = wd.path(path, "model.safetensors") if wd.isdir(path) else path
     if not wd.exists(weights):
       raise FileNotFoundError(f"config evaluate.models: {weights} not found")
-    fp = provenance.digest([provenance.file_digest(weights, digests.memo_dir(workdir)), act])
+    fp = provenance.digest([provenance.tree_digest(path, digests.memo_dir(workdir)), act])
     out[name] = ModelRef(name, "file", path, fp, act=act or None)
   return out
 

@@ -1,4 +1,4 @@
-"""The report stage (DESIGN.md steps 8-10): route, ensemble, score, tabulate, plot.
+"""The report stage (docs/method.md steps 8-10): route, ensemble, score, tabulate, plot.
 
 Reads eval/<model>/<task>.npz for 'dense', 'expert_0'..'expert_{n-1}' (and
 'seed' when present), eval/meta_emb/<task>.npy, the task spec (kind, metric:
@@ -358,16 +358,29 @@ def probe_columns(models) -> list[str]:
   return first + sorted(set(models) - set(first) - set(last)) + last
 
 
-def read_probe(workdir: str) -> tuple[list[str], list[dict]] | None:
-  """(model columns, rows in percent) of probe/<task>.json; None when the probe did not run."""
+def probe_results(workdir: str, models: dict[str, str] | None = None) -> dict[str, dict]:
+  """{task: probe/<task>.json} of the probe of exactly these models ({name: fingerprint};
+  None: every result there is). A probe of other weights is not these models' probe."""
   d = wd.path(workdir, "probe")
-  names = [f for f in wd.listdir(d) if f.endswith(".json")]
-  if not names:
+  out = {}
+  for f in sorted(wd.listdir(d)):
+    if not f.endswith(".json"):
+      continue
+    spec = wd.read_json(wd.path(d, f))
+    if models is None or spec.get("idents", {}).get("models") == models:
+      out[f[:-5]] = spec
+  return out
+
+
+def read_probe(workdir: str, models: dict[str, str] | None = None
+               ) -> tuple[list[str], list[dict]] | None:
+  """(model columns, rows in percent) of probe_results; None when the probe did not run."""
+  got = probe_results(workdir, models)
+  if not got:
     return None
   rows, models = [], []
-  for f in names:
-    spec = wd.read_json(wd.path(d, f))
-    row = {"task": spec.get("task", f[:-5]), "metric": spec.get("metric", ""),
+  for f, spec in got.items():
+    row = {"task": spec.get("task", f), "metric": spec.get("metric", ""),
            "split": spec.get("split", "")}
     for m, v in spec["models"].items():
       row[m] = 100.0 * float(v["score"])
@@ -390,19 +403,21 @@ def write_probe(out, probe) -> str:
   return md
 
 
-def run_report(cfg, workdir: str) -> dict | None:
+def run_report(cfg, workdir: str, models: dict[str, str] | None = None) -> dict | None:
   """Writes report/; returns {'rows', 'weights', 'columns', 'sharpness', 'significance',
   'skipped', 'probe', 'specialisation' (long rows), 'clusters' (cluster_summary.run's
   answer or None)}; prints the markdown table.
 
-  On a pod, process 0 writes the report (a few small arrays) while the
-  others wait; they return None.
+  models: {name: fingerprint} of the evaluated models; the linear probe's
+  results of other models are left out (None: all of probe/). On a pod,
+  process 0 writes the report (a few small arrays) while the others wait;
+  they return None.
   """
   from mode_jax import distributed
-  return distributed.on_primary("report", lambda: _report(cfg, workdir))
+  return distributed.on_primary("report", lambda: _report(cfg, workdir, models))
 
 
-def _report(cfg, workdir: str) -> dict:
+def _report(cfg, workdir: str, models=None) -> dict:
   if cfg.mode not in routing.MODES:
     raise ValueError(f"config report.mode={cfg.mode!r}: expected one of {routing.MODES}")
   if int(cfg.get("bootstrap_samples", 0)) < 0:
@@ -455,7 +470,7 @@ def _report(cfg, workdir: str) -> dict:
     doc += ("\n## Significance\n\n" + significance_note(cfg) + "\n"
             + markdown(*compact_significance(sig_rows)) + "\n")
 
-  probe = read_probe(workdir)
+  probe = read_probe(workdir, models)
   if probe:
     doc += "\n## Linear probe (paper Table 9)\n\n" + PROBE_NOTE + "\n\n" + write_probe(
         out, probe) + "\n"

@@ -8,7 +8,7 @@ images. A rank counts candidates scoring strictly higher than the (best)
 positive, so exact ties favour the positive. Recalls are fractions in [0, 1].
 
 The MoDE ensemble gives image->text and text->image different logits (corpus
-weights vs per-query weights, DESIGN.md step 9), hence separate functions.
+weights vs per-query weights, docs/method.md step 9), hence separate functions.
 """
 
 from __future__ import annotations

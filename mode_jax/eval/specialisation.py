@@ -34,7 +34,7 @@ from clustering import kmeans
 from clustering.config import default_config as clustering_defaults
 from mode_jax import workdir as wd
 
-DEFAULT_LOGIT_SCALE = 100.0   # exp(ln 100): CLIP's logit-scale clamp (DESIGN.md recipe)
+DEFAULT_LOGIT_SCALE = 100.0   # exp(ln 100): CLIP's logit-scale clamp (docs/method.md recipe)
 MIN_PAIRS = 2                 # fewer pairs (or images) leave nothing to contrast
 HEADER = ["task", "cluster", "model", "n_pairs", "n_images", "loss", "i2t_R@1"]
 

@@ -1,4 +1,4 @@
-"""Zero-shot classification (DESIGN.md step 7): class features, raw cosine logits, accuracy.
+"""Zero-shot classification (docs/method.md step 7): class features, raw cosine logits, accuracy.
 
 Logits are raw cosine similarities, not scaled and not softmaxed, because
 the MoDE ensemble (step 8) sums experts' cosines with routing weights; a

@@ -1,6 +1,6 @@
 """Stage `assign`: every embedded sample to its nearest fine center and that center's expert.
 
-DESIGN.md step 4: embed/ + cluster/ -> assign/<stem>.npz (keys, fine,
+docs/method.md step 4: embed/ + cluster/ -> assign/<stem>.npz (keys, fine,
 expert, cluster_fingerprint) and cluster/summary/. Each host assigns its
 round-robin share of the files on its local devices and writes their assign/
 files; process 0 merges the hosts' summary parts. Each host records what it

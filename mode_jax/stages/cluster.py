@@ -1,6 +1,6 @@
 """Stage `cluster`: embed/ -> cluster/ (fine centers, coarse experts; mode_jax/workdir.py).
 
-DESIGN.md steps 2-3. The embed files are grouped into chunks as on one
+docs/method.md steps 2-3. The embed files are grouped into chunks as on one
 process (row counts read by each host for its share of the files, then
 exchanged); each host reads only its contiguous block of every chunk's rows
 (ranged reads, clustering/embed_files.py), and the k-means iterations run on

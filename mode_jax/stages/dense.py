@@ -7,7 +7,6 @@ captions). It costs what one expert costs. Provenance: the seed's
 fingerprint and the training fields (dense/manifest.json).
 """
 
-from mode_jax import provenance
 from mode_jax.data.io import loader
 from mode_jax.train import runs
 
@@ -18,7 +17,7 @@ def run(config, workdir: str):
   final = step + p["expert"]
   decision = runs.decide(
       config, workdir, runs.DENSE_DIR, "dense",
-      {"seed": provenance.upstream(workdir, runs.SEED_DIR, "seed", "seed", ("step",))},
+      {"seed": runs.current_seed(config, workdir)},
       final_step=final)
   return runs.fit_once(
       config, workdir, runs.DENSE_DIR, "dense", decision,

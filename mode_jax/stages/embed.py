@@ -1,6 +1,6 @@
 """Stage `embed`: the training shards' captions -> embed/<stem>.npz + embed/meta.json.
 
-DESIGN.md step 1: one caption per pair (a seeded pick when a sample has
+docs/method.md step 1: one caption per pair (a seeded pick when a sample has
 several) is embedded with a frozen sentence encoder (config.embed, see
 mode_jax/text/encoders.py) and L2-normalised; the cluster stage reads these
 rows. Formats: mode_jax/workdir.py. Captions come from img2dataset's parquet
@@ -19,7 +19,9 @@ shard).
 
 Provenance (mode_jax/provenance.py): each embed/<stem>.npz records the
 content digest of the shard its captions came from and the encoder's
-fingerprint; a file whose shard bytes or encoder changed is embedded again,
+fingerprint with the caption keys (config.input.caption_keys, the fields
+training reads captions from); a file whose shard bytes, encoder or caption
+keys changed is embedded again,
 the others are kept, and files of shards no longer in the data are moved to
 <workdir>/stale/. embed/manifest.json lists the files in shard order: what
 `cluster` reads.
@@ -46,12 +48,14 @@ log = logging.getLogger(__name__)
 def run(config, workdir: str) -> dict:
   """Embeds one caption per sample of this host's share of config.input.shards."""
   shards = config.input.shards if "input" in config else wd.TRAIN_SHARDS
-  return _embed(config.get("embed"), workdir, shards)
+  keys = (config.input.get("caption_keys") if "input" in config else None) or \
+      ",".join(wds.CAPTION_KEYS)
+  return _embed(config.get("embed"), workdir, shards, tuple(keys.split(",")))
 
 
 def _stamp(path: str) -> tuple[str, str] | None:
-  """(source digest, encoder fingerprint) an embed file records, reading those two small
-  members only (ranged reads on an object store, never the embeddings)."""
+  """(source digest, encoder fingerprint and caption keys) an embed file records, reading
+  those two small members only (ranged reads on an object store, never the embeddings)."""
   with wd.open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
     if "source" not in z.files or "encoder" not in z.files:
       return None
@@ -71,7 +75,8 @@ def _shard_outputs(shards: Sequence[str], workdir: str) -> dict[str, str]:
   return out
 
 
-def _embed(cfg, workdir: str, shards: str | Sequence[str]) -> dict:
+def _embed(cfg, workdir: str, shards: str | Sequence[str],
+           caption_keys: Sequence[str] = wds.CAPTION_KEYS) -> dict:
   cfg = encoders.resolve_config(cfg)
   try:
     shard_list = loader.shard_paths(shards, workdir)
@@ -81,14 +86,17 @@ def _embed(cfg, workdir: str, shards: str | Sequence[str]) -> dict:
   out_dir = wd.path(workdir, "embed")
   meta_path = wd.path(out_dir, "meta.json")
   enc_fp = encoders.fingerprint(cfg)
-  reader = shard_captions.ShardCaptions(shard_list)   # img2dataset's parquet when every shard
+  made_with = provenance.digest([enc_fp, list(caption_keys)])   # each file's recipe
+  reader = shard_captions.ShardCaptions(shard_list,   # img2dataset's parquet when every shard
+                                        caption_keys=caption_keys)
   caption_files = {s: shard_captions.parquet_beside(s) if reader.parquet else s  # has one
                    for s in shard_list}
   got = digests.file_digests(list(caption_files.values()), workdir)
   sources = {s: got[f] for s, f in caption_files.items()}   # what the captions come from
   stems = [wd.shard_stem(s) for s in shard_list]
   decision = provenance.decide(
-      workdir, "embed", "embed", {"embed": encoders.what_fields(cfg)},
+      workdir, "embed", "embed", {"embed": encoders.what_fields(cfg),
+                                  "input.caption_keys": list(caption_keys)},
       {"data": provenance.Input(provenance.digest([[wd.shard_stem(s), sources[s]]
                                                    for s in shard_list]),
                                 {"shards": len(shard_list)}, "training captions"),
@@ -102,7 +110,7 @@ def _embed(cfg, workdir: str, shards: str | Sequence[str]) -> dict:
     if not wd.exists(target[shard]):
       return False
     stamp = _stamp(target[shard])
-    return stamp == (sources[shard], enc_fp)
+    return stamp == (sources[shard], made_with)
 
   mine = distributed.share(shard_list)
   pending = [s for s in mine if not up_to_date(s)]
@@ -146,7 +154,7 @@ def _embed(cfg, workdir: str, shards: str | Sequence[str]) -> dict:
         np.zeros((0, encoder.dim), np.float32)
     bar.update(len(texts))
     wd.save_npz(target[shard], keys=np.asarray(keys, dtype=str), emb=emb.astype(cfg.dtype),
-                source=np.asarray(sources[shard]), encoder=np.asarray(enc_fp))
+                source=np.asarray(sources[shard]), encoder=np.asarray(made_with))
     stats["samples"] += len(texts)
     stats["no_caption"] += st.missing_captions
     stats["no_image"] += st.missing_images

@@ -32,7 +32,7 @@ from mode_jax.text import encoders
 
 
 def _write_meta_embeddings(config, workdir, tasks, captions, fps):
-  """eval/meta_emb/<task>.npy with the clustering's sentence encoder (DESIGN.md step 8);
+  """eval/meta_emb/<task>.npy with the clustering's sentence encoder (docs/method.md step 8);
   redone when the task or the encoder changed (eval/meta_emb/<task>.json records both)."""
   encoder, enc_fp = None, encoders.fingerprint(config.embed)
   for name, task in tasks.items():
@@ -59,7 +59,7 @@ def run(config, workdir: str):
   # What eval/ as a whole is made from: the report's input.
   decision = provenance.decide(
       workdir, "eval", "evaluate", {"tasks": sorted(tasks)},
-      {**{m: provenance.Input(r.fingerprint, label=m) for m, r in models.items()},
+      {**{f"model {m}": provenance.Input(r.fingerprint, label=m) for m, r in models.items()},
        **{f"task {n}": provenance.Input(fp, label=f"task {n}") for n, fp in fps.items()},
        **({"encoder": provenance.Input(enc_fp, label="sentence encoder")} if routed else {})},
       outputs_exist=wd.exists(wd.path(workdir, "eval")),

@@ -24,7 +24,7 @@ from mode_jax.train import runs
 
 def run(config, workdir: str) -> dict:
   step = runs.seed_step(config, workdir)
-  inputs = {"seed": provenance.upstream(workdir, runs.SEED_DIR, "seed", "seed", ("step",)),
+  inputs = {"seed": runs.current_seed(config, workdir),
             "assignment": provenance.upstream(workdir, "assign", "assign", "clustering",
                                               ("m", "n"))}
   p = runs.read_plan(workdir)

@@ -24,6 +24,9 @@ def run(config, workdir: str):
       {"packages": provenance.Input(packages, label="data packages")},
       outputs_exist=wd.exists(wd.path(workdir, SHARDS)),
       complete=build.cached(workdir, packages) is not None)
+  if cfg.get("force") and not decision.todo:   # prepare.force: rebuild all the same
+    decision = provenance.Decision("rerun", decision.fingerprint, "prepare.force is set",
+                                   decision.manifest)
   if not decision.todo:
     if distributed.is_primary():
       print(f"prepare: up to date ({wd.path(workdir, build.MARKER)})")

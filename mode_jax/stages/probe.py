@@ -13,7 +13,8 @@ is held out for scoring and the rest fits the probe (split "holdout" in
 the results; the demo's tasks have no train split). The penalty is chosen
 and the probe scored in the task's metric (mean per-class accuracy for
 Pets, ...). Writes probe/<task>.json, which the report tabulates; skipped
-when the models, the task and the split are unchanged. Features of every
+when the models, the task (its test and train shards) and the split are
+unchanged; results of tasks no longer probed move to stale/. Features of every
 model and task are held in host memory at once (about 2.6 GB for ImageNet's
 train split per B/16-sized model): fine for the demo and mid-size tasks.
 """
@@ -21,7 +22,9 @@ train split per B/16-sized model): fine for the demo and mid-size tasks.
 from __future__ import annotations
 
 from mode_jax import distributed
+from mode_jax import provenance
 from mode_jax import workdir as wd
+from mode_jax.data.io import digests, loader
 from mode_jax.eval import model_refs as es
 from mode_jax.eval import probe
 from mode_jax.eval import tasks as tasks_lib
@@ -38,7 +41,8 @@ def run(config, workdir: str):
   if not tasks:
     raise ValueError("the probe needs zero-shot tasks; config.evaluate has none")
   models = es.eval_models(config, workdir)
-  fps = {n: tasks_lib.fingerprint(t, workdir) for n, t in tasks.items()}
+  fps = {n: _fingerprint(t, workdir) for n, t in tasks.items()}
+  distributed.on_primary("probe stale", lambda: _move_orphans(workdir, tasks))
   # what the results depend on: the models, the task, and the split
   idents = {"models": {n: m.fingerprint for n, m in models.items()}, "seed": probe.SEED,
             "holdout": float(cfg.probe_holdout)}
@@ -73,6 +77,22 @@ def run(config, workdir: str):
       print(f"[probe] {n}: " + ", ".join(f"{m} {100 * r['score']:.1f}"
                                          for m, r in results[n]["models"].items()))
   return results
+
+
+def _fingerprint(task, workdir: str) -> str:
+  """The task as evaluate keys it, and its train split's shards when the probe fits on them."""
+  train = (digests.fingerprint(loader.shard_paths(task.train_pattern, workdir), workdir)
+           if task.train_pattern else None)
+  return provenance.digest([tasks_lib.fingerprint(task, workdir), train])
+
+
+def _move_orphans(workdir: str, tasks: dict) -> None:
+  """probe/<task>.json of tasks no longer probed go to stale/ (the report never reads them)."""
+  for f in wd.listdir(wd.path(workdir, "probe")):
+    if f.endswith(".json") and f[:-5] not in tasks:
+      old = wd.read_json(wd.path(workdir, "probe", f)).get("fingerprint")
+      where = provenance.move_aside(wd.path(workdir, "probe", f), workdir, old)
+      print(f"[probe] {f[:-5]} is no longer probed: moved to {where}")
 
 
 def _up_to_date(workdir, task, idents, fp) -> bool:

@@ -2,8 +2,9 @@
 intervals, tables and plots in report/ (mode_jax/eval/report.py; process 0 writes).
 
 Provenance: report/manifest.json records the evaluation's and the
-clustering's fingerprints and config.report; a report of other inputs is
-moved to stale/ before the new one is written.
+clustering's fingerprints, the linear probe's results of the evaluated
+models (probe/<task>.json of other models are left out) and config.report;
+a report of other inputs is moved to stale/ before the new one is written.
 """
 
 from mode_jax import distributed
@@ -17,6 +18,11 @@ def run(config, workdir: str):
                                               ("models", "tasks")),
             "clustering": provenance.upstream(workdir, "cluster", "cluster", "clustering",
                                               ("m", "n"))}
+  models = _evaluated_models(workdir)
+  probed = report.probe_results(workdir, models)
+  if probed:   # the linear probe of these very models, when it ran: a new probe re-reports
+    inputs["probe"] = provenance.Input(provenance.digest(probed), {"tasks": sorted(probed)},
+                                       "linear probe")
   decision = provenance.decide(workdir, "report", "report",
                                provenance.select(config, ["report"]), inputs,
                                outputs_exist=wd.exists(wd.path(workdir, "report")),
@@ -29,6 +35,13 @@ def run(config, workdir: str):
     print(provenance.say("report", decision, "routing, ensembling and scoring"))
   distributed.on_primary("report start", lambda: provenance.start(
       workdir, "report", decision, stale=[(wd.path(workdir, "report"), workdir)]))
-  out = report.run_report(config.report, workdir)
+  out = report.run_report(config.report, workdir, models)
   distributed.on_primary("report finish", lambda: provenance.finish(workdir, "report", decision))
   return out
+
+
+def _evaluated_models(workdir: str) -> dict[str, str]:
+  """{model: fingerprint} that eval/ was made from (its manifest's inputs)."""
+  inputs = provenance.read(workdir, "eval").get("inputs", {})
+  return {k[len("model "):]: v["fingerprint"] for k, v in inputs.items()
+          if k.startswith("model ")}

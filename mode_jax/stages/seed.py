@@ -1,4 +1,4 @@
-"""Stage `seed`: one dense CLIP on all training data until seed_epochs (DESIGN.md step 5).
+"""Stage `seed`: one dense CLIP on all training data until seed_epochs (docs/method.md step 5).
 
 Its last step is a milestone checkpoint that clean-up never deletes: the
 experts and the dense baseline fork from it. Writes seed/plan.json (the step

@@ -3,13 +3,18 @@
 Inputs are chosen by name (`config.input.name`), so the trainer stays
 generic: each entry gives (input_fn, evaluators); input_fn(config, mesh) is a
 checkpointable iterator of per-process batches, evaluators run during
-training. Re-running resumes from the newest checkpoint.
+training. Provenance (train/manifest.json): the training fields, the step
+counts, the init fields and the input's data files by content; a re-run of
+the same finishes a killed run from its newest checkpoint or says it is up to
+date, a changed one moves the old run to stale/ and trains afresh.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from mode_jax import distributed
+from mode_jax import provenance
 from mode_jax import workdir as wd
 from mode_jax.data.corpus import fmnist_stream
 from mode_jax.eval import zeroshot
@@ -18,14 +23,33 @@ from mode_jax.text.clip_bpe import ClipTokenizer
 from mode_jax.train import runs, trainer
 
 
+RUN = "train"
+# The config fields of a single run beyond runs.TRAINING_FIELDS.
+RUN_FIELDS = ("num_steps", "schedule_steps", "init.checkpoint", "init.step",
+              "init.continue_data")
+
+
 def run(config, workdir: str):
-  run_dir = wd.path(workdir, "train")
-  if config.get("checkpoint_root"):
-    config = config.copy_and_resolve_references()
-    with config.unlocked():
-      config.ckpt_dir = runs.ckpt_dir(config, workdir, "train")
+  run_dir = wd.path(workdir, RUN)
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.ckpt_dir = runs.ckpt_dir(config, workdir, RUN)
   input_fn, evaluators = _inputs(config)   # lazy: train() validates before any data
+  data = provenance.Input(provenance.tree_digest(_DATA[config.input.name],
+                                                 provenance.MACHINE_MEMO),
+                          {}, f"{config.input.name} data")
+  decision = runs.decide(config, workdir, RUN, RUN, {"data": data},
+                         extra_fields=provenance.select(config, RUN_FIELDS),
+                         final_step=config.num_steps)
+  if not decision.todo:
+    if distributed.is_primary():
+      print(f"train: up to date (step {config.num_steps}, fingerprint {decision.fingerprint})")
+    return None
+  if distributed.is_primary():
+    print(provenance.say(RUN, decision, f"training to step {config.num_steps}"))
+  runs.start(config, workdir, RUN, decision)
   result = trainer.train(config, run_dir, input_fn=input_fn, evaluators=evaluators)
+  runs.finish(workdir, RUN, decision, step=config.num_steps)
   finals = {k: v for row in result.history for k, v in row.items() if "zeroshot" in k}
   for k, v in finals.items():
     print(f"{k}: {v:.4f}")
@@ -61,6 +85,7 @@ def _fmnist_demo(config):
 
 
 _INPUTS = {"fmnist_demo": _fmnist_demo}
+_DATA = {"fmnist_demo": fmnist_stream.FMNIST_DIR}   # what each input reads, keyed by content
 
 
 def _inputs(config):

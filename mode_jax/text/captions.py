@@ -1,6 +1,6 @@
 """The one-caption pick of the embed stage.
 
-MoDE clusters pairs by caption meaning, one caption per pair (DESIGN.md step
+MoDE clusters pairs by caption meaning, one caption per pair (docs/method.md step
 1): when a sample has several, the reference picks one at random; we make
 that pick a pure function of (seed, key), so it does not depend on shard
 order, host count or resume points. Shards are read with

@@ -1,6 +1,6 @@
 """OpenAI CLIP's byte-level BPE tokenizer, in plain Python + numpy (no torch).
 
-The CLIP text tower (DESIGN.md, paper recipe) reads 77 token ids from a
+The CLIP text tower (docs/method.md, paper recipe) reads 77 token ids from a
 49,408-entry vocabulary: 256 byte symbols, the same 256 with an end-of-word
 '</w>' mark, 48,894 merges and <start_of_text>, <end_of_text>. The merges
 come from `bpe_simple_vocab_16e6.txt.gz`, which ships inside the open_clip

@@ -1,6 +1,6 @@
 """Caption and class-name embedders by name: the `embed` config section and its encoders.
 
-DESIGN.md step 1: captions (and, at routing time, class names) are embedded
+docs/method.md step 1: captions (and, at routing time, class names) are embedded
 with a frozen sentence encoder and L2-normalised. Encoders: 'minilm'
 (default) and other names from a small registry (`register_encoder`); any
 local Hugging Face BERT folder (e.g. supervised SimCSE with pooling='pooler',
@@ -82,7 +82,6 @@ def make_encoder(cfg: ml_collections.ConfigDict) -> TextEncoder:
 
 # embed fields that change how, not what, is computed (left out of every fingerprint)
 HOW_FIELDS = ("batch_size", "chunk", "cache_size")
-DIGEST_MEMO = "~/.cache/mode_jax/digests"   # encoder weights are hashed once per file
 
 
 def what_fields(cfg) -> dict:
@@ -91,24 +90,17 @@ def what_fields(cfg) -> dict:
 
 
 def weights_fingerprint(cfg) -> str:
-  """The encoder's files by content: a model folder's config.json and weights, or a CLIP
-  weights file ('' for a registered encoder without files)."""
-  files = []
+  """The encoder's files by content: every file of a model folder (config, weights,
+  tokenizer, pooling settings), or a CLIP weights file ('' for a registered encoder
+  without files)."""
   if cfg.encoder.startswith(clip_text_encoder.PREFIX):
     path = clip_text_encoder.weights_path(cfg.encoder)
-    if os.path.isfile(path):
-      files = [path]
-    elif os.path.isdir(path):
-      files = [os.path.join(path, "config.json"), os.path.join(path, "model.safetensors")]
   else:
     try:
-      folder = sentence_encoder.resolve_model_dir(cfg.encoder)
-      files = [os.path.join(folder, "config.json"), os.path.join(folder, "model.safetensors")]
+      path = sentence_encoder.resolve_model_dir(cfg.encoder)
     except FileNotFoundError:
-      pass
-  model = {os.path.basename(f): provenance.file_digest(f, DIGEST_MEMO)
-           for f in files if os.path.exists(f)}
-  return provenance.digest(model) if model else ""
+      return ""
+  return provenance.tree_digest(path, provenance.MACHINE_MEMO) if os.path.exists(path) else ""
 
 
 def fingerprint(cfg: ml_collections.ConfigDict) -> str:

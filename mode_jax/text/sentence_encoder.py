@@ -1,6 +1,6 @@
 """Texts -> L2-normalised sentence embeddings with a frozen BERT-family encoder.
 
-The caption embeddings that MoDE clusters (DESIGN.md step 1) and the class
+The caption embeddings that MoDE clusters (docs/method.md step 1) and the class
 metadata embeddings that route the ensemble (step 8) both come from here, so
 both sides use the same encoder, pooling and normalisation.
 

@@ -3,7 +3,7 @@
 The schedule is a function of the optimiser's own step count over the whole
 planned run (`total_steps`), not of the current job: a run resumed or an
 expert forked from the seed at step s continues the same curve from s
-(DESIGN.md step 6).
+(docs/method.md step 6).
 
 Config fields (`config.optim`): lr, warmup_steps, b1, b2, eps, weight_decay,
 end_lr_ratio (cosine floor as a fraction of lr; 0 in the paper), grad_clip

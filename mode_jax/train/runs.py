@@ -1,4 +1,4 @@
-"""The MoDE training runs of a workdir (DESIGN.md steps 5-6): plan, directories, forks.
+"""The MoDE training runs of a workdir (docs/method.md steps 5-6): plan, directories, forks.
 
   seed/         one dense CLIP on all data for seed_epochs of the planned
                 total_epochs (paper: 27 of 32); its last step is a milestone
@@ -27,6 +27,7 @@ the run that made it.
 from __future__ import annotations
 
 import functools
+import json
 from typing import NamedTuple
 
 import ml_collections
@@ -42,12 +43,12 @@ SEED_DIR, DENSE_DIR, EXPERTS_DIR = "seed", "dense", "experts"
 PLAN = f"{SEED_DIR}/plan.json"
 
 # The config fields that decide what a training run computes (its provenance): model,
-# optimiser, loss, batch, seed, schedule, input stream and augmentation, public weights.
-TRAINING_FIELDS = ("model", "optim", "loss", "batch_size", "seed", "mode", "input",
-                   "init.pretrained")
+# optimiser, loss, batch, seed, schedule, input stream and augmentation.
+TRAINING_FIELDS = ("model", "optim", "loss", "batch_size", "seed", "mode", "input")
 # ... less the ones that change how it runs, not what it computes: kernels and memory
 # policy (same maths), the data's location (its content is an input of its own), workers
-# and buffers. accum_steps is exact accumulation (state.make_train_step): how, too.
+# and buffers. accum_steps is exact accumulation (state.make_train_step): how, too. Public
+# weights (init.pretrained) are an input by content (decide), not by path.
 HOW_FIELDS = ("model.attention", "model.remat", "input.shards", "input.num_workers",
               "input.read_threads", "input.prefetch", "input.worker_buffer", "input.index_dir",
               "input.index_threads", "input.batch_size", "input.resolution")
@@ -115,6 +116,9 @@ def decide(config, workdir: str, run_rel: str, stage: str, inputs: dict, *,
   fields (+ extra_fields) and inputs; `final_step`: the checkpoint a done run must hold."""
   ck = ckpt_dir(config, workdir, run_rel)
   complete = final_step is None or wd.exists(wd.path(ck, str(final_step)))
+  if config.get("init") and config.init.get("pretrained"):
+    inputs = dict(inputs, pretrained=provenance.Input(provenance.tree_digest(
+        config.init.pretrained, digests.memo_dir(workdir)), {}, "pretrained weights"))
   return provenance.decide(
       workdir, run_rel, stage, dict(training_fields(config), **(extra_fields or {})), inputs,
       outputs_exist=wd.exists(run_dir(workdir, run_rel)) or wd.exists(ck), complete=complete)
@@ -162,6 +166,17 @@ def expert_rel(c: int) -> str:
 
 def read_plan(workdir: str) -> dict:
   return wd.read_json(wd.require(workdir, PLAN, "seed"))
+
+
+def current_seed(config, workdir: str) -> provenance.Input:
+  """The finished seed as an input of a run forked from it; StaleInput when the seed was made
+  from other training data or training fields than `config` names (run `seed` again)."""
+  got = provenance.upstream(workdir, SEED_DIR, "seed", "seed", ("step",))
+  now = decide(config, workdir, SEED_DIR, "seed", {"data": data_input(config, workdir)})
+  if now.fingerprint != got.fingerprint:
+    raise wd.StaleInput(provenance.manifest_path(workdir, SEED_DIR), "seed",
+                        provenance.explain(provenance.read(workdir, SEED_DIR), now.manifest))
+  return got
 
 
 def seed_step(config, workdir: str) -> int:
@@ -223,15 +238,22 @@ def finished_models(config, workdir: str) -> dict[str, FinishedModel]:
   """model name -> FinishedModel for the dense baseline and every expert.
 
   MissingInput (naming the stage that trains it) for a model whose run has
-  not finished (no done manifest, or no checkpoint at the final step).
+  not finished (no done manifest, or no checkpoint at the final step);
+  StaleInput for one trained with other training fields than `config`'s.
   """
   want = final_step(workdir)
   runs = {"dense": (DENSE_DIR, "dense")}
   runs.update({f"expert_{c}": (expert_rel(c), "experts") for c in range(config.cluster.n)})
+  now = json.loads(json.dumps(training_fields(config), default=str))
   out = {}
   for name, (rel, stage) in runs.items():
     ck_dir = ckpt_dir(config, workdir, rel)
     fp = provenance.upstream(workdir, rel, stage, name).fingerprint
+    made = provenance.read(workdir, rel)
+    was = {k: made.get("fields", {}).get(k) for k in now}
+    if was != now:   # trained with another recipe than config names: not this config's model
+      raise wd.StaleInput(provenance.manifest_path(workdir, rel), stage, provenance.explain(
+          {"fields": was}, {"stage": stage, "inputs": {}, "fields": now}))
     if not wd.exists(wd.path(ck_dir, str(want))):
       raise wd.MissingInput(wd.path(ck_dir, str(want)), stage)
     out[name] = FinishedModel(ck_dir, want, fp)

@@ -1,6 +1,6 @@
 """Stage `prepare`: the embedded demo corpus as webdataset shards in workdir/shards/.
 
-Real data that install offline (DATA.md), standing in for a web crawl:
+Real data that install offline (docs/corpus.md), standing in for a web crawl:
   clipart  Open Clip Art SVGs; captions = title, keywords, description
   icons    icon, emoji and stamp packages (icon_corpus: 31 iconify sets, OpenMoji,
            Fluent 3D, Tux Paint); alt-text captions from names, tags, categories

@@ -1,6 +1,6 @@
 """The icon, emoji and stamp corpus of `prepare`: training pairs and held-out tasks.
 
-Records come from the npm and Debian packages of DATA.md (sources_icons,
+Records come from the npm and Debian packages of docs/corpus.md (sources_icons,
 sources_openmoji, sources_fluent3d, sources_tuxpaint), are rendered through
 the shared render cache, and are split by corpus_split so nothing leaks:
 whole held-out families (OpenMoji, Tux Paint), ~10% of concept keys (joined

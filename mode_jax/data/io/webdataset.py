@@ -389,8 +389,8 @@ def make_sample(key: str, members: dict, *, with_images: bool, stats: Stats,
   return {"__key__": key, "texts": texts, "image": image, "label": label}
 
 
-def iter_shard(path: str, *, with_images: bool = True,
-               stats: Stats | None = None) -> Iterator[dict]:
+def iter_shard(path: str, *, with_images: bool = True, stats: Stats | None = None,
+               caption_keys=CAPTION_KEYS) -> Iterator[dict]:
   """Yields {"__key__", "texts", "image" (uint8 [H, W, 3] RGB or None), "label"} in tar order.
 
   With `with_images=False` image bytes are skipped with a seek (not read or
@@ -410,7 +410,8 @@ def iter_shard(path: str, *, with_images: bool = True,
   with f:
     try:
       for key, _, _, members in iter_samples_raw(f, with_images=with_images):
-        s = make_sample(key, members, with_images=with_images, stats=stats)
+        s = make_sample(key, members, with_images=with_images, stats=stats,
+                        caption_keys=caption_keys)
         if s is not None:
           yield s
     except TruncatedShard as e:

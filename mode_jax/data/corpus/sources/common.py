@@ -10,7 +10,7 @@ import numpy as np
 
 
 class MissingSource(FileNotFoundError):
-  """A data package of DATA.md is not installed; the message names the install command."""
+  """A data package of docs/corpus.md is not installed; the message names the install command."""
 
   def __init__(self, what: str, path: str, install: str):
     self.what, self.path, self.install = what, path, install

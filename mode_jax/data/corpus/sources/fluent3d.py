@@ -4,7 +4,7 @@ The package has pictures only (`assets/<hexcode>.webp`), so names, tags and
 groups come from emojibase by hexcode; a file emojibase cannot name is
 skipped and counted. The renders are Microsoft's Fluent design, so the
 family is "fluent", the same as iconify's flat, colour and high-contrast
-Fluent sets (DATA.md: design families repeat across packages).
+Fluent sets (docs/corpus.md: design families repeat across packages).
 """
 
 from __future__ import annotations

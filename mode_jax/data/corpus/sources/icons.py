@@ -2,7 +2,7 @@
 
 `json/<set>.json` holds each icon's SVG body, aliases (other names, or a
 flipped/rotated copy), categories for 77 sets, and for emoji sets `chars`
-(hexcode -> icon name); `info.license` is per set (DATA.md). Emoji are
+(hexcode -> icon name); `info.license` is per set (docs/corpus.md). Emoji are
 named and tagged from `emojibase-data` (en/data.json) by hexcode, so every
 emoji family gets the same CLDR label and tags whatever its icon names.
 
@@ -21,7 +21,7 @@ from mode_jax.data.corpus import captions as captions_alt, split as corpus_split
 
 ICONIFY = "@iconify/json"
 EMOJIBASE = "emojibase-data"
-# Never trained on (DATA.md: "Twemoji art ... is reserved for evaluation outside this
+# Never trained on (docs/corpus.md: "Twemoji art ... is reserved for evaluation outside this
 # repository"); matched on the set name and on any name that contains these words.
 DENIED_SETS = frozenset({"twemoji", "emoji-datasource-twitter"})
 DENIED_WORDS = ("twemoji", "twitter")
@@ -29,7 +29,7 @@ REFUSED_SETS = {"openmoji": "iconify's openmoji is the npm openmoji family, held
 
 # set -> (design family, label used in captions, style word or "", kind). The kind is
 # stated, not read from info.category: iconify files fluent-emoji under no category.
-# Emoji: the emoji families with names or hexcodes (DATA.md table). Icons: sets with
+# Emoji: the emoji families with names or hexcodes (docs/corpus.md table). Icons: sets with
 # categories (mdi 61, fa7 74, icon-park 39, healthicons 21, ...) plus large named sets
 # (game-icons, pinhead, tabler, phosphor) for volume; permissive or attribution
 # licences only (no NC, no GPL). Variants of one design share a family.
@@ -90,7 +90,7 @@ def check_allowed(set_name: str) -> None:
   if low in DENIED_SETS or any(w in low for w in DENIED_WORDS):
     raise ReservedForEvaluation(
         f"iconify set {set_name!r} is Twemoji art, reserved for evaluation outside this "
-        "repository (DATA.md): never train on it")
+        "repository (docs/corpus.md): never train on it")
   if low in REFUSED_SETS:
     raise ReservedForEvaluation(f"iconify set {set_name!r}: {REFUSED_SETS[low]}")
 

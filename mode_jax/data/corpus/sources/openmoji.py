@@ -1,7 +1,7 @@
 """OpenMoji (npm `openmoji`): colour and black line-art SVGs with CLDR annotations and groups.
 
 `data/openmoji.json` gives each emoji's annotation, CLDR tags, OpenMoji's own
-tags, its group (12) and subgroup (~100) and its author (DATA.md). The whole
+tags, its group (12) and subgroup (~100) and its author (docs/corpus.md). The whole
 family is held out by default (corpus_split.HELDOUT_FAMILIES): its groups
 and subgroups are the zero-shot labels of a design never trained on.
 """
