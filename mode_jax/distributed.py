@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from typing import Callable, Sequence, TypeVar
 
 import ml_collections
@@ -176,9 +177,14 @@ def abort(message: str, code: int = 1) -> None:
   barrier for every other process, while they wait at our barriers for this
   one: a pod that hangs after one host fails. os._exit skips it; the
   coordination service then misses this process's heartbeats and fails the
-  others' barriers. On one process this is sys.exit.
+  others' barriers. On one process this is sys.exit, unless threads of
+  background work are still running: a checkpoint save that failed leaves
+  Orbax's threads waiting minutes for signals that never come, and the
+  interpreter would wait for them at exit (os._exit then too).
   """
-  if process_count() == 1:
+  busy = [t for t in threading.enumerate()
+          if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+  if process_count() == 1 and not busy:
     raise SystemExit(message)
   print(message, file=sys.stderr, flush=True)
   sys.stdout.flush()

@@ -180,6 +180,7 @@ FAILING_SAVES = """
 import sys
 import jax, jax.numpy as jnp
 from mode_jax import checkpoint as ckpt_lib
+from mode_jax import distributed
 state = {"params": {f"w{i:02d}": jnp.full((3, 4), float(i)) for i in range(40)},
          "step": jnp.asarray(0)}
 ck = ckpt_lib.Checkpointer(sys.argv[1])
@@ -189,25 +190,32 @@ try:
   ck.close()
 except ckpt_lib.CheckpointError as e:
   ck.close()                    # after the error: no wait, no second raise
-  sys.exit(f"error: {e}")      # what launch.py does on one process
+  distributed.abort(f"error: {e}")   # what launch.py does
 """
 
 
-def test_a_failed_background_save_raises_one_line(gcs_unpatched):
-  """Orbax saves in a background thread; when that save fails (here: the released
-  emulator and a state of 40 arrays) the next save raises CheckpointError with one
-  line naming the step, the directory and the cause, and the process exits.
-  (In a process of its own, as launch.py runs, with no TensorStore or Orbax state left
-  by the other tests.)"""
+def test_a_failed_background_save_raises_one_line():
+  """Orbax saves in a background thread; when that save fails (here: an emulator that
+  refuses every write of step 2, 403) the next save raises CheckpointError with one line
+  naming the step, the directory and the cause, and the process exits. (In a process of
+  its own, as launch.py runs, with no TensorStore or Orbax state left by the other tests.
+  The released emulator's own failure, test_tensorstore_reads_generations_from_the_emulator,
+  fails saves only when TensorStore re-reads a manifest: not on a loaded machine.)"""
+  pytest.importorskip("gcp_storage_emulator",
+                      reason="pip install -r requirements-test.txt (gcp-storage-emulator)")
   d = f"gs://{BUCKET}/failing"
-  r = subprocess.run([sys.executable, "-c", FAILING_SAVES, d], cwd=ROOT, capture_output=True,
-                     text=True, timeout=600, env=clean_env(**gcs_unpatched))
+  with stores.gcs_emulator(BUCKET, deny="failing/2") as env:
+    # A hang bound, not a speed limit: the job takes seconds; before abort skipped them,
+    # Orbax's threads held the exit for 5 minutes after a failure on a loaded machine.
+    r = subprocess.run([sys.executable, "-c", FAILING_SAVES, d], cwd=ROOT, capture_output=True,
+                       text=True, timeout=180, env=clean_env(**env))
   assert r.returncode == 1, r.stderr[-3000:]
   # Orbax's and TensorStore's threads print tracebacks of the failure around it.
   errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
   assert len(errors) == 1, r.stderr[-3000:]
-  assert errors[0].startswith("error: checkpoint save of step ") and f" to {d} failed: " in errors[0]
-  assert MALFORMED in errors[0] and "tensorstore_spec" not in errors[0], errors[0]
+  assert errors[0].startswith("error: checkpoint save of step 2 ") and \
+      f" to {d} failed: " in errors[0]
+  assert "Forbidden" in errors[0] and "tensorstore_spec" not in errors[0], errors[0]
 
 
 def _two_hosts(env, directory):
@@ -230,12 +238,18 @@ def test_two_processes_save_and_restore_on_gcs(gcs):
   assert wd.exists(f"gs://{BUCKET}/two-hosts/3/commit_success.txt")
 
 
-def test_a_failed_save_on_a_pod_stops_both_hosts(gcs_unpatched):
+def test_a_failed_save_on_a_pod_stops_both_hosts():
   """The hang this replaces: the primary's save failed in the background while the
   other host polled for its files for 10 minutes. Now the host whose save failed
-  ends the job with one `error:` line and the other stops with it."""
-  outs = _two_hosts(gcs_unpatched, f"gs://{BUCKET}/failing-pod")
-  assert all(code != 0 for _, code in outs)
+  ends the job with one `error:` line and the other stops with it. The emulator refuses
+  every write of step 2 (403), so the save fails on every run: the released emulator's
+  failure (test_a_failed_background_save_raises_one_line) depends on timing."""
+  pytest.importorskip("gcp_storage_emulator",
+                      reason="pip install -r requirements-test.txt (gcp-storage-emulator)")
+  with stores.gcs_emulator(BUCKET, deny="failing-pod/2") as env:
+    outs = _two_hosts(env, f"gs://{BUCKET}/failing-pod")
+  assert all(code != 0 for _, code in outs), [(code, o[-2500:]) for o, code in outs]
   errors = [line for out, _ in outs for line in out.splitlines()
-            if line.startswith("error: checkpoint save of step ")]
-  assert errors and all(MALFORMED in e for e in errors), [o[-2000:] for o, _ in outs]
+            if line.startswith("error: checkpoint save of step 2 ")]
+  assert errors and all("Forbidden" in e for e in errors), \
+      [o[-2000:] for o, _ in outs]

@@ -23,8 +23,10 @@ Where the released emulator differs from GCS, and what that did to Orbax:
   server and loses nothing.
 
 `--unpatched` keeps the first two as released (tests show the failure).
+`--deny PREFIX` answers 403 to every upload of an object under PREFIX: a save
+that fails the same way on every run, whatever the load on the machine.
 
-  python tests/helpers/gcs_emulator.py PORT BUCKET [--unpatched]
+  python tests/helpers/gcs_emulator.py PORT BUCKET [--unpatched] [--deny PREFIX]
 """
 
 import logging
@@ -100,6 +102,19 @@ def _replace(name: str, wrap):
         methods[method] = patched
 
 
+def _denied_under(prefix: str):
+  """Uploads under `prefix` refused as GCS refuses a write without permission (403)."""
+  def wrap(insert):
+    def handler(request, response, storage, *args, **kwargs):
+      name = _object_name(request) or ""
+      if name.startswith(prefix):
+        response.status = HTTPStatus.FORBIDDEN
+        return None
+      return insert(request, response, storage, *args, **kwargs)
+    return handler
+  return wrap
+
+
 def patch():
   """GCS's generation headers on downloads and its generation preconditions."""
   _replace("download", _with_generation_headers)
@@ -109,15 +124,19 @@ def patch():
   _replace("delete", lambda f: _with_preconditions(f, read=False))
 
 
-def main(port: int, bucket: str, patched: bool = True):
+def main(port: int, bucket: str, patched: bool = True, deny: str = ""):
   if os.environ.get("GCS_EMULATOR_LOG"):   # every request, for debugging
     logging.basicConfig(level=logging.INFO, filename=os.environ["GCS_EMULATOR_LOG"])
   emulator_server.server.HTTPServer = _DeepBacklogServer   # the module APIThread builds on
   if patched:
     patch()
+  if deny:
+    _replace("insert", _denied_under(deny))
   emulator_server.create_server("127.0.0.1", port, in_memory=True,
                                 default_bucket=bucket).run()
 
 
 if __name__ == "__main__":
-  main(int(sys.argv[1]), sys.argv[2], patched="--unpatched" not in sys.argv[3:])
+  flags = sys.argv[3:]
+  main(int(sys.argv[1]), sys.argv[2], patched="--unpatched" not in flags,
+       deny=flags[flags.index("--deny") + 1] if "--deny" in flags else "")

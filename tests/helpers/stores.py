@@ -53,15 +53,16 @@ def _environ(env: dict):
 
 
 @contextlib.contextmanager
-def gcs_emulator(bucket: str, patched: bool = True):
+def gcs_emulator(bucket: str, patched: bool = True, deny: str = ""):
   """gcp-storage-emulator (tests/helpers/gcs_emulator.py) with one bucket.
 
   patched=False: downloads and preconditions as the released emulator serves
   them, without the generation headers TensorStore needs (Orbax saves fail).
+  deny: uploads of objects under this prefix are refused (403).
   """
   port = portpicker.pick_unused_port()
   url = f"http://127.0.0.1:{port}"
-  flags = [] if patched else ["--unpatched"]
+  flags = ([] if patched else ["--unpatched"]) + (["--deny", deny] if deny else [])
   server = subprocess.Popen([sys.executable, os.path.join(HERE, "gcs_emulator.py"), str(port),
                              bucket, *flags], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
