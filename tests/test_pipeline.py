@@ -215,10 +215,13 @@ def test_exported_bundle_classifies_as_the_report_ensembles(demo_workdir, tmp_pa
   np.testing.assert_array_equal(got["logits"].argmax(1), want.argmax(1))
 
 
-def test_probe_then_report_tabulates_the_probe_of_these_models(demo_workdir, tmp_path):
+def test_probe_then_report_tabulates_the_probe_of_these_models(demo_workdir, tmp_path,
+                                                              capsys):
   """`probe` after `report` (docs/evaluation.md's order) re-reports with the probe table (the
   report said "up to date" and left it out); a probe of other weights is never tabulated."""
   import shutil
+  from configs import demo
+  from mode_jax.stages import report
   w, _ = demo_workdir
   mine = str(tmp_path / "w")
   shutil.copytree(w, mine)
@@ -226,13 +229,13 @@ def test_probe_then_report_tabulates_the_probe_of_these_models(demo_workdir, tmp
              "--workdir", mine)
   assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
   assert os.path.exists(os.path.join(mine, "probe", "mnist.json"))
-  r = launch("report", "--config", "configs/demo.py:runlocal", "--workdir", mine)
-  assert r.returncode == 0, r.stderr[-3000:]
-  assert "new input probe" in r.stdout, r.stdout[-2000:]
+  config = demo.get_config("runlocal")
+  capsys.readouterr()
+  report.run(config, mine)
+  assert "new input probe" in capsys.readouterr().out
   assert "## Linear probe" in open(os.path.join(mine, "report", "results.md")).read()
   spec = json.load(open(os.path.join(mine, "probe", "mnist.json")))
   spec["idents"]["models"]["dense"] = "weights of another run"
   json.dump(spec, open(os.path.join(mine, "probe", "mnist.json"), "w"))
-  r = launch("report", "--config", "configs/demo.py:runlocal", "--workdir", mine)
-  assert r.returncode == 0, r.stderr[-3000:]
+  report.run(config, mine)
   assert "## Linear probe" not in open(os.path.join(mine, "report", "results.md")).read()

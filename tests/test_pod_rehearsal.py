@@ -38,8 +38,13 @@ BUCKET = "mode"
 # (3 epochs of 11 steps, a checkpoint every 10; killed once step KILL_AFTER is
 # committed), then 1-epoch experts and dense.
 # The three small sources: the rehearsal tests hosts, not the corpus (test_pipeline runs it).
+# Two tasks (one zero-shot, one retrieval) and a report without plots or cluster pages: the
+# rehearsal tests who reads and writes what, test_report the tables and plots.
 OVERRIDES = ["--config.prepare.shard_size=100", "--config.mode.total_epochs=4",
-             "--config.mode.seed_epochs=3", "--config.prepare.sources=clipart,fmnist,mnist"]
+             "--config.mode.seed_epochs=3", "--config.prepare.sources=clipart,fmnist,mnist",
+             "--config.evaluate.tasks=fashion_mnist,clipart_retrieval",
+             "--config.report.bootstrap_samples=100", "--config.report.plots=False",
+             "--config.report.clusters=False"]
 KILL_AFTER = 10
 TIMEOUT = 1500
 
