@@ -387,7 +387,8 @@ def test_prepare_tiny_all_sources(fake_tree, tmp_path, monkeypatch):
                      ("clipart_retrieval", "retrieval"), ("clipart_categories", "zeroshot")]:
     meta = json.load(open(os.path.join(shards, "eval", task + ".json")))
     assert meta["kind"] == kind and meta["num_samples"] == marker["eval"][task]
-    if kind == "zeroshot":
+    if kind == "zeroshot":   # scored by mean per-class recall (imbalanced tasks, chance 1/n)
+      assert meta["metric"] == "mean_per_class"
       assert all(isinstance(n, list) and n for n in meta["classnames"]) and meta["templates"]
       labels = [s["json"]["label"] for f, ss in samples.items()
                 if f.startswith(f"eval/{task}-") for _, s in ss]

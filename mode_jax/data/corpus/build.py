@@ -52,8 +52,12 @@ from mode_jax.data.io import wds_writer
 from mode_jax.data.corpus.sources.common import (MissingSource, choose_subset, debian_version,
                                                  item_key)
 
-FORMAT_VERSION = 4   # bump when the shard contents change for the same config (3: leak audit,
-                     # 4: keys derived from the item)
+FORMAT_VERSION = 5   # bump when the shard contents change for the same config (3: leak audit,
+                     # 4: keys derived from the item, 5: zero-shot tasks name their metric)
+# The demo's zero-shot tasks are scored by mean per-class recall (chance 1/n), as
+# CLIP_benchmark scores its imbalanced ones: the largest OpenMoji group holds 63% of its
+# images, so top-1 against 1/n misleads; on a balanced task the two are equal.
+ZEROSHOT_METRIC = "mean_per_class"
 MARKER = "shards/prepare.json"
 SOURCES = ("clipart", "icons", "fmnist", "mnist")
 # Fields that change how, not what, is built: left out of the fingerprint.
@@ -283,6 +287,8 @@ def _write_eval(workdir, task, samples, meta, shard_size, bar) -> list[str]:
   pattern = wd.path(workdir, "shards", "eval", task + "-%05d.tar")
   paths = wds_writer.write_shards(pattern, samples, shard_size, bar.update) if samples else []
   rel = [f"eval/{wd.basename(p)}" for p in paths]
+  if meta["kind"] == "zeroshot":
+    meta = {"metric": ZEROSHOT_METRIC, **meta}
   wd.write_json(wd.path(workdir, "shards", "eval", task + ".json"),
                 {**meta, "num_samples": len(samples), "shards": rel})
   return rel + [f"eval/{task}.json"]
