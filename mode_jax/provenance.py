@@ -198,6 +198,11 @@ def upstream(workdir: str, rel: str, stage: str, label: str, facts=()) -> Input:
   return Input(m["fingerprint"], {k: got.get(k) for k in facts}, label)
 
 
+def as_stored(fields: dict) -> dict:
+  """Config fields as a manifest holds them (JSON: tuples are lists), so they compare."""
+  return json.loads(json.dumps(fields, default=str))
+
+
 def decide(workdir: str, rel: str, stage: str, fields: dict, inputs: dict[str, Input],
            outputs_exist: bool = False, complete: bool = True) -> Decision:
   """What a stage must do with its outputs under <workdir>/<rel> (see the module doc).
@@ -207,7 +212,7 @@ def decide(workdir: str, rel: str, stage: str, fields: dict, inputs: dict[str, I
   unknown origin and are re-made. complete: the outputs a done manifest
   promises are all there (False: someone deleted some; they are re-made).
   """
-  fields = json.loads(json.dumps(fields, default=str))   # as a manifest holds them: lists
+  fields = as_stored(fields)
   version = VERSIONS.get(stage, 1)
   fp = digest({"stage": stage, "version": version, "fields": fields,
                "inputs": {k: v.fingerprint for k, v in sorted(inputs.items())}})

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from mode_jax import distributed
 from mode_jax import provenance
 from mode_jax import workdir as wd
 from mode_jax.data.corpus import fmnist_stream
@@ -41,13 +40,9 @@ def run(config, workdir: str):
   decision = runs.decide(config, workdir, RUN, RUN, {"data": data},
                          extra_fields=provenance.select(config, RUN_FIELDS),
                          final_step=config.num_steps)
-  if not decision.todo:
-    if distributed.is_primary():
-      print(f"train: up to date (step {config.num_steps}, fingerprint {decision.fingerprint})")
+  if not runs.begin(config, workdir, RUN, RUN, decision, f"training to step {config.num_steps}",
+                    config.num_steps):
     return None
-  if distributed.is_primary():
-    print(provenance.say(RUN, decision, f"training to step {config.num_steps}"))
-  runs.start(config, workdir, RUN, decision)
   result = trainer.train(config, run_dir, input_fn=input_fn, evaluators=evaluators)
   runs.finish(workdir, RUN, decision, step=config.num_steps)
   finals = {k: v for row in result.history for k, v in row.items() if "zeroshot" in k}

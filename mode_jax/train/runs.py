@@ -27,7 +27,6 @@ the run that made it.
 from __future__ import annotations
 
 import functools
-import json
 from typing import NamedTuple
 
 import ml_collections
@@ -138,20 +137,28 @@ def finish(workdir: str, run_rel: str, decision: provenance.Decision, **facts) -
                          lambda: provenance.finish(workdir, run_rel, decision, **facts))
 
 
+def begin(config, workdir: str, run_rel: str, stage: str, decision: provenance.Decision,
+          doing: str, num_steps: int) -> bool:
+  """A training run's one line (up to date, or why it trains) and, when it trains, its
+  stale outputs moved aside and its running manifest; False when there is nothing to do."""
+  if not decision.todo:
+    if distributed.is_primary():
+      print(f"{stage}: up to date (step {num_steps}, fingerprint {decision.fingerprint})")
+    return False
+  if distributed.is_primary():
+    print(provenance.say(stage, decision, doing))
+  start(config, workdir, run_rel, decision)
+  return True
+
+
 def fit_once(config, workdir: str, run_rel: str, stage: str, decision: provenance.Decision,
              doing: str, *, index_fn, files=None, **fit_kw):
   """One run of a training stage under its provenance decision: up to date -> one line and
   None; else the one line of why, stale outputs aside, `files` ({rel: json} the run writes
   beside its outputs, e.g. the seed's plan), training (`index_fn()` gives the sample
   index), the done manifest; returns the trainer's result."""
-  if not decision.todo:
-    if distributed.is_primary():
-      print(f"{stage}: up to date (step {fit_kw['num_steps']}, fingerprint "
-            f"{decision.fingerprint})")
+  if not begin(config, workdir, run_rel, stage, decision, doing, fit_kw["num_steps"]):
     return None
-  if distributed.is_primary():
-    print(provenance.say(stage, decision, doing))
-  start(config, workdir, run_rel, decision)
   if files:
     distributed.on_primary(f"{run_rel} files", lambda: [
         wd.write_json(wd.path(workdir, rel), obj) for rel, obj in files.items()])
@@ -244,7 +251,7 @@ def finished_models(config, workdir: str) -> dict[str, FinishedModel]:
   want = final_step(workdir)
   runs = {"dense": (DENSE_DIR, "dense")}
   runs.update({f"expert_{c}": (expert_rel(c), "experts") for c in range(config.cluster.n)})
-  now = json.loads(json.dumps(training_fields(config), default=str))
+  now = provenance.as_stored(training_fields(config))
   out = {}
   for name, (rel, stage) in runs.items():
     ck_dir = ckpt_dir(config, workdir, rel)
