@@ -90,13 +90,15 @@ def unpacked(name: str, patterns: list[str], version: str | None = None,
         if _safe(m) and any(fnmatch.fnmatchcase(rel, p) for p in todo):
           out = os.path.join(dest, "package", rel)
           os.makedirs(os.path.dirname(out), exist_ok=True)
-          with tar.extractfile(m) as src, open(out + ".tmp", "wb") as dst:
+          tmp = f"{out}.tmp-{os.getpid()}"   # unique: two processes may unpack at once
+          with tar.extractfile(m) as src, open(tmp, "wb") as dst:
             dst.write(src.read())
-          os.replace(out + ".tmp", out)
+          os.replace(tmp, out)
     os.makedirs(dest, exist_ok=True)
-    with open(done_path + ".tmp", "w") as f:
+    tmp = f"{done_path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
       json.dump(sorted(done | set(todo)), f)
-    os.replace(done_path + ".tmp", done_path)
+    os.replace(tmp, done_path)
   return os.path.join(dest, "package")
 
 

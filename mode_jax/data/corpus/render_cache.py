@@ -90,9 +90,10 @@ def _save(path: str, entries: dict, size: int) -> None:
   images = (np.stack([entries[k] for k in keys if entries[k] is not None]) if ok.any()
             else np.zeros((0, size, size, 3), np.uint8))
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + ".tmp", "wb") as f:
+  tmp = f"{path}.tmp-{os.getpid()}"   # unique: two processes may fill one cache
+  with open(tmp, "wb") as f:
     np.savez_compressed(f, keys=np.array(keys), ok=ok, images=images)
-  os.replace(path + ".tmp", path)
+  os.replace(tmp, path)
 
 
 def render_records(records: list[dict], size: int, cache_dir: str, workers: int = 2,

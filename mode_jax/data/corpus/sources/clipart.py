@@ -159,7 +159,7 @@ def _save_cache(path: str, entries: dict, size: int) -> None:
   images = (np.stack([entries[r][2] for r in ok]) if ok
             else np.zeros((0, size, size, 3), np.uint8))
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp"
+  tmp = f"{path}.tmp-{os.getpid()}"   # unique: two processes may fill one cache
   with open(tmp, "wb") as f:
     np.savez_compressed(f, relpaths=np.array(rels),
                         status=np.array([entries[r][0] for r in rels]),
