@@ -14,7 +14,9 @@ Layout and formats (all arrays little-endian numpy):
                                       optional "label": int) and/or <key>.txt
   shards/eval/<task>-{00000..}.tar    evaluation sets, same member layout;
   shards/eval/<task>.json             {"kind": "zeroshot"|"retrieval",
-                                       "classnames": [...], "templates": [...]}
+                                       "classnames": [...], "templates": [...],
+                                       "split": "test" (held out; the default) or
+                                       "validation" (where a recipe is chosen)}
   index/<stem>-<hash>.npz             cached sample index of a shard (byte offsets
                                       per sample), rebuilt when the shard changes
   embed/<shard-stem>.npz              keys: str[n]; emb: float16|float32[n, D],
@@ -113,6 +115,9 @@ import numpy as np
 
 # The training shards `prepare` writes; the default of config.input.shards.
 TRAIN_SHARDS = "shards/train-*.tar"
+# A task's split: held-out tasks report the results; a recipe is chosen on validation ones,
+# which the report tables and averages apart (issue 23).
+TEST, VALIDATION = "test", "validation"
 
 
 class MissingInput(RuntimeError):

@@ -124,7 +124,8 @@ def _records(n_concepts=60):
 
 def test_split_holds_out_families_and_concepts_without_overlap():
   recs, images = _records()
-  sp = cs.split(recs, images, heldout_families=("om",), concept_frac=0.2, seed=0)
+  sp = cs.split(recs, images, heldout_families=("om",), concept_frac=0.2, seed=0,
+                val_frac=0.0)
   by = {r["key"]: r for r in recs}
   train, fam, con = sp["train"], sp["heldout_family"], sp["heldout_concept"]
   assert {by[k]["family"] for k in train}.isdisjoint({by[k]["family"] for k in fam})
@@ -143,7 +144,8 @@ def test_split_joins_the_other_sources_concepts():
   free = sorted({r["concept"] for r in recs} - set(held))
   trained, also_held = held[:2], free[:3]   # e.g. Fashion-MNIST's 'dress', a clip-art title
   sp = cs.split(recs, images, heldout_families=("om",), concept_frac=0.2, seed=0,
-                train_concepts=trained + ["name:absent"], heldout_concepts=also_held)
+                train_concepts=trained + ["name:absent"], heldout_concepts=also_held,
+                val_frac=0.0)
   by = {r["key"]: r for r in recs}
   con = {by[k]["concept"] for k in sp["heldout_concept"]}
   assert con == (set(held) - set(trained)) | set(also_held)
@@ -154,13 +156,13 @@ def test_split_joins_the_other_sources_concepts():
 
 def test_split_drops_planted_near_duplicate_keeps_different_image():
   recs, images = _records()
-  sp0 = cs.split(recs, images, heldout_families=("om",), concept_frac=0.2, seed=0)
+  sp0 = cs.split(recs, images, heldout_families=("om",), concept_frac=0.2, seed=0, val_frac=0.0)
   victim, other = sp0["heldout_family"][:2]
   images[victim] = _near_copy(images[sp0["train"][0]])   # a re-export of a training image
   clip = _drawing(99999)
   images[other] = _near_copy(clip)   # a copy of an image of another training source
   sp = cs.split(recs, images, heldout_families=("om",), concept_frac=0.2, seed=0,
-                extra_train_hashes=cs.phash(clip[None]))
+                extra_train_hashes=cs.phash(clip[None]), val_frac=0.0)
   assert sp["near_duplicates"] == sorted([victim, other])
   assert victim not in sp["heldout_family"] and victim not in sp["heldout_concept"]
   assert len(sp["heldout_family"]) == 58 and sp["counts"]["near_duplicates"] == 2
@@ -175,13 +177,50 @@ def test_split_skips_unrendered_and_reports_unknown_family():
   assert sp["counts"]["unknown_heldout_families"] == ["tuxpaint"]
 
 
+def test_validation_band_comes_from_training_families_and_leaves_the_heldout_split_alone():
+  recs, images = _records()
+  by = {r["key"]: r for r in recs}
+  sp0 = cs.split(recs, images, heldout_families=("om",), concept_frac=0.2, seed=0, val_frac=0.0)
+  sp = cs.split(recs, images, heldout_families=("om",), concept_frac=0.2, seed=0, val_frac=0.2)
+  val = {c for c in {r["concept"] for r in recs} if 0.2 <= cs.concept_hash(c, 0) < 0.4}
+  assert 5 < len(val) < 20 and sp0["validation"] == []
+  assert {by[k]["concept"] for k in sp["validation"]} == val
+  assert {by[k]["family"] for k in sp["validation"]} == {"noto", "mdi"}
+  assert len(sp["validation"]) == 2 * len(val) == sp["counts"]["validation"]
+  assert sp["counts"]["validation_concepts"] == len(val)
+  # training gives up exactly the validation images; the held-out concepts do not move
+  assert sorted(sp["train"] + sp["validation"]) == sorted(sp0["train"])
+  assert sp["heldout_concept"] == sp0["heldout_concept"]
+  # no held-out task shows a validation concept: OpenMoji's images of them are dropped
+  assert not {by[k]["concept"] for k in sp["heldout_family"]} & val
+  assert len(sp["heldout_family"]) == 60 - len(val)
+  # a validation image that copies a training image is dropped like a held-out one
+  victim = sp["validation"][0]
+  images[victim] = _near_copy(images[sp["train"][0]])
+  sp2 = cs.split(recs, images, heldout_families=("om",), concept_frac=0.2, seed=0, val_frac=0.2)
+  assert victim in sp2["near_duplicates"] and victim not in sp2["validation"]
+
+
+def test_validation_tasks():
+  recs, images = _records()
+  sp = cs.split(recs, images, heldout_families=("om",), concept_frac=0.2, seed=0, val_frac=0.2)
+  by = {r["key"]: r for r in recs}
+  samples, meta = cs.validation_groups(recs, sp, min_images=1)
+  assert {s["key"] for s in samples} == set(sp["validation"])
+  assert all(meta["classes"][s["label"]] == by[s["key"]]["group"] for s in samples)
+  assert meta["kind"] == "zeroshot" and meta["templates"] == cs.EVAL_TEMPLATES
+  samples, _ = cs.concept_retrieval(recs, sp, seed=0, part="validation")
+  val = {by[k]["concept"] for k in sp["validation"]}
+  assert sorted(by[s["key"]]["concept"] for s in samples) == sorted(val)
+
+
 # --- evaluation tasks ---------------------------------------------------------------
 
 def test_eval_tasks():
   recs, images = _records()
   recs.append({**recs[-1], "key": "om/comp", "group": "component", "subgroup": "skin-tone"})
   images["om/comp"] = _drawing(7)
-  sp = cs.split(recs, images, heldout_families=("om",), concept_frac=0.2, seed=0)
+  sp = cs.split(recs, images, heldout_families=("om",), concept_frac=0.2, seed=0, val_frac=0.0)
   samples, meta = cs.openmoji_zeroshot(
       [{**r, "family": "openmoji"} if r["family"] == "om" else r for r in recs], sp,
       level="group", min_images=15)

@@ -500,13 +500,22 @@ def test_prepare_icons_from_real_packages_never_leaks(tmp_path):
     if f.startswith("eval/"):
       evals[f[5:].rsplit("-", 1)[0]] += [(rec(k), s) for k, s in ss]
   assert set(evals) <= set(icon_corpus.TASKS) and "icon_retrieval" in evals
+  val_concepts = {r["concept"] for t in ("val_emoji_groups", "val_icon_retrieval")
+                  for r, _ in evals.get(t, ())}
+  assert "val_icon_retrieval" in evals and not val_concepts & train_concepts
   for task, items in evals.items():
+    split = json.load(open(os.path.join(shards, "eval", task + ".json"))).get("split", "test")
+    assert split == ("validation" if task.startswith("val_") else "test")
     for r, s in items:
-      if task == "icon_retrieval":   # held-out concepts: never trained on, in any family
+      if task.endswith("icon_retrieval"):   # held-out / validation concepts: never trained on
         assert r["concept"] not in train_concepts
         assert s["json"]["texts"] and set(s["json"]["texts"]) <= set(r["captions"])
+      if task.startswith("val_"):   # carved from the training families, in no held-out task
+        assert r["family"] not in corpus_split.HELDOUT_FAMILIES
       else:
-        assert r["family"] in corpus_split.HELDOUT_FAMILIES
+        assert r["concept"] not in val_concepts
+        if task != "icon_retrieval":
+          assert r["family"] in corpus_split.HELDOUT_FAMILIES
       assert s["png"].shape == (16, 16, 3)
   for task in ("openmoji_groups", "openmoji_line_groups"):
     meta = json.load(open(os.path.join(shards, "eval", task + ".json")))

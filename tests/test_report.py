@@ -333,6 +333,32 @@ def add_binary_task(w, rng, task="memes", n=40):
   wd.write_json(f"{w}/eval/tasks/{task}.json", {"kind": "zeroshot", "metric": "roc_auc"})
 
 
+def test_validation_tasks_are_tabled_and_averaged_apart(workdir):
+  """A task of the validation split (where a recipe is chosen) is in its own table and
+  average, and in no interval; the held-out average is over held-out tasks only."""
+  wd.write_json(f"{workdir}/shards/eval/toy.json", {
+      "kind": "zeroshot", "classnames": list("abcd"), "templates": ["{}"], "split": "validation"})
+  cfg = report.default_config()
+  cfg.plots, cfg.bootstrap_samples = False, 50
+  out = report.run_report(cfg, workdir)
+  res = read_csv(f"{workdir}/report/results.csv")
+  assert set(res) == {"toy", "caps", "average", "average (validation)"}
+  assert {t: r["split"] for t, r in res.items()} == {
+      "toy": "validation", "average (validation)": "validation", "caps": "test", "average": "test"}
+  for col in ("dense", "expert_1", "MoDE"):
+    assert float(res["average"][col]) == pytest.approx(float(res["caps"][col]))
+    assert float(res["average (validation)"][col]) == pytest.approx(float(res["toy"][col]))
+  assert [r["task"] for r in out["rows"]] == ["caps", "average"]
+  assert [r["task"] for r in out["validation"]] == ["toy", "average (validation)"]
+  assert {r["task"] for r in out["significance"]} == {"caps", "average"}
+  md = open(f"{workdir}/report/results.md").read()
+  head, val = md.split("## Validation")
+  assert "| toy |" in val and "| toy |" not in head and "| caps |" in head
+  with open(f"{workdir}/report/routing_weights.csv") as f:
+    assert {r["task"]: r["split"] for r in csv.DictReader(f)} == {"toy": "validation",
+                                                                  "caps": "test"}
+
+
 def test_metrics_significance_sharpness_probe_skipped(workdir):
   from sklearn.metrics import balanced_accuracy_score, roc_auc_score
   rng = np.random.default_rng(5)

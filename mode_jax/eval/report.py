@@ -91,6 +91,14 @@ def load_cluster(workdir: str):
   return centers.astype(np.float32), f2e.astype(np.int32), order
 
 
+def task_split(workdir: str, task: str) -> str:
+  """wd.TEST (held out: the results) or wd.VALIDATION (where a recipe is chosen)."""
+  split = files.read_task_spec(workdir, task).get("split", wd.TEST)
+  if split not in (wd.TEST, wd.VALIDATION):
+    raise ValueError(f"task {task}: unknown split {split!r}")
+  return split
+
+
 def task_kind_metric(workdir: str, task: str) -> tuple[str, str]:
   """(kind, metric) of a task's spec, checked before any scoring."""
   spec = files.read_task_spec(workdir, task)
@@ -235,8 +243,10 @@ def columns(rows, n) -> list[str]:
   return cols
 
 
-def with_average(rows, cols):
-  avg = {"task": "average", "kind": "", "metric": "", "n_classes": ""}
+def with_average(rows, cols, name: str = "average"):
+  if not rows:
+    return []
+  avg = {"task": name, "kind": "", "metric": "", "n_classes": ""}
   for c in cols:
     vals = [r[c] for r in rows if c in r]
     avg[c] = float(np.mean(vals)) if len(vals) == len(rows) else ""   # only over all tasks
@@ -404,7 +414,8 @@ def write_probe(out, probe) -> str:
 
 
 def run_report(cfg, workdir: str, models: dict[str, str] | None = None) -> dict | None:
-  """Writes report/; returns {'rows', 'weights', 'columns', 'sharpness', 'significance',
+  """Writes report/; returns {'rows' (held-out tasks and their average), 'validation'
+  (validation tasks and theirs, [] when none), 'weights', 'columns', 'sharpness', 'significance',
   'skipped', 'probe', 'specialisation' (long rows), 'clusters' (cluster_summary.run's
   answer or None)}; prints the markdown table.
 
@@ -425,6 +436,7 @@ def _report(cfg, workdir: str, models=None) -> dict:
   skipped = files.read_skipped(workdir)
   tasks = list_tasks(cfg, workdir, skipped)
   specs = [task_kind_metric(workdir, t) for t in tasks]   # every spec checked before scoring
+  splits = {t: task_split(workdir, t) for t in tasks}
   fine_centers, fine_to_expert, order = load_cluster(workdir)
   n = len(order)
   if not 1 <= int(cfg.top_k) <= len(fine_centers):
@@ -433,14 +445,26 @@ def _report(cfg, workdir: str, models=None) -> dict:
   results = [evaluate_task(cfg, workdir, t, jnp.asarray(fine_centers),
                            jnp.asarray(fine_to_expert), order, kind, metric, assign_metric)
              for t, (kind, metric) in tqdm(list(zip(tasks, specs)), desc="report", leave=False)]
+  for t, r in zip(tasks, results):
+    r["row"]["split"] = splits[t]
   rows = [r["row"] for r in results]
   cols = columns(rows, n)
-  table = with_average(rows, cols)
+  # Held-out tasks are the results; validation tasks (where a recipe is chosen) are tabled
+  # and averaged apart, and stay out of the intervals.
+  table = with_average([r for r in rows if r["split"] == wd.TEST], cols)
+  val_rows = [r for r in rows if r["split"] == wd.VALIDATION]
+  val_table = with_average(val_rows, cols, "average (validation)")
+  for r in val_table:
+    r["split"] = wd.VALIDATION
+  if table:
+    table[-1]["split"] = wd.TEST
+  test_tasks = [t for t in tasks if splits[t] == wd.TEST]
+  test_results = [r for t, r in zip(tasks, results) if splits[t] == wd.TEST]
 
   out = wd.path(workdir, "report")
-  head = (["task", "kind", "metric", "n_classes"] + cols
+  head = (["task", "split", "kind", "metric", "n_classes"] + cols
           + ["best_single_expert", "prior_expert", "n_unlabelled"])
-  write_csv(wd.path(out, "results.csv"), head, table)
+  write_csv(wd.path(out, "results.csv"), head, table + val_table)
   md = markdown(["task", "kind", "metric", "n_classes"] + cols, table)
   notes = (
       f"Scores in %: zero-shot = the task's metric (top1; mean_per_class = per-class top-1 "
@@ -452,6 +476,11 @@ def _report(cfg, workdir: str, models=None) -> dict:
       f"routing weight, alone.\nMoDE-k: first k experts of expert_order {order} (widest "
       f"spread first), weights renormalised over them.\n")
   doc = "# MoDE results\n\n" + notes + "\n" + md + "\n" + unlabelled_note(rows)
+  if val_table:
+    doc += ("\n## Validation\n\nTasks built from concepts held back from the training "
+            "families (never in a held-out task): a recipe is chosen here, and these rows are "
+            "not in the average above.\n\n"
+            + markdown(["task", "kind", "metric", "n_classes"] + cols, val_table) + "\n")
   if skipped:
     doc += ("\nSkipped (not evaluated, not in the average):\n"
             + "".join(f"- {t}: {why}\n" for t, why in sorted(skipped.items())))
@@ -460,7 +489,8 @@ def _report(cfg, workdir: str, models=None) -> dict:
   if leaks:
     doc += "\n## Leak audit\n\n" + leaks
 
-  sig_rows = bootstrap(cfg, results, tasks) if int(cfg.get("bootstrap_samples", 0)) else []
+  sig_rows = (bootstrap(cfg, test_results, test_tasks)
+              if int(cfg.get("bootstrap_samples", 0)) and test_tasks else [])
   if sig_rows:
     sig_head = ["task", "comparison", "diff", "lo", "hi", "significant"]
     write_csv(wd.path(out, "significance.csv"), sig_head, sig_rows)
@@ -488,10 +518,11 @@ def _report(cfg, workdir: str, models=None) -> dict:
   wd.write_text(wd.path(out, "results.md"), doc)
 
   sharpness = {t: routing_sharpness(r["weights"]) for t, r in zip(tasks, results)}
-  wrows = [{"task": t, "kind": r["row"]["kind"], "n_classes": r["row"]["n_classes"],
+  wrows = [{"task": t, "split": splits[t], "kind": r["row"]["kind"],
+            "n_classes": r["row"]["n_classes"],
             **{f"expert_{c}": float(r["weights"][c]) for c in range(n)}, **sharpness[t]}
            for t, r in zip(tasks, results)]
-  whead = (["task", "kind", "n_classes"] + [f"expert_{c}" for c in range(n)]
+  whead = (["task", "split", "kind", "n_classes"] + [f"expert_{c}" for c in range(n)]
            + ["max_weight", "entropy", "entropy_norm"])
   write_csv(wd.path(out, "routing_weights.csv"), whead, wrows)
   wd.write_text(wd.path(out, "routing_weights.md"),
@@ -506,7 +537,8 @@ def _report(cfg, workdir: str, models=None) -> dict:
   if cfg.get("plots", True):
     plot(out, tasks, [r["weights"] for r in results], rows, n)
   print(md)
-  return {"rows": table, "weights": {t: r["weights"] for t, r in zip(tasks, results)},
+  return {"rows": table, "validation": val_table,
+          "weights": {t: r["weights"] for t, r in zip(tasks, results)},
           "columns": cols, "sharpness": sharpness, "significance": sig_rows,
           "skipped": skipped, "probe": probe[1] if probe else None,
           "specialisation": spec_rows, "clusters": clusters}

@@ -68,10 +68,13 @@ class Task:
   source: str = "workdir"       # "workdir" or the task folder
   train_pattern: str | None = None
   captions: str = "json"        # where retrieval captions live: "json" (ours) or "txt_lines" (CB)
+  split: str = wd.TEST          # wd.VALIDATION: a task a recipe is chosen on (reported apart)
 
   def spec(self) -> dict:
     """What evaluate.evaluate_zeroshot needs, and what eval/tasks/<task>.json records."""
     out = {"kind": self.kind, "metric": self.metric, "source": self.source}
+    if self.split != wd.TEST:
+      out["split"] = self.split
     if self.kind == "zeroshot":
       out.update(classnames=self.classnames, templates=self.templates,
                  n_classes=len(self.classnames))
@@ -129,7 +132,8 @@ def workdir_tasks(workdir: str) -> dict[str, Task]:
         name, kind, s.get("metric", "top1") if kind == "zeroshot" else retrieval.TASK_METRIC,
         wd.path("shards", "eval", f"{name}-*.tar"), classnames=s.get("classnames"),
         templates=None if kind == "retrieval" else
-        list(s.get("templates") or templates_lib.task_templates(name)))
+        list(s.get("templates") or templates_lib.task_templates(name)),
+        split=s.get("split", wd.TEST))
   return out
 
 

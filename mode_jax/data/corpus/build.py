@@ -15,6 +15,11 @@ sharding, so every shard mixes sources. Evaluation sets (shards/eval/):
   openmoji_groups, openmoji_line_groups, openmoji_subgroups, tuxpaint_categories
                       zero-shot on design families never trained on
   icon_retrieval      retrieval, one image per held-out concept key
+  val_emoji_groups, val_icon_retrieval
+                      validation ("split": "validation"): emoji groups and retrieval
+                      over concepts held back from the training families (~5% of
+                      keys, corpus_split.VAL_CONCEPT_FRAC); a recipe is chosen on
+                      these, and the report tables them apart
 Zero-shot templates never occur among the training caption templates. Held-out
 images within the split's pHash threshold of any training image (any source;
 Fashion-MNIST and MNIST: pixel-identical ones) and retrieval captions that
@@ -52,8 +57,9 @@ from mode_jax.data.io import wds_writer
 from mode_jax.data.corpus.sources.common import (MissingSource, choose_subset, debian_version,
                                                  item_key)
 
-FORMAT_VERSION = 5   # bump when the shard contents change for the same config (3: leak audit,
-                     # 4: keys derived from the item, 5: zero-shot tasks name their metric)
+FORMAT_VERSION = 6   # bump when the shard contents change for the same config (3: leak audit,
+                     # 4: keys derived from the item, 5: zero-shot tasks name their metric,
+                     # 6: a validation split carved from the training families)
 # The demo's zero-shot tasks are scored by mean per-class recall (chance 1/n), as
 # CLIP_benchmark scores its imbalanced ones: the largest OpenMoji group holds 63% of its
 # images, so top-1 against 1/n misleads; on a balanced task the two are equal.

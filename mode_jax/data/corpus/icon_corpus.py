@@ -23,6 +23,7 @@ import os
 
 import numpy as np
 
+from mode_jax import workdir as wd
 from mode_jax.data.corpus import audit, split as corpus_split, npm_packages, render_cache
 from mode_jax.data.corpus.sources import fluent3d as sources_fluent3d
 from mode_jax.data.corpus.sources import icons as sources_icons
@@ -39,15 +40,26 @@ NPM_NEEDS = {"iconify": (sources_icons.ICONIFY, sources_icons.EMOJIBASE),
 
 
 def _tasks(seed: int, min_images: int, known=None) -> dict:
-  """task -> builder(records, split): the held-out evaluation tasks (corpus_split);
-  `known(text)`: a training caption, never a retrieval caption."""
+  """task -> builder(records, split): the held-out evaluation tasks, then the validation
+  ones (corpus_split; their meta says "split": "validation"); `known(text)`: a training
+  caption, never a retrieval caption."""
   oz, tz = corpus_split.openmoji_zeroshot, corpus_split.tuxpaint_zeroshot
+  retrieval = corpus_split.concept_retrieval
+
+  def validation(samples_meta):
+    samples, meta = samples_meta
+    return samples, {**meta, "split": wd.VALIDATION}
+
   return {
       "openmoji_groups": lambda r, s: oz(r, s, "group", "color", min_images),
       "openmoji_line_groups": lambda r, s: oz(r, s, "group", "black", min_images),
       "openmoji_subgroups": lambda r, s: oz(r, s, "subgroup", "color", min_images),
       "tuxpaint_categories": lambda r, s: tz(r, s, 1, min_images),
-      "icon_retrieval": lambda r, s: corpus_split.concept_retrieval(r, s, seed, known),
+      "icon_retrieval": lambda r, s: retrieval(r, s, seed, known),
+      "val_emoji_groups": lambda r, s: validation(
+          corpus_split.validation_groups(r, s, min_images)),
+      "val_icon_retrieval": lambda r, s: validation(
+          retrieval(r, s, seed, known, part="validation")),
   }
 
 

@@ -7,8 +7,12 @@ families (docs/corpus.md), so images are never split one by one:
   * about `heldout_concept_frac` of concept keys are held out in every family,
     drawn by a hash of the key, so a concept is never on both sides; concepts
     joined by a record's other names ("alias_concepts") go as one group;
-  * a held-out image within PHASH_MAX_DISTANCE bits (64-bit DCT pHash) of
-    any training image is dropped: the same picture under another name.
+  * a validation band of another `val_concept_frac` of concept keys (the
+    next slice of the same hash) is held back from the training families:
+    their images are the validation split, choices of a recipe are made on it
+    (issue 23), and those concepts are in no held-out task either;
+  * a held-out or validation image within PHASH_MAX_DISTANCE bits (64-bit DCT
+    pHash) of any training image is dropped: the same picture under another name.
 The evaluation tasks (zero-shot over OpenMoji groups and subgroups and Tux
 Paint categories; retrieval over held-out concepts) are built from what is
 left; a retrieval caption that training also has (audit.caption_key) is
@@ -35,6 +39,7 @@ RECORD_FIELDS = ("key", "family", "concept", "captions", "render", "licence", "a
                  "source", "version")
 HELDOUT_FAMILIES = ("openmoji", "tuxpaint")   # issue 13: OpenMoji colour + line art, Tux Paint
 HELDOUT_CONCEPT_FRAC = 0.1                    # issue 13: ~10% of concept keys
+VAL_CONCEPT_FRAC = 0.05                       # issue 23: ~5% more, the validation split
 # Bits within which a held-out image counts as a training image's copy. Measured
 # on 2,000 of the corpus's iconify renders (64 px, normalised pHash below): a copy
 # shifted by 1 px and brightened by 20 levels is within 4 bits for 87% of icons
@@ -149,10 +154,21 @@ def concept_groups(records: list[dict]) -> dict:
   return {c: root(c) for c in parent}
 
 
-def concept_heldout(concept: str, frac: float, seed: int) -> bool:
-  """Seeded by the key alone: adding a family never moves another concept across."""
+def concept_hash(concept: str, seed: int) -> float:
+  """A uniform draw in [0, 1) seeded by the key alone: adding a family never moves another
+  concept across."""
   digest = hashlib.sha1(f"{seed}:{concept}".encode()).digest()
-  return int.from_bytes(digest[:8], "little") / 2.0 ** 64 < frac
+  return int.from_bytes(digest[:8], "little") / 2.0 ** 64
+
+
+def concept_heldout(concept: str, frac: float, seed: int) -> bool:
+  return concept_hash(concept, seed) < frac
+
+
+def concept_validation(concept: str, heldout_frac: float, val_frac: float, seed: int) -> bool:
+  """The band just above the held-out one: never both, and the held-out concepts stay
+  those of a split without validation."""
+  return heldout_frac <= concept_hash(concept, seed) < heldout_frac + val_frac
 
 
 # --- perceptual hash ------------------------------------------------------------
@@ -266,9 +282,13 @@ def near_duplicates(query: np.ndarray, reference: np.ndarray, max_distance: int)
 def split(records: list[dict], images: dict, heldout_families=HELDOUT_FAMILIES,
           concept_frac: float = HELDOUT_CONCEPT_FRAC, seed: int = 0,
           max_distance: int = PHASH_MAX_DISTANCE, extra_train_hashes=None,
-          train_concepts=(), heldout_concepts=()) -> dict:
-  """{"train", "heldout_family", "heldout_concept", "near_duplicates", "counts",
-  "train_hashes" (phash of the "train" images, in order)}.
+          train_concepts=(), heldout_concepts=(), val_frac: float = VAL_CONCEPT_FRAC) -> dict:
+  """{"train", "heldout_family", "heldout_concept", "validation", "near_duplicates",
+  "counts", "train_hashes" (phash of the "train" images, in order)}.
+
+  "validation": keys of the training families whose concept is in the
+  validation band (concept_validation); held-out family images of those
+  concepts are dropped, so no held-out task shows a validation concept.
 
   Records without an image (render failed or blank) are left out. Keys of a
   held-out family whose concept is also held out are in both held-out lists.
@@ -292,10 +312,14 @@ def split(records: list[dict], images: dict, heldout_families=HELDOUT_FAMILIES,
   also_held = {of(c) for c in heldout_concepts} - trained
   hashed = {c for c in concepts if concept_heldout(of(c), concept_frac, seed)}
   held = {c for c in concepts if of(c) not in trained and (of(c) in also_held or c in hashed)}
-  train = [r["key"] for r in recs if r["family"] not in families and r["concept"] not in held]
-  fam = [r["key"] for r in recs if r["family"] in families]
+  val = {c for c in concepts if c not in held and of(c) not in trained
+         and concept_validation(of(c), concept_frac, val_frac, seed)}
+  train = [r["key"] for r in recs if r["family"] not in families
+           and r["concept"] not in held and r["concept"] not in val]
+  fam = [r["key"] for r in recs if r["family"] in families and r["concept"] not in val]
   con = [r["key"] for r in recs if r["concept"] in held]
-  evals = sorted(set(fam) | set(con))
+  vkeys = [r["key"] for r in recs if r["family"] not in families and r["concept"] in val]
+  evals = sorted(set(fam) | set(con) | set(vkeys))
   hashes = phash(np.stack([images[k] for k in train + evals])) if recs else np.zeros(0, np.uint64)
   reference = hashes[:len(train)]
   if extra_train_hashes is not None:
@@ -304,15 +328,17 @@ def split(records: list[dict], images: dict, heldout_families=HELDOUT_FAMILIES,
   dropped = {k for k, d in zip(evals, dup) if d}
   fam = [k for k in fam if k not in dropped]
   con = [k for k in con if k not in dropped]
+  vkeys = [k for k in vkeys if k not in dropped]
   by_family = collections.defaultdict(collections.Counter)
   family_of = {r["key"]: r["family"] for r in recs}
   for name, keys in (("train", train), ("heldout_family", fam), ("heldout_concept", con),
-                     ("near_duplicates", sorted(dropped))):
+                     ("validation", vkeys), ("near_duplicates", sorted(dropped))):
     for k in keys:
       by_family[family_of[k]][name] += 1
   counts = {
       "records": len(records), "rendered": len(recs), "train": len(train),
       "heldout_family": len(fam), "heldout_concept": len(con),
+      "validation": len(vkeys), "validation_concepts": len(val),
       "near_duplicates": len(dropped), "concepts": len(concepts), "heldout_concepts": len(held),
       "concept_groups": len({of(c) for c in concepts}),
       "largest_concept_group": max(collections.Counter(of(c) for c in concepts).values(),
@@ -323,7 +349,7 @@ def split(records: list[dict], images: dict, heldout_families=HELDOUT_FAMILIES,
       "heldout_families": sorted(families), "unknown_heldout_families": sorted(unknown),
       "max_distance": max_distance, "by_family": {f: dict(c) for f, c in sorted(by_family.items())},
   }
-  return {"train": train, "heldout_family": fam, "heldout_concept": con,
+  return {"train": train, "heldout_family": fam, "heldout_concept": con, "validation": vkeys,
           "near_duplicates": sorted(dropped), "counts": counts,
           "train_hashes": hashes[:len(train)]}
 
@@ -369,6 +395,18 @@ def openmoji_zeroshot(records: list[dict], the_split: dict, level: str = "group"
   return _zeroshot(by_class, names, min_images)
 
 
+def validation_groups(records: list[dict], the_split: dict, min_images: int = MIN_CLASS_IMAGES,
+                      exclude=OPENMOJI_EXCLUDE):
+  """(samples, meta) over CLDR emoji groups of the validation images (the emoji of the
+  training families, Fluent and the iconify emoji sets), built as openmoji_groups is."""
+  keep = set(the_split["validation"])
+  by_class = collections.defaultdict(list)
+  for r in records:
+    if r["key"] in keep and r.get("group") and r["group"] not in exclude:
+      by_class[r["group"]].append(r["key"])
+  return _zeroshot(by_class, OPENMOJI_GROUPS, min_images)
+
+
 def tuxpaint_zeroshot(records: list[dict], the_split: dict, depth: int = 1,
                       min_images: int = MIN_CLASS_IMAGES):
   """(samples, meta) over Tux Paint's category tree cut at `depth` ('animals', 'animals/birds')."""
@@ -381,15 +419,17 @@ def tuxpaint_zeroshot(records: list[dict], the_split: dict, depth: int = 1,
   return _zeroshot(by_class, names, min_images)
 
 
-def concept_retrieval(records: list[dict], the_split: dict, seed: int = 0, known=None):
-  """(samples [{"key", "texts"}], meta): one image per held-out concept, seeded.
+def concept_retrieval(records: list[dict], the_split: dict, seed: int = 0, known=None,
+                      part: str = "heldout_concept"):
+  """(samples [{"key", "texts"}], meta): one image per concept of `part` (held-out
+  concepts, or "validation"), seeded.
 
   One per concept: several images with the same name would make a caption
   match several images and the retrieval ranks ambiguous. `known(text)`: the
   caption is a training caption (audit.Training.knows); such captions are
   dropped, and a record left without one is not drawn.
   """
-  keep = set(the_split["heldout_concept"])
+  keep = set(the_split[part])
   by_concept = collections.defaultdict(list)
   for r in records:
     if r["key"] in keep:
