@@ -19,7 +19,7 @@ from mode_jax.eval import files, report, zeroshot
 from mode_jax.eval import tasks as tasks_lib
 from mode_jax.models import embedders
 from mode_jax.models import loader as model_loader
-from mode_jax.train import runs
+from mode_jax.train import runs, text_inputs
 
 
 class DemoRun:
@@ -54,7 +54,7 @@ class DemoRun:
     """Returns classify(images uint8 [B, H, W, 3]) -> (MoDE logits [B, N], weights [n])."""
     spec = self.tasks[task]
     models = runs.finished_models(self.config, self.workdir)
-    tok = runs.clip_tokenizer()
+    tok = text_inputs.eval_tokenizer(self.config, self.config.model)
     weights = self.routing_weights(task)
     experts = []
     for c in range(self.n):

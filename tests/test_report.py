@@ -32,6 +32,19 @@ def ref_routing(E, M, pi, n, per_query=False):
   return e / e.sum()
 
 
+def ref_paper_routing(E, M, pi, n):
+  """Paper Sec. 3.3 (Eq. 5-6) in float64: A_l = prior exp(-d_l^2 / lambda) to each class's
+  nearest center, w = softmax(sum per expert)."""
+  N = len(E)
+  d2 = ((E[:, None].astype(np.float64) - M[None]) ** 2).sum(-1)
+  lam = 0.2 / (math.log(N) if N > 200 else 1.0)
+  prior = math.exp(0.5 - math.sqrt(N)) if N < 10 else 1.0
+  a = prior * np.exp(-d2.min(1) / lam)
+  u = np.array([a[pi[d2.argmin(1)] == k].sum() for k in range(n)])
+  e = np.exp(u - u.max())
+  return e / e.sum()
+
+
 def ref_infonce(s, t2i):
   """Symmetric InfoNCE, a loop per row; an image's positives are all its captions."""
   i2t = [-np.log(np.exp(s[i, t2i == i]).sum() / np.exp(s[i]).sum()) for i in range(len(s))]
@@ -97,6 +110,12 @@ def read_csv(p):
     return {r["task"]: r for r in csv.DictReader(f)}
 
 
+def read_weights(workdir, formula="reference"):
+  """report/routing_weights.csv's rows of one formula, by task."""
+  with open(f"{workdir}/report/routing_weights.csv") as f:
+    return {r["task"]: r for r in csv.DictReader(f) if r["formula"] == formula}
+
+
 def test_report_numbers(workdir, capsys):
   cfg = report.default_config()
   cfg.plots = True
@@ -116,6 +135,9 @@ def test_report_numbers(workdir, capsys):
   want = {"dense": top1(toy["dense"]["logits"], y), "seed": top1(toy["seed"]["logits"], y),
           **{f"expert_{c}": top1(L[c], y) for c in range(3)},
           "uniform": top1(L.mean(0), y), "MoDE": top1(np.einsum("c,cij->ij", w, L), y)}
+  wp = ref_paper_routing(np.load(f"{workdir}/eval/meta_emb/toy.npy"), M, pi, 3)
+  want["MoDE_paper"] = top1(np.einsum("c,cij->ij", wp, L), y)
+  assert not np.allclose(w, wp)   # the two formulas differ here
   ex = [want[f"expert_{c}"] for c in range(3)]
   want["best_single"] = max(ex)
   want["prior"] = ex[int(np.argmax(w))]
@@ -172,11 +194,13 @@ def test_report_numbers(workdir, capsys):
                                               float(res["caps"]["MoDE"])) / 2)
   assert avg["seed"] == ""   # not averaged over a subset of the tasks
 
-  weights = read_csv(f"{workdir}/report/routing_weights.csv")
-  np.testing.assert_allclose([float(weights["toy"][f"expert_{c}"]) for c in range(3)], w,
-                             rtol=1e-5)
-  np.testing.assert_allclose([float(weights["caps"][f"expert_{c}"]) for c in range(3)], wc,
-                             rtol=1e-5)
+  with open(f"{workdir}/report/routing_weights.csv") as f:
+    weights = {(r["task"], r["formula"]): r for r in csv.DictReader(f)}
+  assert set(weights) == {(t, f) for t in ("toy", "caps") for f in ("reference", "paper")}
+  for (task, formula), ref in ((("toy", "reference"), w), (("caps", "reference"), wc),
+                               (("toy", "paper"), wp)):
+    np.testing.assert_allclose([float(weights[task, formula][f"expert_{c}"]) for c in range(3)],
+                               ref, rtol=1e-5)
   for f in ["results.md", "routing_weights.md", "metrics.csv"]:
     assert os.path.getsize(f"{workdir}/report/{f}") > 0
   for f in ["routing_weights.png", "scores.png"]:
@@ -308,7 +332,7 @@ def test_retrieval_meta_rows_follow_the_caption_columns(workdir):
   assert int(row["n_classes"]) == 12
   assert float(row["MoDE"]) == pytest.approx(mean_r1(np.einsum("c,cij->ij", wc, L),
                                                      np.einsum("tc,cit->it", wq, L), t2i))
-  weights = read_csv(f"{workdir}/report/routing_weights.csv")["caps"]
+  weights = read_weights(workdir)["caps"]
   np.testing.assert_allclose([float(weights[f"expert_{c}"]) for c in range(3)], wc, rtol=1e-5)
 
   # a model that read other images cannot join the ensemble; nor can a file without txt_index
@@ -355,8 +379,8 @@ def test_validation_tasks_are_tabled_and_averaged_apart(workdir):
   head, val = md.split("## Validation")
   assert "| toy |" in val and "| toy |" not in head and "| caps |" in head
   with open(f"{workdir}/report/routing_weights.csv") as f:
-    assert {r["task"]: r["split"] for r in csv.DictReader(f)} == {"toy": "validation",
-                                                                  "caps": "test"}
+    assert {(r["task"], r["split"]) for r in csv.DictReader(f)} == {("toy", "validation"),
+                                                                    ("caps", "test")}
 
 
 def test_metrics_significance_sharpness_probe_skipped(workdir):
@@ -407,7 +431,7 @@ def test_metrics_significance_sharpness_probe_skipped(workdir):
   assert open(f"{workdir}/report/significance.csv").read() == first   # fixed seed
 
   # routing sharpness
-  weights = read_csv(f"{workdir}/report/routing_weights.csv")
+  weights = read_weights(workdir)
   for t in ["toy", "caps", "memes"]:
     w = np.array([float(weights[t][f"expert_{c}"]) for c in range(N_EXPERTS)])
     ent = -np.sum(w * np.log(w))

@@ -20,7 +20,7 @@ from mode_jax.data.io import loader as data_loader
 from mode_jax.eval import tasks as tasks_lib
 from mode_jax.models import convert, embedders
 from mode_jax.models import loader as model_loader
-from mode_jax.train import runs, sharding
+from mode_jax.train import runs, sharding, text_inputs
 
 # eval/<name>/ folders that are not free for a public model: the run's own models and
 # the stage's files (`seed` would pass for the seed baseline in the report).
@@ -82,13 +82,13 @@ def eval_mesh():
 
 
 def load(config, ref: ModelRef, mesh):
-  """(CLIP replicated on `mesh`, image size, context length)."""
+  """(CLIP replicated on `mesh`, its model config)."""
   if ref.kind == "checkpoint":
     model, cfg = model_loader.load_model(ref.path, model_cfg=config.model, step=ref.step,
                                          mesh=mesh)
   else:
     model, cfg = model_loader.load_model(ref.path, mesh=mesh, act=ref.act)
-  return model, cfg.image_size, cfg.context_length
+  return model, cfg
 
 
 def input_config(config, resolution: int) -> ml_collections.ConfigDict:
@@ -108,7 +108,8 @@ def batches(in_cfg, workdir: str, pattern: str, batch_size: int):
 
 def make_embedders(config, ref: ModelRef, mesh):
   """(embed_images, embed_texts, image size, logit scale) of one model on the eval mesh."""
-  model, res, ctx = load(config, ref, mesh)
-  ei, et = embedders.make_embedders(model, runs.clip_tokenizer(), context_length=ctx,
+  model, cfg = load(config, ref, mesh)
+  ei, et = embedders.make_embedders(model, text_inputs.eval_tokenizer(config, cfg),
+                                    context_length=cfg.context_length,
                                     batch_size=config.eval_batch_size, mesh=mesh)
-  return ei, et, res, float(np.asarray(model.logit_terms()[0]))
+  return ei, et, cfg.image_size, float(np.asarray(model.logit_terms()[0]))

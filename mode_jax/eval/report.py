@@ -157,6 +157,9 @@ def evaluate_task(cfg, workdir, task, fine_centers, fine_to_expert, order,
                      f"eval/meta_emb/{task}.npy has {len(meta)} rows")
   args = (fine_centers, fine_to_expert, n, cfg.mode, int(cfg.top_k))
   weights = np.asarray(routing.routing_weights(jnp.asarray(meta), *args))
+  other = other_formula(cfg.mode)   # scored beside it: the paper's and the reference's
+  other_args = (fine_centers, fine_to_expert, n, other, int(cfg.top_k))
+  other_weights = np.asarray(routing.routing_weights(jnp.asarray(meta), *other_args))
   row = {"task": task, "kind": kind, "metric": metric, "n_classes": len(meta)}
   if kind == "zeroshot":   # left out of every score below (zeroshot.labelled)
     row["n_unlabelled"] = zeroshot.n_unlabelled(labels)
@@ -195,10 +198,13 @@ def evaluate_task(cfg, workdir, task, fine_centers, fine_to_expert, order,
   row["prior"], row["prior_expert"] = row[f"expert_{prior}"], prior
   if kind == "zeroshot":
     score("MoDE", ensemble.combine(stack, weights))
+    score(f"MoDE_{other}", ensemble.combine(stack, other_weights))
     for k, logits in ensemble.progressive(stack, order, weights):
       score(f"MoDE-{k}", logits)
   else:
     score("MoDE", *ensemble.retrieval_ensemble(stack, weights, qweights))
+    score(f"MoDE_{other}", *ensemble.retrieval_ensemble(
+        stack, other_weights, routing.query_routing_weights(jnp.asarray(meta), *other_args)))
     for k, i2t, t2i in ensemble.progressive_retrieval(stack, order, weights, qweights):
       score(f"MoDE-{k}", i2t, t2i)
   spec = []
@@ -208,8 +214,13 @@ def evaluate_task(cfg, workdir, task, fine_centers, fine_to_expert, order,
                                                        assign_metric)
     models = {m: (a["logits"], specialisation.logit_scale(a)) for m, a in arrays.items()}
     spec = specialisation.task_rows(task, models, txt_to_img, caption_expert, n)
-  return {"row": row, "weights": weights, "metrics": metrics, "stats": stats,
-          "specialisation": spec}
+  return {"row": row, "weights": weights, "other_weights": other_weights, "metrics": metrics,
+          "stats": stats, "specialisation": spec}
+
+
+def other_formula(mode: str) -> str:
+  """The routing formula the report scores beside the configured one."""
+  return next(m for m in routing.MODES if m != mode)
 
 
 def caption_rows(task: str, models: dict, n_meta: int) -> np.ndarray:
@@ -239,8 +250,9 @@ def unlabelled_note(rows) -> str:
 def columns(rows, n) -> list[str]:
   cols = ["dense"] + (["seed"] if any("seed" in r for r in rows) else [])
   cols += [f"expert_{c}" for c in range(n)]
-  cols += ["uniform", "best_single", "prior", "MoDE"] + [f"MoDE-{k}" for k in range(1, n + 1)]
-  return cols
+  cols += ["uniform", "best_single", "prior", "MoDE"]
+  cols += [k for k in rows[0] if k.startswith("MoDE_")] if rows else []
+  return cols + [f"MoDE-{k}" for k in range(1, n + 1)]
 
 
 def with_average(rows, cols, name: str = "average"):
@@ -270,22 +282,26 @@ def markdown(header, rows, fmt="{:.2f}") -> str:
   return "\n".join(lines)
 
 
-def plot(out_dir, tasks, weights, rows, n):
+def plot(out_dir, tasks, weights: dict, rows, n):
+  """routing_weights.png (one heat map per formula, {formula: [weights per task]}) and
+  scores.png."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  w = np.stack(weights)
-  fig, ax = plt.subplots(figsize=(3.0 + 0.7 * n, 1.8 + 0.45 * len(tasks)))
-  im = ax.imshow(w, cmap="viridis", aspect="auto")   # data range: reference weights are gentle
-  mid = (w.min() + w.max()) / 2
-  ax.set_xticks(range(n), [f"expert {c}" for c in range(n)], rotation=45, ha="right")
-  ax.set_yticks(range(len(tasks)), tasks)
-  for i in range(len(tasks)):
-    for j in range(n):
-      ax.text(j, i, f"{w[i, j]:.3f}", ha="center", va="center", fontsize=7,
-              color="white" if w[i, j] < mid else "black")
-  fig.colorbar(im, ax=ax, label="routing weight")
-  ax.set_title("MoDE routing weights")
+  fig, axes = plt.subplots(1, len(weights), squeeze=False,
+                           figsize=(len(weights) * (3.0 + 0.7 * n), 1.8 + 0.45 * len(tasks)))
+  for ax, (formula, ws) in zip(axes[0], weights.items()):
+    w = np.stack(ws)
+    im = ax.imshow(w, cmap="viridis", aspect="auto")   # data range: reference weights are gentle
+    mid = (w.min() + w.max()) / 2
+    ax.set_xticks(range(n), [f"expert {c}" for c in range(n)], rotation=45, ha="right")
+    ax.set_yticks(range(len(tasks)), tasks)
+    for i in range(len(tasks)):
+      for j in range(n):
+        ax.text(j, i, f"{w[i, j]:.3f}", ha="center", va="center", fontsize=7,
+                color="white" if w[i, j] < mid else "black")
+    fig.colorbar(im, ax=ax, label="routing weight")
+    ax.set_title(f"routing weights: {formula} formula")
   fig.tight_layout()
   wd.save_figure(wd.path(out_dir, "routing_weights.png"), fig)
   plt.close(fig)
@@ -470,8 +486,9 @@ def _report(cfg, workdir: str, models=None) -> dict:
       f"Scores in %: zero-shot = the task's metric (top1; mean_per_class = per-class top-1 "
       f"recall, averaged; top1_top5 = (top-1 + top-5) / 2; roc_auc = ROC AUC of binary "
       f"tasks); retrieval = mean of image->text R@1 and text->image R@1.\n"
-      f"Routing: {cfg.mode} formula, top_k={cfg.top_k}; image->text uses "
-      f"corpus-level weights, text->image per-query weights.\n"
+      f"Routing: {cfg.mode} formula, top_k={cfg.top_k} (MoDE); MoDE_{other_formula(cfg.mode)} "
+      f"routes by the other formula; image->text uses corpus-level weights, text->image "
+      f"per-query weights.\n"
       f"best_single is an ORACLE (chosen on test labels); prior = the expert with the largest "
       f"routing weight, alone.\nMoDE-k: first k experts of expert_order {order} (widest "
       f"spread first), weights renormalised over them.\n")
@@ -518,11 +535,13 @@ def _report(cfg, workdir: str, models=None) -> dict:
   wd.write_text(wd.path(out, "results.md"), doc)
 
   sharpness = {t: routing_sharpness(r["weights"]) for t, r in zip(tasks, results)}
-  wrows = [{"task": t, "split": splits[t], "kind": r["row"]["kind"],
+  other = other_formula(cfg.mode)
+  wrows = [{"task": t, "formula": f, "split": splits[t], "kind": r["row"]["kind"],
             "n_classes": r["row"]["n_classes"],
-            **{f"expert_{c}": float(r["weights"][c]) for c in range(n)}, **sharpness[t]}
-           for t, r in zip(tasks, results)]
-  whead = (["task", "split", "kind", "n_classes"] + [f"expert_{c}" for c in range(n)]
+            **{f"expert_{c}": float(w[c]) for c in range(n)}, **routing_sharpness(w)}
+           for t, r in zip(tasks, results)
+           for f, w in ((cfg.mode, r["weights"]), (other, r["other_weights"]))]
+  whead = (["task", "formula", "split", "kind", "n_classes"] + [f"expert_{c}" for c in range(n)]
            + ["max_weight", "entropy", "entropy_norm"])
   write_csv(wd.path(out, "routing_weights.csv"), whead, wrows)
   wd.write_text(wd.path(out, "routing_weights.md"),
@@ -535,7 +554,8 @@ def _report(cfg, workdir: str, models=None) -> dict:
           for t, r in zip(tasks, results) for m, d in r["metrics"].items() for k, v in d.items()]
   write_csv(wd.path(out, "metrics.csv"), ["task", "model", "metric", "value"], long)
   if cfg.get("plots", True):
-    plot(out, tasks, [r["weights"] for r in results], rows, n)
+    plot(out, tasks, {cfg.mode: [r["weights"] for r in results],
+                      other: [r["other_weights"] for r in results]}, rows, n)
   print(md)
   return {"rows": table, "validation": val_table,
           "weights": {t: r["weights"] for t, r in zip(tasks, results)},

@@ -20,6 +20,8 @@ Config fields (`config.model`):
   logit_bias      add SigLIP's learnable bias (used with the sigmoid loss)
   eos_id          None: pool at argmax(token id) (OpenAI); else at that id
   vision, text    optional overrides of width/depth/heads, e.g. vision.width=128
+  text.features   > 0: a locked text tower (models/text.py FeatureText, LiT): the model
+                  takes that many sentence-encoder features per caption instead of tokens
   embed_dim       optional override of the joint embedding size
 """
 
@@ -34,7 +36,7 @@ from flax import nnx
 
 from mode_jax import constants
 from mode_jax.models import roles
-from mode_jax.models.text import TextTransformer
+from mode_jax.models.text import FeatureText, TextTransformer
 from mode_jax.models.vit import VisionTransformer
 
 
@@ -95,8 +97,14 @@ def default_config() -> ml_collections.ConfigDict:
   # Per-tower overrides of the variant's sizes (0 = the variant's); mlp_ratio 0 = MLP_RATIO
   # (public weights with another MLP width set it: models/convert.py config_from_params).
   c.vision = ml_collections.ConfigDict({"width": 0, "depth": 0, "heads": 0, "mlp_ratio": 0.0})
-  c.text = ml_collections.ConfigDict({"width": 0, "depth": 0, "heads": 0, "mlp_ratio": 0.0})
+  c.text = ml_collections.ConfigDict({"width": 0, "depth": 0, "heads": 0, "mlp_ratio": 0.0,
+                                      "features": 0})
   return c
+
+
+def text_features(cfg) -> int:
+  """Sentence-encoder features the text tower takes (0: it takes tokens)."""
+  return int(cfg.get("text", {}).get("features", 0) or 0)
 
 
 def _size(table, size, override) -> TowerSize:
@@ -131,6 +139,9 @@ def validate(cfg) -> None:
   if attention == "cudnn" and cfg.dtype == "float32":
     raise ValueError("config.model.attention='cudnn' needs config.model.dtype bfloat16 or "
                      "float16: use 'xla' for float32")
+  if int(cfg.get("text", {}).get("features", 0) or 0) < 0:
+    raise ValueError(f"config.model.text.features={cfg.text.features} must be >= 0 "
+                     "(0 = a token text tower)")
   for name, table in (("vision", VISION_SIZES), ("text", TEXT_SIZES)):
     t = _size(table, size, cfg.get(name, {}))
     if t.width % t.heads:
@@ -152,11 +163,14 @@ class CLIP(nnx.Module):
         image_size=cfg.image_size, patch_size=patch, width=v.width, depth=v.depth,
         heads=v.heads, embed_dim=embed_dim, act=cfg.act, dtype=dtype,
         mlp_ratio=cfg.get("vision", {}).get("mlp_ratio") or MLP_RATIO, **blocks)
-    self.text = TextTransformer(
-        vocab_size=cfg.vocab_size, context_length=cfg.context_length, width=t.width,
-        depth=t.depth, heads=t.heads, embed_dim=embed_dim, act=cfg.act,
-        eos_id=cfg.get("eos_id"), dtype=dtype,
-        mlp_ratio=cfg.get("text", {}).get("mlp_ratio") or MLP_RATIO, **blocks)
+    if text_features(cfg):
+      self.text = FeatureText(features=text_features(cfg), embed_dim=embed_dim, rngs=rngs)
+    else:
+      self.text = TextTransformer(
+          vocab_size=cfg.vocab_size, context_length=cfg.context_length, width=t.width,
+          depth=t.depth, heads=t.heads, embed_dim=embed_dim, act=cfg.act,
+          eos_id=cfg.get("eos_id"), dtype=dtype,
+          mlp_ratio=cfg.get("text", {}).get("mlp_ratio") or MLP_RATIO, **blocks)
     init_scale = constants.SIGLIP_SCALE_INIT if cfg.logit_bias else constants.LOGIT_SCALE_INIT
     self.logit_scale = nnx.Param(jnp.asarray(init_scale, jnp.float32), **roles.meta(roles.LOGIT))
     self.logit_bias = (nnx.Param(jnp.asarray(constants.SIGLIP_BIAS_INIT, jnp.float32),

@@ -54,3 +54,25 @@ class TextTransformer(nnx.Module):
       pool = jnp.argmax(tokens == self.eos_id, axis=-1)
     x = jnp.take_along_axis(x, pool[:, None, None], axis=1)[:, 0]
     return x @ self.text_projection.astype(x.dtype)
+
+
+class FeatureText(nnx.Module):
+  """A locked text tower (LiT, Zhai et al. 2022): the frozen sentence encoder's caption
+  embeddings (config.embed, the ones the clustering reads) in, a trainable linear head out.
+
+  The encoder itself never runs in training: its outputs for the training captions are the
+  embed stage's (train/caption_features.py), and evaluation encodes prompts with the same
+  encoder. Only the head (and the image tower) learn; experts fork it like any parameter.
+  """
+
+  def __init__(self, *, features: int, embed_dim: int, rngs):
+    self.text_projection = nnx.Param(
+        nnx.initializers.normal(features ** -0.5)(rngs.params(), (features, embed_dim)),
+        **roles.meta(roles.KERNEL))
+
+  def __call__(self, x):
+    """x: float [B, features] sentence embeddings -> [B, embed_dim] (not normalised)."""
+    if x.ndim != 2 or x.shape[1] != self.text_projection.shape[0]:
+      raise ValueError(f"the text tower takes [B, {self.text_projection.shape[0]}] sentence "
+                       f"embeddings, not an array of shape {x.shape}")
+    return x.astype(jnp.float32) @ self.text_projection.get_value()

@@ -10,11 +10,16 @@ collective) and process 0 alone writes. Only reads the workdir.
 from mode_jax import workdir as wd
 from mode_jax.eval import bundle, model_refs, report
 from mode_jax.models import loader as model_loader
+from mode_jax.models.clip import text_features
 from mode_jax.train import runs
 
 
 def run(config, workdir: str) -> str:
   """Writes the bundle (default <workdir>/bundle); returns its path."""
+  if text_features(config.model):
+    raise ValueError("config.model.text.features: a bundle holds Hugging Face CLIP models, and "
+                     "a locked text tower (sentence features + a linear head) is not one; "
+                     "export a model with a token text tower")
   out = bundle.export_config(config).out or wd.path(workdir, "bundle")
   models = runs.finished_models(config, workdir)
   centers, f2e, order = report.load_cluster(workdir)

@@ -18,6 +18,7 @@ from mode_jax import workdir as wd
 from mode_jax.data.corpus import fmnist_stream
 from mode_jax.eval import zeroshot
 from mode_jax.models import embedders
+from mode_jax.models.clip import text_features
 from mode_jax.text.clip_bpe import ClipTokenizer
 from mode_jax.train import runs, trainer
 
@@ -29,6 +30,9 @@ RUN_FIELDS = ("num_steps", "schedule_steps", "init.checkpoint", "init.step",
 
 
 def run(config, workdir: str):
+  if text_features(config.model):
+    raise ValueError("config.model.text.features: the train stage's caption stream has no "
+                     "sentence features (a locked text tower trains in the pipeline, from embed/)")
   run_dir = wd.path(workdir, RUN)
   config = config.copy_and_resolve_references()
   with config.unlocked():

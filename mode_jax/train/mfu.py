@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from mode_jax.models.clip import CLIP
+from mode_jax.models.clip import CLIP, text_features
 from mode_jax.train import state as state_lib
 
 # (substring of jax.Device.device_kind, dense bf16 FLOP/s per device, source); first match wins.
@@ -97,9 +97,10 @@ def clip_train_flops(model_cfg, loss_name: str, global_batch: int) -> float:
 def _train_flops(model_json: str, loss_name: str, global_batch: int) -> float:
   cfg = ml_collections.ConfigDict(json.loads(model_json))
   graphdef, params = nnx.split(nnx.eval_shape(lambda: CLIP(cfg, rngs=nnx.Rngs(0))), nnx.Param)
-  s = cfg.image_size
-  batch = {"image": jax.ShapeDtypeStruct((global_batch, s, s, 3), jnp.uint8),
-           "tokens": jax.ShapeDtypeStruct((global_batch, cfg.context_length), jnp.int32)}
+  s, features = cfg.image_size, text_features(cfg)
+  tokens = (jax.ShapeDtypeStruct((global_batch, features), jnp.float32) if features else
+            jax.ShapeDtypeStruct((global_batch, cfg.context_length), jnp.int32))
+  batch = {"image": jax.ShapeDtypeStruct((global_batch, s, s, 3), jnp.uint8), "tokens": tokens}
   loss = lambda p, b: state_lib.loss_and_metrics(graphdef, p, b, loss_name)[0]
   return cost_flops(jax.grad(loss), params, batch)
 

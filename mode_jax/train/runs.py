@@ -26,7 +26,6 @@ the run that made it.
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import ml_collections
@@ -36,7 +35,8 @@ from mode_jax import distributed
 from mode_jax import provenance
 from mode_jax import workdir as wd
 from mode_jax.data.io import digests, loader
-from mode_jax.train import trainer
+from mode_jax.models.clip import text_features
+from mode_jax.train import text_inputs, trainer
 
 SEED_DIR, DENSE_DIR, EXPERTS_DIR = "seed", "dense", "experts"
 PLAN = f"{SEED_DIR}/plan.json"
@@ -67,12 +67,6 @@ def input_config(config) -> ml_collections.ConfigDict:
   c.batch_size = config.batch_size
   c.resolution = config.model.image_size
   return c
-
-
-def clip_tokenizer():
-  """The CLIP BPE tokenizer; call as tok(texts, context_length=...)."""
-  from mode_jax.text.clip_bpe import ClipTokenizer
-  return ClipTokenizer()
 
 
 def training_fields(config) -> dict:
@@ -118,6 +112,8 @@ def decide(config, workdir: str, run_rel: str, stage: str, inputs: dict, *,
   if config.get("init") and config.init.get("pretrained"):
     inputs = dict(inputs, pretrained=provenance.Input(provenance.tree_digest(
         config.init.pretrained, digests.memo_dir(workdir)), {}, "pretrained weights"))
+  if "model" in config and text_features(config.model):   # a locked text tower reads embed/
+    inputs = dict(inputs, **text_inputs.features_input(workdir))
   return provenance.decide(
       workdir, run_rel, stage, dict(training_fields(config), **(extra_fields or {})), inputs,
       outputs_exist=wd.exists(run_dir(workdir, run_rel)) or wd.exists(ck), complete=complete)
@@ -212,8 +208,10 @@ def fit(config, workdir: str, run_rel: str, *, num_steps: int, schedule_steps: i
                 milestones=tuple(milestones), ckpt_dir=ckpt_dir(config, workdir, run_rel)))
   if init:
     c.init.update(init)
-  tokenize = functools.partial(clip_tokenizer(), context_length=config.model.context_length)
   in_cfg = input_config(config)
+  if index is None:
+    index = loader.load_index(in_cfg, workdir)
+  tokenize = text_inputs.training_tokenize(config, workdir, index)
 
   def input_fn(cfg, mesh):
     return loader.train_iterator(in_cfg, workdir, tokenize, index=index, indices=indices)

@@ -191,21 +191,27 @@ class _Augment(grain.transforms.RandomMap):
   def random_map(self, s, rng: np.random.Generator):
     image = preprocess.random_resized_crop(s["image"], self.res, rng, self.scale)
     text = s["texts"][int(rng.integers(len(s["texts"])))]
-    return {"image": image, "text": text}
+    return {"image": image, "text": text, "key": s["__key__"]}
 
 
 class _Tokenize(grain.transforms.Map):
   """A batch's captions -> int32 tokens, inside the pipeline (loader threads or workers).
 
   `tokenize` travels to spawned workers with the pipeline; ClipTokenizer (or a
-  functools.partial of it) pickles by value, caches included.
+  functools.partial of it) pickles by value, caches included. A `tokenize` with
+  `by_key` set (train/text_inputs.py CaptionFeatures: a locked text tower's inputs) is
+  called with the samples' keys too and returns float32 features.
   """
 
   def __init__(self, tokenize: Tokenize):
     self.tokenize = tokenize
 
   def map(self, b):
-    tokens = np.asarray(self.tokenize([str(t) for t in b["text"]]), np.int32)
+    texts = [str(t) for t in b["text"]]
+    if getattr(self.tokenize, "by_key", False):
+      tokens = np.asarray(self.tokenize(texts, keys=[str(k) for k in b["key"]]), np.float32)
+    else:
+      tokens = np.asarray(self.tokenize(texts), np.int32)
     return {"image": b["image"], "tokens": tokens}
 
 
@@ -241,7 +247,8 @@ class _HostView(grain.MapDataset):
 
 
 class TrainIterator:
-  """Per-process batches {"image": uint8[b, H, W, 3], "tokens": int32[b, L]}.
+  """Per-process batches {"image": uint8[b, H, W, 3], "tokens": int32[b, L]} (float32[b, F]
+  sentence features for a locked text tower).
 
   get_state() is {"position": global samples consumed, ...identity}; the
   same on every host. set_state() rebuilds the stream at that position.
