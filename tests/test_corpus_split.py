@@ -209,6 +209,9 @@ def test_validation_tasks():
   assert {s["key"] for s in samples} == set(sp["validation"])
   assert all(meta["classes"][s["label"]] == by[s["key"]]["group"] for s in samples)
   assert meta["kind"] == "zeroshot" and meta["templates"] == cs.EVAL_TEMPLATES
+  samples, meta = cs.validation_categories(recs, sp, min_images=1)
+  assert {s["key"] for s in samples} == set(sp["validation"])
+  assert all(meta["classes"][s["label"]] == by[s["key"]]["category"] for s in samples)
   samples, _ = cs.concept_retrieval(recs, sp, seed=0, part="validation")
   val = {by[k]["concept"] for k in sp["validation"]}
   assert sorted(by[s["key"]]["concept"] for s in samples) == sorted(val)

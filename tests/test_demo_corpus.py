@@ -500,7 +500,8 @@ def test_prepare_icons_from_real_packages_never_leaks(tmp_path):
     if f.startswith("eval/"):
       evals[f[5:].rsplit("-", 1)[0]] += [(rec(k), s) for k, s in ss]
   assert set(evals) <= set(icon_corpus.TASKS) and "icon_retrieval" in evals
-  val_concepts = {r["concept"] for t in ("val_emoji_groups", "val_icon_retrieval")
+  val_concepts = {r["concept"] for t in ("val_emoji_groups", "val_icon_categories",
+                                         "val_icon_retrieval")
                   for r, _ in evals.get(t, ())}
   assert "val_icon_retrieval" in evals and not val_concepts & train_concepts
   for task, items in evals.items():

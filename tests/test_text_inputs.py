@@ -129,6 +129,9 @@ def test_evaluation_encodes_prompts_with_the_embed_stages_encoder():
   want = encoders.make_encoder(encoders.resolve_config(c.embed)).encode(texts)
   np.testing.assert_allclose(got, want, atol=1e-6)
   assert got.shape == (2, 384)
+  again = text_inputs.eval_tokenizer(c, c.model)   # one encoder per process, texts memoised
+  assert again is tok and set(again.memo) == set(texts)
+  np.testing.assert_array_equal(again(texts[::-1] + texts), np.concatenate([got[::-1], got]))
   with pytest.raises(ValueError, match="text.features=8 but the sentence encoder"):
     text_inputs.eval_tokenizer(_config(8), _config(8).model)
   assert text_inputs.eval_tokenizer(_config(0), _config(0).model)(

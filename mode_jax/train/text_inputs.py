@@ -12,6 +12,7 @@ depend on embed/ as well (runs.decide keys them by it).
 from __future__ import annotations
 
 import functools
+import json
 
 import numpy as np
 
@@ -86,14 +87,35 @@ def features_input(workdir: str) -> dict:
                                                   "caption embeddings")}
 
 
+class PromptFeatures:
+  """texts -> float32 [N, F] of a frozen sentence encoder, each distinct text encoded once per
+  process: every expert, the seed and dense read the same prompts and captions of a task."""
+
+  def __init__(self, encoder):
+    self.encoder, self.dim, self.memo = encoder, encoder.dim, {}
+
+  def __call__(self, texts, context_length=None):
+    texts = [str(t) for t in texts]
+    new = list(dict.fromkeys(t for t in texts if t not in self.memo))
+    if new:
+      self.memo.update(zip(new, self.encoder.encode(new, batch_size=256)))
+    return np.stack([self.memo[t] for t in texts]) if texts else np.zeros((0, self.dim),
+                                                                         np.float32)
+
+
+@functools.lru_cache(maxsize=2)
+def _prompt_features(embed_json: str) -> PromptFeatures:
+  import ml_collections
+  cfg = encoders.resolve_config(ml_collections.ConfigDict(json.loads(embed_json)))
+  return PromptFeatures(encoders.make_encoder(cfg))
+
+
 def eval_tokenizer(config, model_cfg):
   """tokenizer(texts, context_length=...) for models/embedders.make_embedders: CLIP tokens,
   or the sentence features of config.embed's encoder (the embed stage's)."""
   if not text_features(model_cfg):
     return clip_tokenizer()
-  encoder = encoders.make_encoder(encoders.resolve_config(config.get("embed")))
-  check_dim(model_cfg, encoder.dim, f"the sentence encoder {encoder.name!r}")
-
-  def tokenize(texts, context_length=None):
-    return encoder.encode(list(texts), batch_size=256)
-  return tokenize
+  embed = config.get("embed")
+  features = _prompt_features(json.dumps(embed.to_dict() if embed else {}, sort_keys=True))
+  check_dim(model_cfg, features.dim, f"the sentence encoder {features.encoder.name!r}")
+  return features

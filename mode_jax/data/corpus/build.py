@@ -15,9 +15,10 @@ sharding, so every shard mixes sources. Evaluation sets (shards/eval/):
   openmoji_groups, openmoji_line_groups, openmoji_subgroups, tuxpaint_categories
                       zero-shot on design families never trained on
   icon_retrieval      retrieval, one image per held-out concept key
-  val_emoji_groups, val_icon_retrieval
-                      validation ("split": "validation"): emoji groups and retrieval
-                      over concepts held back from the training families (~5% of
+  val_emoji_groups, val_icon_categories, val_icon_retrieval
+                      validation ("split": "validation"): emoji groups, the icon
+                      sets' categories and retrieval over concepts held back from
+                      the training families (~5% of
                       keys, corpus_split.VAL_CONCEPT_FRAC); a recipe is chosen on
                       these, and the report tables them apart
 Zero-shot templates never occur among the training caption templates. Held-out

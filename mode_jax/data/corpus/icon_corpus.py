@@ -58,6 +58,8 @@ def _tasks(seed: int, min_images: int, known=None) -> dict:
       "icon_retrieval": lambda r, s: retrieval(r, s, seed, known),
       "val_emoji_groups": lambda r, s: validation(
           corpus_split.validation_groups(r, s, min_images)),
+      "val_icon_categories": lambda r, s: validation(
+          corpus_split.validation_categories(r, s, min_images)),
       "val_icon_retrieval": lambda r, s: validation(
           retrieval(r, s, seed, known, part="validation")),
   }

@@ -407,6 +407,19 @@ def validation_groups(records: list[dict], the_split: dict, min_images: int = MI
   return _zeroshot(by_class, OPENMOJI_GROUPS, min_images)
 
 
+def validation_categories(records: list[dict], the_split: dict,
+                          min_images: int = MIN_CLASS_IMAGES):
+  """(samples, meta) over the icon sets' own categories (iconify's 'Animals', 'Weather', ...,
+  Fluent's emoji groups) of the validation images: the training families' analogue of
+  tuxpaint_categories, named by the readable category."""
+  keep = set(the_split["validation"])
+  by_class = collections.defaultdict(list)
+  for r in records:
+    if r["key"] in keep and r.get("category"):
+      by_class[r["category"]].append(r["key"])
+  return _zeroshot(by_class, {}, min_images)
+
+
 def tuxpaint_zeroshot(records: list[dict], the_split: dict, depth: int = 1,
                       min_images: int = MIN_CLASS_IMAGES):
   """(samples, meta) over Tux Paint's category tree cut at `depth` ('animals', 'animals/birds')."""
