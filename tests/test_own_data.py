@@ -82,11 +82,11 @@ def own_run(own_crawl, own_cb_root, tmp_path_factory):
   assert f"shards={pattern}" in words[2] and words[-1] == w
   r = launch_guarded(*words)
   assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-  return w, r, stats
+  return w, r, stats, words
 
 
 def test_the_paper_recipe_runs_on_own_shards_to_a_report(own_run):
-  w, r, stats = own_run
+  w, r, stats, _ = own_run
   assert "==== prepare" not in r.stdout and "==== embed" in r.stdout
   assert not os.path.exists(os.path.join(w, "shards"))   # nothing of the demo corpus
   with open(os.path.join(w, "report", "results.csv")) as f:
@@ -132,3 +132,47 @@ def test_missing_inputs_stop_before_any_compute_in_one_line(args, message, own_c
   last = r.stderr.strip().splitlines()[-1]
   assert r.returncode != 0 and last.startswith("error: ") and message in last, r.stderr[-2000:]
   assert "====" not in r.stdout   # no stage started
+
+
+def test_exported_bundle_classifies_as_the_report_ensembles(own_run, own_cb_root, tmp_path):
+  """`export` + `classify` of the paper recipe's models on the task's first test images, with
+  its class names and templates, gives the report's MoDE logits: eval/expert_<c>/<task>.npz
+  routed with eval/meta_emb/<task>.npy and cluster/ (what report.evaluate_task combines)."""
+  import tarfile
+  import jax.numpy as jnp
+  import numpy as np
+  from mode_jax.ensemble import ensemble, routing
+  from mode_jax.eval import classify, evaluate, files, report
+  w, _, _, words = own_run
+  out = str(tmp_path / "bundle")
+  config = words[words.index("--config") + 1]
+  r = launch_guarded("export", "--config", config, "--workdir", w, f"--config.export.out={out}")
+  assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+  for rel in ("mode.json", "dense/config.json", "expert_1/model.safetensors",
+              "fine_centers.npy", "fine_to_expert.npy", "expert_order.json",
+              "sentence_encoder/model.safetensors"):
+    assert os.path.exists(os.path.join(out, rel)), rel
+
+  task, images = "shapes", tmp_path / "images"
+  images.mkdir()
+  with tarfile.open(os.path.join(own_cb_root, task, "test", "0.tar")) as tar:   # rows 0..
+    members = [m for m in tar.getmembers() if m.name.rsplit(".", 1)[-1] in ("png", "jpg", "webp")]
+    for i, m in enumerate(members):
+      (images / f"{i:03d}.{m.name.rsplit('.', 1)[-1]}").write_bytes(tar.extractfile(m).read())
+  k = len(members)
+  spec = files.read_task_spec(w, task)
+  got = classify.classify(out, str(images), spec["classnames"],
+                          templates=evaluate.spec_templates(task, spec))
+  assert len(got["images"]) == k > 0 and not got["skipped"]
+
+  rep = json.load(open(os.path.join(w, "config.json")))["report"]
+  centers, f2e, order = report.load_cluster(w)
+  weights = routing.routing_weights(jnp.asarray(files.read_meta_emb(w, task)),
+                                    jnp.asarray(centers), jnp.asarray(f2e), len(order),
+                                    rep["mode"], rep["top_k"])
+  stack = np.stack([files.read_task_logits(w, f"expert_{c}", task)["logits"][:k]
+                    for c in range(len(order))])
+  want = np.asarray(ensemble.combine(jnp.asarray(stack), weights))
+  np.testing.assert_allclose(got["routing_weights"], np.asarray(weights), atol=1e-5)
+  np.testing.assert_allclose(got["logits"], want, atol=1e-4)
+  np.testing.assert_array_equal(got["logits"].argmax(1), want.argmax(1))
