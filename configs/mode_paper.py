@@ -45,9 +45,11 @@ def paper_config(variant: str, arg) -> ml_collections.ConfigDict:
                        "the demo corpus")
     c = demo.get_config(structure + ",runlocal")   # the embedded demo corpus, CPU-sized
     c.model.variant = variant.split("/")[0] + "/8"   # the paper's tower name, 32 px demo data
+    c.model.text.features = 0   # the paper trains both towers from scratch
     return c
 
   c = demo.get_config(structure)
+  c.model.text.features = 0   # the paper trains both towers (the demo's text tower is locked)
   del c["prepare"]   # the researcher's data: no demo corpus stage
   c.input.shards = arg.shards
   c.evaluate.update(suite=arg.suite, root=arg.root)

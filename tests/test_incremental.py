@@ -60,6 +60,7 @@ def tiny_config(encoder, *overrides: str):
   c.prepare.update(sources="fmnist,mnist", fmnist_train_limit=96, eval_limit=40,
                    mnist_limit=120)
   c.embed.update(encoder=encoder, batch_size=64)
+  c.model.text.features = 16   # the random BERT's width: the locked text tower reads embed/
   c.cluster.update(m=4, iters_per_file=5, coarse_iters=10)
   c.report.update(bootstrap_samples=20, clusters=False, plots=False)
   for item in overrides:
