@@ -79,6 +79,14 @@ def test_a_sample_without_an_embedding_and_a_missing_file_name_the_embed_stage(w
     text_inputs.training_tokenize(_config(), workdir, loader.load_index(cfg, workdir))
 
 
+def test_keys_repeated_across_shards_are_refused(workdir):
+  np.savez(f"{workdir}/embed/train-00002.npz", keys=np.array(["k000"]), emb=_emb(0)[None])
+  cfg = loader.default_config()
+  cfg.shards = "shards/train-*.tar"
+  with pytest.raises(ValueError, match="repeat sample keys"):
+    text_inputs.training_tokenize(_config(), workdir, loader.load_index(cfg, workdir))
+
+
 def test_the_model_and_the_embeddings_must_agree_on_the_width(workdir):
   cfg = loader.default_config()
   cfg.shards = "shards/train-*.tar"
@@ -116,8 +124,16 @@ def test_training_runs_are_keyed_by_the_embed_stage(workdir):
   wd.write_json(provenance.manifest_path(workdir, "embed"), manifest("b" * 16))
   assert fingerprint() != first
   tokens = _config(0)
-  assert runs.decide(tokens, workdir, "seed", "seed", {}).fingerprint == runs.decide(
-      tokens, workdir, "seed", "seed", {}).fingerprint   # a token tower does not read embed/
+  before = runs.decide(tokens, workdir, "seed", "seed", {}).fingerprint
+  os.remove(provenance.manifest_path(workdir, "embed"))
+  assert runs.decide(tokens, workdir, "seed", "seed", {}).fingerprint == before   # no embed/
+  # the caption encoder is one of a locked tower's fields (its prompts are encoded with it),
+  # and a token tower's fields are those of a manifest made before text.features existed
+  locked, other = _config(), _config()
+  other.embed.pooling = "cls"
+  assert runs.training_fields(locked)["embed"] != runs.training_fields(other)["embed"]
+  assert "embed" not in runs.training_fields(tokens)
+  assert "features" not in runs.training_fields(tokens)["model"]["text"]
 
 
 def test_evaluation_encodes_prompts_with_the_embed_stages_encoder():

@@ -61,7 +61,7 @@ class FeatureText(nnx.Module):
   embeddings (config.embed, the ones the clustering reads) in, a trainable linear head out.
 
   The encoder itself never runs in training: its outputs for the training captions are the
-  embed stage's (train/caption_features.py), and evaluation encodes prompts with the same
+  embed stage's (train/text_inputs.py), and evaluation encodes prompts with the same
   encoder. Only the head (and the image tower) learn; experts fork it like any parameter.
   """
 

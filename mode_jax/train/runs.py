@@ -36,6 +36,7 @@ from mode_jax import provenance
 from mode_jax import workdir as wd
 from mode_jax.data.io import digests, loader
 from mode_jax.models.clip import text_features
+from mode_jax.text import encoders
 from mode_jax.train import text_inputs, trainer
 
 SEED_DIR, DENSE_DIR, EXPERTS_DIR = "seed", "dense", "experts"
@@ -70,7 +71,16 @@ def input_config(config) -> ml_collections.ConfigDict:
 
 
 def training_fields(config) -> dict:
-  return provenance.select(config, TRAINING_FIELDS, HOW_FIELDS)
+  """The config fields a training run is keyed by. A locked text tower adds the caption
+  encoder's fields (its evaluation encodes prompts with it); a token tower leaves
+  model.text.features out, as manifests made before the field existed do."""
+  fields = provenance.select(config, TRAINING_FIELDS, HOW_FIELDS)
+  text = (fields.get("model") or {}).get("text") or {}
+  if "features" in text and not text["features"]:
+    del text["features"]
+  elif "model" in config and text_features(config.model):
+    fields["embed"] = encoders.what_fields(encoders.resolve_config(config.get("embed")))
+  return fields
 
 
 def workdir_namespace(workdir: str) -> str:

@@ -54,7 +54,12 @@ class CaptionFeatures:
       embs.append(z["emb"])
     if not keys:
       raise wd.MissingInput(wd.path(workdir, "embed/<stem>.npz"), EMBED_STAGE)
-    return cls(np.concatenate(keys), np.concatenate(embs))
+    keys = np.concatenate(keys)
+    if len(np.unique(keys)) != len(keys):   # samples are matched by key across shards
+      raise ValueError(f"the training shards repeat sample keys ({len(keys)} rows, "
+                       f"{len(np.unique(keys))} keys): a locked text tower needs keys unique "
+                       "across shards (img2dataset's are)")
+    return cls(keys, np.concatenate(embs))
 
   def __call__(self, texts, keys):
     rows = [self.row.get(k, -1) for k in keys]
