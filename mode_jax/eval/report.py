@@ -91,24 +91,19 @@ def load_cluster(workdir: str):
   return centers.astype(np.float32), f2e.astype(np.int32), order
 
 
-def task_split(workdir: str, task: str) -> str:
-  """wd.TEST (held out: the results) or wd.VALIDATION (where a recipe is chosen)."""
-  split = files.read_task_spec(workdir, task).get("split", wd.TEST)
+def task_kind_metric_split(workdir: str, task: str) -> tuple[str, str, str]:
+  """(kind, metric, split) of a task's spec, checked before any scoring; split is wd.TEST
+  (held out: the results) or wd.VALIDATION (where a recipe is chosen)."""
+  spec = files.read_task_spec(workdir, task)
+  kind, split = spec.get("kind", "zeroshot"), spec.get("split", wd.TEST)
   if split not in (wd.TEST, wd.VALIDATION):
     raise ValueError(f"task {task}: unknown split {split!r}")
-  return split
-
-
-def task_kind_metric(workdir: str, task: str) -> tuple[str, str]:
-  """(kind, metric) of a task's spec, checked before any scoring."""
-  spec = files.read_task_spec(workdir, task)
-  kind = spec.get("kind", "zeroshot")
   if kind == "retrieval":
-    return kind, RETRIEVAL_METRIC
+    return kind, RETRIEVAL_METRIC, split
   if kind != "zeroshot":
     raise ValueError(f"task {task}: unknown kind {kind!r}")
   try:
-    return kind, zeroshot.check_metric(spec.get("metric", "top1"))
+    return kind, zeroshot.check_metric(spec.get("metric", "top1")), split
   except ValueError as e:
     raise ValueError(f"task {task}: {e}") from None
 
@@ -451,8 +446,8 @@ def _report(cfg, workdir: str, models=None) -> dict:
     raise ValueError(f"config report.bootstrap_samples={cfg.bootstrap_samples}: must be >= 0")
   skipped = files.read_skipped(workdir)
   tasks = list_tasks(cfg, workdir, skipped)
-  specs = [task_kind_metric(workdir, t) for t in tasks]   # every spec checked before scoring
-  splits = {t: task_split(workdir, t) for t in tasks}
+  specs = [task_kind_metric_split(workdir, t) for t in tasks]   # all checked before scoring
+  splits = {t: split for t, (_, _, split) in zip(tasks, specs)}
   fine_centers, fine_to_expert, order = load_cluster(workdir)
   n = len(order)
   if not 1 <= int(cfg.top_k) <= len(fine_centers):
@@ -460,7 +455,8 @@ def _report(cfg, workdir: str, models=None) -> dict:
   assign_metric = specialisation.cluster_metric(workdir)
   results = [evaluate_task(cfg, workdir, t, jnp.asarray(fine_centers),
                            jnp.asarray(fine_to_expert), order, kind, metric, assign_metric)
-             for t, (kind, metric) in tqdm(list(zip(tasks, specs)), desc="report", leave=False)]
+             for t, (kind, metric, _) in tqdm(list(zip(tasks, specs)), desc="report",
+                                              leave=False)]
   for t, r in zip(tasks, results):
     r["row"]["split"] = splits[t]
   rows = [r["row"] for r in results]

@@ -367,7 +367,15 @@ TUXPAINT_NAMES = tables.load("classnames")["tuxpaint_categories"]   # stamp fold
 MIN_CLASS_IMAGES = 10   # rarer classes are dropped: a 3-image class makes accuracy noise
 
 
-def _zeroshot(samples_by_class: dict, names: dict, min_images: int):
+def _zeroshot(records: list[dict], keys, class_of, names: dict, min_images: int):
+  """(samples, meta) of the records whose key is in `keys`, labelled by class_of(record)
+  (None: not in the task); classes with fewer than min_images images are dropped."""
+  keys = set(keys)
+  samples_by_class = collections.defaultdict(list)
+  for r in records:
+    c = class_of(r) if r["key"] in keys else None
+    if c:
+      samples_by_class[c].append(r["key"])
   kept = sorted(c for c, keys in samples_by_class.items() if len(keys) >= min_images)
   label = {c: i for i, c in enumerate(kept)}
   samples = [{"key": k, "label": label[c]} for c in kept for k in sorted(samples_by_class[c])]
@@ -385,26 +393,21 @@ def openmoji_zeroshot(records: list[dict], the_split: dict, level: str = "group"
   """(samples [{"key", "label"}], meta) over OpenMoji groups or subgroups of one style."""
   if level not in ("group", "subgroup"):
     raise ValueError(f"level {level!r}: 'group' or 'subgroup'")
-  keep = set(the_split["heldout_family"])
-  by_class = collections.defaultdict(list)
-  for r in records:
-    if (r["key"] in keep and r["family"] == "openmoji" and r.get("style") == style
-        and r.get("group") not in exclude and r.get(level)):
-      by_class[r[level]].append(r["key"])
   names = OPENMOJI_GROUPS if level == "group" else {}
-  return _zeroshot(by_class, names, min_images)
+  return _zeroshot(records, the_split["heldout_family"],
+                   lambda r: r.get(level) if (r["family"] == "openmoji"
+                                              and r.get("style") == style
+                                              and r.get("group") not in exclude) else None,
+                   names, min_images)
 
 
 def validation_groups(records: list[dict], the_split: dict, min_images: int = MIN_CLASS_IMAGES,
                       exclude=OPENMOJI_EXCLUDE):
   """(samples, meta) over CLDR emoji groups of the validation images (the emoji of the
   training families, Fluent and the iconify emoji sets), built as openmoji_groups is."""
-  keep = set(the_split["validation"])
-  by_class = collections.defaultdict(list)
-  for r in records:
-    if r["key"] in keep and r.get("group") and r["group"] not in exclude:
-      by_class[r["group"]].append(r["key"])
-  return _zeroshot(by_class, OPENMOJI_GROUPS, min_images)
+  return _zeroshot(records, the_split["validation"],
+                   lambda r: r.get("group") if r.get("group") not in exclude else None,
+                   OPENMOJI_GROUPS, min_images)
 
 
 def validation_categories(records: list[dict], the_split: dict,
@@ -412,24 +415,18 @@ def validation_categories(records: list[dict], the_split: dict,
   """(samples, meta) over the icon sets' own categories (iconify's 'Animals', 'Weather', ...,
   Fluent's emoji groups) of the validation images: the training families' analogue of
   tuxpaint_categories, named by the readable category."""
-  keep = set(the_split["validation"])
-  by_class = collections.defaultdict(list)
-  for r in records:
-    if r["key"] in keep and r.get("category"):
-      by_class[r["category"]].append(r["key"])
-  return _zeroshot(by_class, {}, min_images)
+  return _zeroshot(records, the_split["validation"], lambda r: r.get("category"), {},
+                   min_images)
 
 
 def tuxpaint_zeroshot(records: list[dict], the_split: dict, depth: int = 1,
                       min_images: int = MIN_CLASS_IMAGES):
   """(samples, meta) over Tux Paint's category tree cut at `depth` ('animals', 'animals/birds')."""
-  keep = set(the_split["heldout_family"])
-  by_class = collections.defaultdict(list)
-  for r in records:
-    if r["key"] in keep and r["family"] == "tuxpaint" and r.get("category"):
-      by_class["/".join(r["category"].split("/")[:depth])].append(r["key"])
   names = TUXPAINT_NAMES if depth == 1 else {}
-  return _zeroshot(by_class, names, min_images)
+  return _zeroshot(records, the_split["heldout_family"],
+                   lambda r: "/".join(r["category"].split("/")[:depth])
+                   if r["family"] == "tuxpaint" and r.get("category") else None,
+                   names, min_images)
 
 
 def concept_retrieval(records: list[dict], the_split: dict, seed: int = 0, known=None,
