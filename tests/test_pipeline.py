@@ -68,6 +68,37 @@ def test_experts_fork_from_the_seed_milestone(demo_workdir):
   assert not np.allclose(a, b)
 
 
+def test_validation_curves_are_logged_while_training_and_match_the_evaluate_stage(
+    demo_workdir):
+  """Each run logs val/<task> at every curve point; each expert's and dense's last point
+  (scored in the training loop on the training state) equals what the evaluate stage scores
+  from its final checkpoint, and the report plots them."""
+  import csv
+  from configs import demo
+  from mode_jax.eval import validation
+  w, _ = demo_workdir
+  plan = json.load(open(os.path.join(w, "seed", "plan.json")))
+  every = validation.every(demo.get_config("runlocal"), plan["steps_per_epoch"])
+  final = plan["seed"] + plan["expert"]
+  val = [l.split(",")[0] for l in open(os.path.join(w, "report", "results.csv"))
+         if ",validation," in l and not l.startswith("average")]
+  assert val and every
+  rows = list(csv.DictReader(open(os.path.join(w, "report", "validation_curves.csv"))))
+  steps = lambda run: sorted({int(r["step"]) for r in rows if r["run"] == run})
+  assert steps("seed") == sorted(set(range(every, plan["seed"], every)) | {plan["seed"]})
+  for run in ("expert_0", "expert_3", "dense"):
+    assert steps(run) == sorted(set(range(plan["seed"] + 1, final, 1))
+                                & set(range(0, final, every)) | {final}), run
+  assert {r["task"] for r in rows} == set(val)
+  report = {r["task"]: r for r in csv.DictReader(open(os.path.join(w, "report",
+                                                                   "results.csv")))}
+  finals = [r for r in rows if r["run"] != "seed" and int(r["step"]) == final]
+  assert len(finals) == 5 * len(val)   # 4 experts and dense
+  for r in finals:
+    assert float(r["score"]) == pytest.approx(float(report[r["task"]][r["run"]]), abs=1e-3)
+  assert os.path.exists(os.path.join(w, "report", "validation_curves.png"))
+
+
 def test_dense_continues_the_seed_data_stream(demo_workdir):
   """The dense baseline's input picks up where the seed stopped, as one continuous run.
 

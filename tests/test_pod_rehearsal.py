@@ -37,12 +37,13 @@ BUCKET = "mode"
 # 6 shards (3 per host); a seed stage long enough to be killed in the middle
 # (3 epochs of 11 steps, a checkpoint every 10; killed once step KILL_AFTER is
 # committed), then 1-epoch experts and dense.
-# The three small sources: the rehearsal tests hosts, not the corpus (test_pipeline runs it).
-# Two tasks (one zero-shot, one retrieval) and a report without plots or cluster pages: the
+# Three small sources: the rehearsal tests hosts, not the corpus (test_pipeline runs it).
+# Two tasks (one zero-shot, one retrieval on the validation split, so every run also scores
+# it while training: eval/validation.py) and a report without plots or cluster pages: the
 # rehearsal tests who reads and writes what, test_report the tables and plots.
 OVERRIDES = ["--config.prepare.shard_size=100", "--config.mode.total_epochs=4",
-             "--config.mode.seed_epochs=3", "--config.prepare.sources=clipart,fmnist,mnist",
-             "--config.evaluate.tasks=fashion_mnist,clipart_retrieval",
+             "--config.mode.seed_epochs=3", "--config.prepare.sources=icons,fmnist,mnist",
+             "--config.evaluate.tasks=fashion_mnist,val_icon_retrieval",
              "--config.report.bootstrap_samples=100", "--config.report.plots=False",
              "--config.report.clusters=False"]
 KILL_AFTER = 10
@@ -103,23 +104,16 @@ def _download(url, local):
   return str(local)
 
 
-def _results(workdir):
-  with open(os.path.join(workdir, "report", "results.csv")) as f:
+def _table(workdir, name):
+  with open(os.path.join(workdir, "report", name)) as f:
     return list(csv.reader(f))
 
 
 def _assert_same_results(a, b):
-  """Same rows and columns; every score within 0.01; every logit within 1e-4."""
-  ra, rb = _results(a), _results(b)
-  assert ra[0] == rb[0] and [r[0] for r in ra] == [r[0] for r in rb]
-  for x, y in zip(ra[1:], rb[1:]):
-    for u, v in zip(x[1:], y[1:]):
-      try:
-        fu, fv = float(u), float(v)
-      except ValueError:
-        assert u == v
-        continue
-      assert abs(fu - fv) <= 0.01 + 1e-9, (x[0], u, v)
+  """Same rows and columns (results and validation curves); every score within 0.01; every
+  logit within 1e-4."""
+  for table in ("results.csv", "validation_curves.csv"):
+    _assert_same_table(*(_table(w, table) for w in (a, b)))
   files = sorted(os.path.relpath(f, a) for f in glob.glob(os.path.join(a, "eval", "*", "*.npz")))
   assert len(files) >= 10
   assert files == sorted(os.path.relpath(f, b)
@@ -128,6 +122,18 @@ def _assert_same_results(a, b):
     x, y = np.load(os.path.join(a, f)), np.load(os.path.join(b, f))
     np.testing.assert_array_equal(x["labels"], y["labels"], err_msg=f)
     np.testing.assert_allclose(x["logits"], y["logits"], atol=1e-4, err_msg=f)
+
+
+def _assert_same_table(ra, rb):
+  assert len(ra) > 1 and ra[0] == rb[0] and [r[:2] for r in ra] == [r[:2] for r in rb]
+  for x, y in zip(ra[1:], rb[1:]):
+    for u, v in zip(x[1:], y[1:]):
+      try:
+        fu, fv = float(u), float(v)
+      except ValueError:
+        assert u == v
+        continue
+      assert abs(fu - fv) <= 0.01 + 1e-9, (x[:2], u, v)
 
 
 @pytest.fixture(scope="module")

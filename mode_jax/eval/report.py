@@ -11,7 +11,8 @@ metric, long form), report/probe.{md,csv}, report/specialisation.{md,csv}
 (retrieval tasks: every model on every cluster's pairs, eval/specialisation.py),
 report/clusters.{md,png} (top words and sample images per expert, when assign/
 and the training shards exist: eval/cluster_summary.py) and
-report/routing_weights.png, report/scores.png.
+report/routing_weights.png, report/scores.png, and report/validation_curves.{csv,png}
+(each run's validation scores while it trained: eval/curves.py) when the runs logged them.
 
 Score per task, in percent: zero-shot -> the task's metric (zeroshot.METRICS,
 default top-1) on the labelled test images (the unlabelled ones, label -1, are
@@ -38,7 +39,8 @@ from tqdm import tqdm
 
 from mode_jax import workdir as wd
 from mode_jax.ensemble import ensemble, routing
-from mode_jax.eval import cluster_summary, files, retrieval, significance, specialisation
+from mode_jax.eval import cluster_summary, curves, files, retrieval, significance
+from mode_jax.eval import specialisation
 from mode_jax.eval import zeroshot
 
 CLUSTER_STAGE = "cluster"
@@ -428,7 +430,7 @@ def run_report(cfg, workdir: str, models: dict[str, str] | None = None) -> dict 
   """Writes report/; returns {'rows' (held-out tasks and their average), 'validation'
   (validation tasks and theirs, [] when none), 'weights', 'columns', 'sharpness', 'significance',
   'skipped', 'probe', 'specialisation' (long rows), 'clusters' (cluster_summary.run's
-  answer or None)}; prints the markdown table.
+  answer or None), 'curves' (validation points, curves.read)}; prints the markdown table.
 
   models: {name: fingerprint} of the evaluated models; the linear probe's
   results of other models are left out (None: all of probe/). On a pod,
@@ -498,6 +500,16 @@ def _report(cfg, workdir: str, models=None) -> dict:
     doc += ("\nSkipped (not evaluated, not in the average):\n"
             + "".join(f"- {t}: {why}\n" for t, why in sorted(skipped.items())))
 
+  curve_rows = curves.read(workdir, n)
+  if curve_rows:
+    write_csv(wd.path(out, "validation_curves.csv"), list(curve_rows[0]), curve_rows)
+    if cfg.get("plots", True):
+      curves.plot(wd.path(out, "validation_curves.png"), curve_rows)
+    doc += ("\n## Validation curves\n\nEach run scored on the validation tasks while it "
+            "trained (every point: report/validation_curves.csv; the plot: "
+            "validation_curves.png); each run's last point:\n\n"
+            + markdown(*curves.table(curve_rows)) + "\n")
+
   leaks = leak_audit_section(workdir)
   if leaks:
     doc += "\n## Leak audit\n\n" + leaks
@@ -557,4 +569,4 @@ def _report(cfg, workdir: str, models=None) -> dict:
           "weights": {t: r["weights"] for t, r in zip(tasks, results)},
           "columns": cols, "sharpness": sharpness, "significance": sig_rows,
           "skipped": skipped, "probe": probe[1] if probe else None,
-          "specialisation": spec_rows, "clusters": clusters}
+          "specialisation": spec_rows, "clusters": clusters, "curves": curve_rows}

@@ -8,6 +8,7 @@ fingerprint and the training fields (dense/manifest.json).
 """
 
 from mode_jax.data.io import loader
+from mode_jax.eval import validation
 from mode_jax.train import runs
 
 
@@ -24,4 +25,5 @@ def run(config, workdir: str):
       f"training the dense baseline to step {final}",
       index_fn=lambda: loader.load_index(runs.input_config(config), workdir),
       num_steps=final, schedule_steps=p["total"],
-      init=runs.fork(config, workdir, step, continue_data=True))
+      init=runs.fork(config, workdir, step, continue_data=True),
+      **validation.hooks(config, workdir, p["steps_per_epoch"]))

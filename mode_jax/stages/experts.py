@@ -19,6 +19,7 @@ from mode_jax import provenance
 from mode_jax import workdir as wd
 from mode_jax.data import expert_stream
 from mode_jax.data.io import loader
+from mode_jax.eval import validation
 from mode_jax.train import runs
 
 
@@ -40,6 +41,7 @@ def run(config, workdir: str) -> dict:
   if not todo:
     return {}
   index = loader.load_index(runs.input_config(config), workdir)
+  hooks = validation.hooks(config, workdir, p["steps_per_epoch"])   # scored while training
   results = {}
   for c, decision in todo.items():
     es = ml_collections.ConfigDict(config.expert_stream.to_dict())
@@ -50,7 +52,8 @@ def run(config, workdir: str) -> dict:
     runs.start(config, workdir, runs.expert_rel(c), decision)
     results[c] = runs.fit(config, workdir, runs.expert_rel(c), num_steps=final,
                           schedule_steps=p["total"], index=index, indices=stream.indices,
-                          init=runs.fork(config, workdir, step), desc=f"expert {c}")
+                          init=runs.fork(config, workdir, step), desc=f"expert {c}",
+                          **hooks)
     runs.finish(workdir, runs.expert_rel(c), decision, step=final,
                 in_cluster=stream.num_in_cluster, out_of_cluster=stream.num_ooc)
   return results

@@ -37,6 +37,9 @@ def train_config() -> ml_collections.ConfigDict:
   c.keep_ckpts = 2
   c.milestones = ()
   c.eval_every = 0
+  # MoDE runs (seed, experts, dense): score the workdir's validation tasks every this many
+  # epochs and at each run's end, into its metrics (eval/validation.py); 0 = never.
+  c.val_every_epochs = 1.0
   # (first, last) global steps to trace with jax.profiler into <run dir>/profile; () = off.
   c.profile = ()
   c.init = ml_collections.ConfigDict({"checkpoint": "", "step": -1, "pretrained": "",

@@ -211,11 +211,14 @@ def fork(config, workdir: str, step: int, **extra) -> dict:
 
 
 def fit(config, workdir: str, run_rel: str, *, num_steps: int, schedule_steps: int,
-        index=None, indices=None, init=None, milestones=(), desc: str = "train"):
-  """Trains run_rel until num_steps on all data (or `indices`), resuming if possible."""
+        index=None, indices=None, init=None, milestones=(), desc: str = "train",
+        evaluators=(), eval_every: int = 0):
+  """Trains run_rel until num_steps on all data (or `indices`), resuming if possible;
+  `evaluators` (trainer.train's) run every `eval_every` global steps and at the last."""
   c = ml_collections.ConfigDict(config.to_dict())
   c.update(dict(num_steps=num_steps, schedule_steps=schedule_steps,
-                milestones=tuple(milestones), ckpt_dir=ckpt_dir(config, workdir, run_rel)))
+                milestones=tuple(milestones), ckpt_dir=ckpt_dir(config, workdir, run_rel),
+                eval_every=eval_every if evaluators else 0))
   if init:
     c.init.update(init)
   in_cfg = input_config(config)
@@ -226,7 +229,8 @@ def fit(config, workdir: str, run_rel: str, *, num_steps: int, schedule_steps: i
   def input_fn(cfg, mesh):
     return loader.train_iterator(in_cfg, workdir, tokenize, index=index, indices=indices)
 
-  return trainer.train(c, run_dir(workdir, run_rel), input_fn=input_fn, desc=desc)
+  return trainer.train(c, run_dir(workdir, run_rel), input_fn=input_fn, desc=desc,
+                       evaluators=evaluators)
 
 
 def expert_ids(config) -> list[int]:

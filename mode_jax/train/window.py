@@ -55,6 +55,10 @@ class MetricsWindow:
     self.metrics.append(metrics)
     self.wait_s += stall
 
+  def exclude(self, seconds: float) -> None:
+    """Leaves `seconds` of host work (an evaluation) out of the window's wall time."""
+    self.t0 += seconds
+
   def row(self, step: int, ck) -> dict:
     """Fetches the window's metrics and starts the next window; NonFiniteLoss per check_finite."""
     fetched = jax.device_get(self.metrics)
