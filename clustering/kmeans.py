@@ -268,7 +268,9 @@ def _balanced_labels(x, w, centers, *, mesh, metric, chunk, k, method, candidate
     return labels, jnp.take_along_axis(dense, labels[:, None], axis=1)[:, 0]
   t = min(int(candidates), k)
   ids, dists = _candidates_fn(mesh, metric, chunk, t)(x, w, centers)
-  cap = -(-n_real // k)
+  # From the data, not a constant: one compiled fit serves every chunk of one padded shape.
+  n = jnp.sum(w > 0).astype(jnp.int32)
+  cap = (n + k - 1) // k
   labels, _, _, _ = balanced_lib.price_balance(ids, dists, w, k=k, cap=cap)
   pick = jnp.argmax(ids == labels[:, None], axis=1)
   return labels, jnp.take_along_axis(dists, pick[:, None], axis=1)[:, 0]
@@ -370,8 +372,10 @@ def fit(points, k: int, *, metric: str = "euclidean", iters: int = 50,
   if centers.shape != (k, points.dim):
     raise ValueError(f"centers must be [{k}, {points.dim}], got {centers.shape}")
   centers = jax.device_put(centers, _replicated(points.mesh))
+  # The dense auction slices the real rows (a shape); prices count them on the device.
+  n_real = points.n if balanced and balanced_method == "auction" else None
   static = (points.mesh, metric, points.chunk, bool(balanced), balanced_method,
-            int(candidates), points.n)
+            int(candidates), n_real)
   centers, counts, inertia, n_iter, reseeded = _fit_loop_fn(*static, int(iters), float(tol))(
       points.x, points.w, centers)
   labels = None

@@ -122,3 +122,27 @@ def test_min_argmin_rows_equals_numpy_including_ties():
   best, idx = jax.jit(kmeans.min_argmin_rows)(s)
   np.testing.assert_array_equal(np.asarray(idx), s.argmin(1))
   np.testing.assert_array_equal(np.asarray(best), s.min(1))
+
+
+
+@pytest.mark.parametrize("balanced", [False, True])
+def test_chunks_of_similar_size_share_one_compiled_fit(balanced):
+  """Online fitting calls `fit` once per file chunk, each with its own row count: one compiled
+  program must serve them all (the row count was a compile-time constant of the balanced
+  fit, and small chunks each had their own padded shape, so every chunk recompiled)."""
+  from mode_jax import constants
+  rng = np.random.default_rng(0)
+  kmeans._fit_loop_fn.cache_clear()
+  chunks = set()
+  for n in (37, 45, 50, 61):
+    x = rng.normal(size=(n, 8)).astype(np.float32)
+    chunks.add(distributed.shard_points(x, None, kmeans.auto_chunk(4)).chunk)
+    r = kmeans.fit(x, 4, iters=3, balanced=balanced, seed=n)
+    assert r.labels.shape == (n,) and r.counts.sum() == n
+    if balanced:   # each chunk's own cap, ceil(n / k), up to ties
+      assert r.counts.max() <= -(-n // 4) + 1
+  assert kmeans._fit_loop_fn.cache_info().currsize == 1 and len(chunks) == 1
+  fn = kmeans._fit_loop_fn(distributed.data_mesh(), "euclidean", chunks.pop(), balanced,
+                           "prices", 16, None, 3, float(constants.KMEANS_TOL))
+  assert kmeans._fit_loop_fn.cache_info().currsize == 1   # the same program, fetched
+  assert fn._cache_size() == 1                             # compiled once

@@ -34,15 +34,15 @@ from tests.helpers.procs import clean_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = "mode"
-# 6 shards (3 per host); a seed stage long enough to be killed in the middle
-# (3 epochs of 11 steps, a checkpoint every 10; killed once step KILL_AFTER is
-# committed), then 1-epoch experts and dense.
+# 5 shards; a seed stage long enough to be killed in the middle (1.5 epochs of 15 steps,
+# a checkpoint every 10; killed once step KILL_AFTER is committed), then half-epoch
+# experts and dense.
 # Three small sources: the rehearsal tests hosts, not the corpus (test_pipeline runs it).
 # Two tasks (one zero-shot, one retrieval on the validation split, so every run also scores
 # it while training: eval/validation.py) and a report without plots or cluster pages: the
 # rehearsal tests who reads and writes what, test_report the tables and plots.
-OVERRIDES = ["--config.prepare.shard_size=100", "--config.mode.total_epochs=4",
-             "--config.mode.seed_epochs=3", "--config.prepare.sources=icons,fmnist,mnist",
+OVERRIDES = ["--config.prepare.shard_size=100", "--config.mode.total_epochs=2",
+             "--config.mode.seed_epochs=1.5", "--config.prepare.sources=icons,fmnist,mnist",
              "--config.evaluate.tasks=fashion_mnist,val_icon_retrieval",
              "--config.report.bootstrap_samples=100", "--config.report.plots=False",
              "--config.report.clusters=False"]
