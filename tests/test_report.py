@@ -467,3 +467,42 @@ def test_no_bootstrap_no_probe_and_bad_metric(workdir):
   cfg.bootstrap_samples = -1
   with pytest.raises(ValueError, match="report.bootstrap_samples"):
     report.run_report(cfg, workdir)
+
+
+def test_compare_pairs_another_runs_mode_on_the_same_images(workdir, tmp_path):
+  """report.compare=name=workdir: the other run's MoDE (scored by its own report) becomes a
+  column with paired intervals of MoDE - name; other test images are refused."""
+  import shutil
+  other = str(tmp_path / "other")
+  shutil.copytree(workdir, other)
+  rng = np.random.default_rng(7)
+  for c in range(N_EXPERTS):   # the other run's experts: other weights, the same images
+    for task in ("toy", "caps"):
+      a = load(other, f"expert_{c}", task)
+      a["logits"] = (a["logits"] + rng.normal(0, 0.5, a["logits"].shape)).astype(np.float32)
+      np.savez(f"{other}/eval/expert_{c}/{task}.npz", **a)
+  cfg = report.default_config()
+  cfg.plots, cfg.bootstrap_samples, cfg.clusters = False, 200, False
+  theirs = report.run_report(cfg, other)
+  cfg.compare = f"random={other}"
+  mine = report.run_report(cfg, workdir)
+  res = read_csv(f"{workdir}/report/results.csv")
+  for row in theirs["rows"][:-1]:
+    assert float(res[row["task"]]["random"]) == pytest.approx(row["MoDE"])
+  assert "random" in mine["columns"]
+  sig = {(r["task"], r["comparison"]): r for r in mine["significance"]}
+  for t in ("toy", "caps", "average"):
+    r = sig[(t, "MoDE - random")]
+    assert r["diff"] == pytest.approx(float(res[t]["MoDE"]) - float(res[t]["random"]), abs=1e-6)
+    assert r["lo"] <= r["diff"] <= r["hi"] or t == "average"
+  assert sig[("toy", "MoDE - dense")]["diff"] == pytest.approx(
+      float(res["toy"]["MoDE"]) - float(res["toy"]["dense"]), abs=1e-6)
+  a = load(other, "dense", "toy")
+  a["labels"] = np.roll(a["labels"], 1)
+  np.savez(f"{other}/eval/dense/toy.npz", **a)
+  with pytest.raises(ValueError, match="other test images for task toy"):
+    report.run_report(cfg, workdir)
+  for bad in ("dense=/x", "random", "MoDE_x=/x"):
+    cfg.compare = bad
+    with pytest.raises(ValueError, match="report.compare"):
+      report.run_report(cfg, workdir)

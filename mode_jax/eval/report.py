@@ -64,7 +64,25 @@ def default_config() -> ml_collections.ConfigDict:
   c.cluster_images = 8         # sample training images per expert (0 = no clusters.png)
   c.cluster_max_shards = 256   # shards read for words and images, evenly spaced (0 = all)
   c.cluster_seed = 0           # seeds each expert's pick of images
+  # "name=workdir,...": other runs evaluated on the same tasks (e.g. Random-n, paper Table 5);
+  # each one's MoDE becomes column <name>, with paired intervals of MoDE - <name>.
+  c.compare = ""
   return c
+
+
+def compare_workdirs(cfg) -> dict[str, str]:
+  """config report.compare -> {name: workdir}; names must not be a column already."""
+  out = {}
+  for item in (x.strip() for x in str(cfg.get("compare", "") or "").split(",")):
+    if not item:
+      continue
+    name, eq, path = (v.strip() for v in item.partition("="))
+    if not eq or not name or not path or name in out or name in RESERVED_COLUMNS \
+        or name.startswith(("expert_", "MoDE")):
+      raise ValueError(f"config report.compare: {item!r} is not name=workdir with a new "
+                       f"name (taken: {RESERVED_COLUMNS}, expert_<c>, MoDE*)")
+    out[name] = path
+  return out
 
 
 # ---------------------------------------------------------------- inputs ----
@@ -108,6 +126,10 @@ def task_kind_metric_split(workdir: str, task: str) -> tuple[str, str, str]:
     return kind, zeroshot.check_metric(spec.get("metric", "top1")), split
   except ValueError as e:
     raise ValueError(f"task {task}: {e}") from None
+
+
+RESERVED_COLUMNS = ("dense", "seed", "uniform", "best_single", "prior", "task", "kind",
+                    "metric", "split", "n_classes")
 
 
 # --------------------------------------------------------------- scoring ----
@@ -244,12 +266,30 @@ def unlabelled_note(rows) -> str:
 
 
 # ---------------------------------------------------------------- output ----
-def columns(rows, n) -> list[str]:
+def columns(rows, n, compared=()) -> list[str]:
   cols = ["dense"] + (["seed"] if any("seed" in r for r in rows) else [])
   cols += [f"expert_{c}" for c in range(n)]
   cols += ["uniform", "best_single", "prior", "MoDE"]
   cols += [k for k in rows[0] if k.startswith("MoDE_")] if rows else []
-  return cols + [f"MoDE-{k}" for k in range(1, n + 1)]
+  return cols + [f"MoDE-{k}" for k in range(1, n + 1)] + list(compared)
+
+
+def add_compared(cfg, workdir, tasks, specs, results, others: dict[str, str]) -> None:
+  """Scores each other run's MoDE on the same tasks (its own clustering and routing) into
+  row[name] and, for the bootstrap, stats[name]; ValueError when its test images differ."""
+  for name, other in others.items():
+    centers, f2e, order = load_cluster(other)
+    for t, (kind, metric, _), r in zip(tasks, specs, results):
+      o = evaluate_task(cfg, other, t, jnp.asarray(centers), jnp.asarray(f2e), order, kind,
+                        metric, specialisation.cluster_metric(other))
+      mine, theirs = (files.read_task_logits(w, "dense", t) for w in (workdir, other))
+      for key in ("labels", "txt_to_img"):
+        if key in mine and not np.array_equal(mine[key], theirs.get(key)):
+          raise ValueError(f"config report.compare: {name}={other} has other test images "
+                           f"for task {t} ({key} differ): not a paired comparison")
+      r["row"][name] = o["row"]["MoDE"]
+      if "MoDE" in o["stats"]:
+        r["stats"][name] = o["stats"]["MoDE"]
 
 
 def with_average(rows, cols, name: str = "average"):
@@ -318,10 +358,12 @@ def plot(out_dir, tasks, weights: dict, rows, n):
 
 
 # ---------------------------------------------------------- significance ----
-def bootstrap(cfg, results, tasks) -> list[dict]:
-  """significance.rows of the configured paired bootstrap, on the scored logits' stats."""
+def bootstrap(cfg, results, tasks, compared=()) -> list[dict]:
+  """significance.rows of the configured paired bootstrap, on the scored logits' stats
+  (MoDE against its baselines, then against each compared run's MoDE)."""
   samples, seed = int(cfg.get("bootstrap_samples", 0)), int(cfg.get("bootstrap_seed", 0))
-  per_task = {t: significance.paired_bootstrap(r["stats"], significance.COMPARISONS, samples,
+  pairs = significance.COMPARISONS + tuple(("MoDE", name) for name in compared)
+  per_task = {t: significance.paired_bootstrap(r["stats"], pairs, samples,
                                                significance.task_rng(seed, t))
               for t, r in zip(tasks, results)}
   return significance.rows(per_task)
@@ -459,10 +501,12 @@ def _report(cfg, workdir: str, models=None) -> dict:
                            jnp.asarray(fine_to_expert), order, kind, metric, assign_metric)
              for t, (kind, metric, _) in tqdm(list(zip(tasks, specs)), desc="report",
                                               leave=False)]
+  others = compare_workdirs(cfg)
+  add_compared(cfg, workdir, tasks, specs, results, others)
   for t, r in zip(tasks, results):
     r["row"]["split"] = splits[t]
   rows = [r["row"] for r in results]
-  cols = columns(rows, n)
+  cols = columns(rows, n, others)
   # Held-out tasks are the results; validation tasks (where a recipe is chosen) are tabled
   # and averaged apart, and stay out of the intervals.
   table = with_average([r for r in rows if r["split"] == wd.TEST], cols)
@@ -489,7 +533,9 @@ def _report(cfg, workdir: str, models=None) -> dict:
       f"per-query weights.\n"
       f"best_single is an ORACLE (chosen on test labels); prior = the expert with the largest "
       f"routing weight, alone.\nMoDE-k: first k experts of expert_order {order} (widest "
-      f"spread first), weights renormalised over them.\n")
+      f"spread first), weights renormalised over them.\n"
+      + "".join(f"{name}: the MoDE of {path} (its own clusters, experts and routing) on the "
+                f"same test images.\n" for name, path in others.items()))
   doc = "# MoDE results\n\n" + notes + "\n" + md + "\n" + unlabelled_note(rows)
   if val_table:
     doc += ("\n## Validation\n\nTasks built from concepts held back from the training "
@@ -514,7 +560,7 @@ def _report(cfg, workdir: str, models=None) -> dict:
   if leaks:
     doc += "\n## Leak audit\n\n" + leaks
 
-  sig_rows = (bootstrap(cfg, test_results, test_tasks)
+  sig_rows = (bootstrap(cfg, test_results, test_tasks, others)
               if int(cfg.get("bootstrap_samples", 0)) and test_tasks else [])
   if sig_rows:
     sig_head = ["task", "comparison", "diff", "lo", "hi", "significant"]
