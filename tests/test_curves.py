@@ -78,5 +78,5 @@ def test_read_gives_every_runs_points_on_the_global_epoch_axis(tmp_path):
   assert last == [{"run": "seed", "epoch": 1.5, "r": 2.5, "v": 31.0},
                   {"run": "expert_1", "epoch": 2.0, "r": 3.0, "v": 40.0},
                   {"run": "dense", "epoch": 2.0, "r": 2.0, "v": 35.0}]
-  curves.plot(str(tmp_path / "c.png"), rows)
+  curves.plot(str(tmp_path / "c.png"), rows, {"v": 50.0})
   assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"

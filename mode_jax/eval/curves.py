@@ -48,9 +48,10 @@ def table(rows: list[dict]) -> tuple[list[str], list[dict]]:
   return ["run", "epoch"] + tasks, out
 
 
-def plot(path: str, rows: list[dict]) -> None:
+def plot(path: str, rows: list[dict], chance: dict | None = None) -> None:
   """One panel per validation task: score against epoch; each expert's and dense's line
-  starts at the seed's last point (the state they fork from)."""
+  starts at the seed's last point (the state they fork from); `chance` ({task: %}) draws
+  a dotted line."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -68,6 +69,8 @@ def plot(path: str, rows: list[dict]) -> None:
       style = ({"color": "black", "lw": 2} if run == "seed" else
                {"color": "grey", "ls": "--"} if run == "dense" else {})
       ax.plot(*zip(*line), marker="o", ms=3, label=run, **style)
+    if task in (chance or {}):
+      ax.axhline(chance[task], color="grey", ls=":", lw=1, label="chance")
     ax.set_title(task)
     ax.set_xlabel("epoch")
     ax.set_ylabel("score (%)")

@@ -550,7 +550,9 @@ def _report(cfg, workdir: str, models=None) -> dict:
   if curve_rows:
     write_csv(wd.path(out, "validation_curves.csv"), list(curve_rows[0]), curve_rows)
     if cfg.get("plots", True):
-      curves.plot(wd.path(out, "validation_curves.png"), curve_rows)
+      curves.plot(wd.path(out, "validation_curves.png"), curve_rows,
+                  {r["task"]: 100.0 / r["n_classes"] for r in val_rows
+                   if r["kind"] == "zeroshot" and r["n_classes"]})
     doc += ("\n## Validation curves\n\nEach run scored on the validation tasks while it "
             "trained (every point: report/validation_curves.csv; the plot: "
             "validation_curves.png); each run's last point:\n\n"
