@@ -23,7 +23,8 @@ report), with ~10% left for noise:
         E = 1.6 with a token text tower: ~36k samples, ~3 min of steps, ~9 min in
         all (<= 10; measured 6 min 57 s); E = 2.8 with the locked text tower
         (below), the same minutes of steps; E = 3.6 since the validation
-        curves (~1 min more of steps, chosen on the validation split).
+        curves (~1 min more of steps, chosen on the validation split;
+        measured 8 min 5 s from a fresh clone).
         Held-out families subsampled to 3k records to keep evaluation ~75 s.
   full  ~108k pairs: the whole corpus (92k icons, 6.9k clip art, 5k
         Fashion-MNIST, 4k MNIST); E = 2.4 with the token tower: ~420k samples,
