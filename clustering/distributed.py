@@ -97,7 +97,7 @@ def shard_points(x_local: np.ndarray, mesh: Mesh | None = None,
   local_devices = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
   per_device = max(1, math.ceil(max(counts) / local_devices))
   if per_device < chunk_size:   # small: a power of two, so chunks of similar size share a shape
-    per_device = 1 << (per_device - 1).bit_length()
+    per_device = min(int(chunk_size), 1 << (per_device - 1).bit_length())
   chunk = max(1, min(int(chunk_size), per_device))
   per_device = math.ceil(per_device / chunk) * chunk
   rows = per_device * local_devices

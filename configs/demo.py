@@ -102,9 +102,9 @@ def get_config(arg=None):
   c.optim.warmup_steps = 50 if arg.full else 20   # of ~850 / ~75 seed steps
   c.log_every, c.ckpt_every = 20, 100
   c.eval_batch_size = 256
-  # Validation curves (eval/curves.py): the seed, each expert and dense scored on the
-  # validation tasks every half epoch (~1 s each on ~400 images): 2.8 epochs give each
-  # line a few points rather than two.
+  # Validation curves (eval/validation.py): the seed, each expert and dense scored on the
+  # validation tasks every half epoch (~1 s each on ~400 images): 3.6 epochs give the seed
+  # 7 points and each expert 2 beyond its fork, rather than 3 and 1.
   c.val_every_epochs = 0.5
 
   if arg.runlocal:   # the same pipeline in about a minute, for tests

@@ -1,5 +1,6 @@
 """eval/validation.py and eval/curves.py: the curve cadence, the validation tasks it scores, and
-the report's reading of the runs' metrics (a known answer per run, a resumed run's repeated step)."""
+the report's reading of the runs' metrics (a known answer per run, a resumed run's repeated step,
+curves scored on other task data left out)."""
 
 import json
 import os
@@ -41,8 +42,11 @@ def test_validation_tasks_are_the_validation_split_within_evaluate_tasks(tmp_pat
   _write_task(d, "val_b", "validation", kind="retrieval")
   assert sorted(validation.validation_tasks(_config(1.0), w)) == ["val_a", "val_b"]
   assert sorted(validation.validation_tasks(_config(1.0, "mnist,val_b"), w)) == ["val_b"]
-  assert validation.hooks(_config(0.0), w, 10) == {}
-  assert validation.hooks(_config(1.0, "mnist"), w, 10) == {}
+  assert validation.hooks(_config(0.0), w, 10, "seed") == {}
+  assert validation.hooks(_config(1.0, "mnist"), w, 10, "seed") == {}
+  suite = _config(1.0)
+  suite.evaluate.suite = "mode26"   # CLIP_benchmark suites have no validation split
+  assert validation.validation_tasks(suite, w) == {}
 
 
 def _jsonl(path, rows):
@@ -53,7 +57,7 @@ def _jsonl(path, rows):
 
 def test_read_gives_every_runs_points_on_the_global_epoch_axis(tmp_path):
   w = str(tmp_path)
-  assert curves.read(w, 2) == []   # no plan: nothing trained
+  assert curves.read(w, 2, {}) == ([], [])   # no plan: nothing trained
   os.makedirs(os.path.join(w, "seed"))
   json.dump({"steps_per_epoch": 10, "seed": 15, "expert": 5, "total": 20},
             open(os.path.join(w, "seed", "plan.json"), "w"))
@@ -67,7 +71,12 @@ def test_read_gives_every_runs_points_on_the_global_epoch_axis(tmp_path):
       {"step": 20, "val/v": 40.0, "val/r": 3.0}])
   _jsonl(os.path.join(w, "dense", "metrics.jsonl"), [
       {"step": 20, "val/v": 35.0, "val/r": 2.0}])
-  rows = curves.read(w, 2)   # expert 0 logged nothing: no line
+  evaluated = {"v": "fv", "r": "fr"}
+  for rel in ("seed", "experts/1", "dense"):
+    json.dump({"tasks": evaluated, "every": 5},
+              open(os.path.join(w, *rel.split("/"), curves.RECORD), "w"))
+  rows, left_out = curves.read(w, 2, evaluated)   # expert 0 logged nothing: no line
+  assert left_out == []
   got = [(r["run"], r["step"], r["epoch"], r["task"], r["score"]) for r in rows]
   assert got == [("seed", 10, 1.0, "r", 1.0), ("seed", 10, 1.0, "v", 20.0),
                  ("seed", 15, 1.5, "r", 2.5), ("seed", 15, 1.5, "v", 31.0),
@@ -80,3 +89,13 @@ def test_read_gives_every_runs_points_on_the_global_epoch_axis(tmp_path):
                   {"run": "dense", "epoch": 2.0, "r": 2.0, "v": 35.0}]
   curves.plot(str(tmp_path / "c.png"), rows, {"v": 50.0})
   assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+  # Task data changed since a run scored it (or a task no longer evaluated, or a run that
+  # recorded nothing): those points are left out and named, the rest stay.
+  rows, left_out = curves.read(w, 2, {"v": "fv", "r": "other data"})
+  assert {r["task"] for r in rows} == {"v"} and len(rows) == 4
+  assert left_out == ["seed on r", "expert_1 on r", "dense on r"]
+  os.remove(os.path.join(w, "dense", curves.RECORD))
+  rows, left_out = curves.read(w, 2, {"v": "fv"})
+  assert {r["run"] for r in rows} == {"seed", "expert_1"}
+  assert left_out == ["seed on r", "expert_1 on r", "dense on r", "dense on v"]

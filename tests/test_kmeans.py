@@ -124,7 +124,6 @@ def test_min_argmin_rows_equals_numpy_including_ties():
   np.testing.assert_array_equal(np.asarray(best), s.min(1))
 
 
-
 @pytest.mark.parametrize("balanced", [False, True])
 def test_chunks_of_similar_size_share_one_compiled_fit(balanced):
   """Online fitting calls `fit` once per file chunk, each with its own row count: one compiled
@@ -134,8 +133,9 @@ def test_chunks_of_similar_size_share_one_compiled_fit(balanced):
   rng = np.random.default_rng(0)
   kmeans._fit_loop_fn.cache_clear()
   chunks = set()
-  for n in (37, 45, 50, 61):
+  for n in (37, 45, 50, 61):   # 80% of the points in one blob: the balanced cap binds
     x = rng.normal(size=(n, 8)).astype(np.float32)
+    x[: int(0.8 * n)] = 5.0 + 0.01 * x[: int(0.8 * n)]
     chunks.add(distributed.shard_points(x, None, kmeans.auto_chunk(4)).chunk)
     r = kmeans.fit(x, 4, iters=3, balanced=balanced, seed=n)
     assert r.labels.shape == (n,) and r.counts.sum() == n

@@ -75,7 +75,7 @@ def test_validation_curves_are_logged_while_training_and_match_the_evaluate_stag
   from its final checkpoint, and the report plots them."""
   import csv
   from configs import demo
-  from mode_jax.eval import validation
+  from mode_jax.eval import curves, validation
   w, _ = demo_workdir
   plan = json.load(open(os.path.join(w, "seed", "plan.json")))
   every = validation.every(demo.get_config("runlocal"), plan["steps_per_epoch"])
@@ -97,6 +97,8 @@ def test_validation_curves_are_logged_while_training_and_match_the_evaluate_stag
   for r in finals:
     assert float(r["score"]) == pytest.approx(float(report[r["task"]][r["run"]]), abs=1e-3)
   assert os.path.exists(os.path.join(w, "report", "validation_curves.png"))
+  record = json.load(open(os.path.join(w, "experts", "2", curves.RECORD)))
+  assert sorted(record["tasks"]) == sorted(val) and record["every"] == every
 
 
 def test_dense_continues_the_seed_data_stream(demo_workdir):

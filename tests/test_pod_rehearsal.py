@@ -39,11 +39,12 @@ BUCKET = "mode"
 # experts and dense.
 # Three small sources: the rehearsal tests hosts, not the corpus (test_pipeline runs it).
 # Two tasks (one zero-shot, one retrieval on the validation split, so every run also scores
-# it while training: eval/validation.py) and a report without plots or cluster pages: the
+# it while training, once an epoch and at its end: eval/validation.py) and a report without plots or cluster pages: the
 # rehearsal tests who reads and writes what, test_report the tables and plots.
 OVERRIDES = ["--config.prepare.shard_size=100", "--config.mode.total_epochs=2",
              "--config.mode.seed_epochs=1.5", "--config.prepare.sources=icons,fmnist,mnist",
              "--config.evaluate.tasks=fashion_mnist,val_icon_retrieval",
+             "--config.val_every_epochs=1",
              "--config.report.bootstrap_samples=100", "--config.report.plots=False",
              "--config.report.clusters=False"]
 KILL_AFTER = 10

@@ -9,29 +9,39 @@ from mode_jax import workdir as wd
 from mode_jax.train import metrics as metrics_lib
 from mode_jax.train import runs
 
-PREFIX = "val/"   # metrics key of a validation score: val/<task>
+PREFIX = "val/"            # metrics key of a validation score: val/<task>
+RECORD = "validation.json"  # <run>/: {"tasks": {task: fingerprint}, "every": steps}
 
 
-def read(workdir: str, n: int) -> list[dict]:
-  """[{run, step, epoch, task, score}] of the seed, experts 0..n-1 and dense, from their
-  metrics.jsonl; [] when no run logged a validation score (or there is no plan)."""
+def read(workdir: str, n: int, evaluated: dict[str, str]) -> tuple[list[dict], list[str]]:
+  """([{run, step, epoch, task, score}], [left out]) of the seed, experts 0..n-1 and dense,
+  from their metrics.jsonl. `evaluated` ({task: fingerprint} the evaluate stage scored):
+  a run's points on a task count only when its RECORD names the same task data; the others
+  are left out and named ("expert_1 on val_x"), so no curve from other data passes as
+  current. ([], []) when nothing trained (no plan)."""
   if not wd.exists(wd.path(workdir, runs.PLAN)):
-    return []
+    return [], []
   spe = runs.read_plan(workdir)["steps_per_epoch"]
   named = [("seed", runs.SEED_DIR)] + [(f"expert_{c}", runs.expert_rel(c)) for c in range(n)]
-  rows = []
+  rows, left_out = [], []
   for run, rel in named + [("dense", runs.DENSE_DIR)]:
     path = wd.path(runs.run_dir(workdir, rel), "metrics.jsonl")
     if not wd.exists(path):
       continue
+    record = wd.path(runs.run_dir(workdir, rel), RECORD)
+    scored_on = wd.read_json(record).get("tasks", {}) if wd.exists(record) else {}
     by_step = {}   # a resumed run's rows: the last one per step is the run's
     for row in metrics_lib.read_jsonl(path):
       scores = {k[len(PREFIX):]: v for k, v in row.items() if k.startswith(PREFIX)}
       if scores:
         by_step.setdefault(int(row["step"]), {}).update(scores)
+    tasks = sorted({t for scores in by_step.values() for t in scores})
+    keep = {t for t in tasks if t in evaluated and scored_on.get(t) == evaluated[t]}
+    left_out += [f"{run} on {t}" for t in tasks if t not in keep]
     rows += [{"run": run, "step": s, "epoch": s / spe, "task": t, "score": v}
-             for s, scores in sorted(by_step.items()) for t, v in sorted(scores.items())]
-  return rows
+             for s, scores in sorted(by_step.items()) for t, v in sorted(scores.items())
+             if t in keep]
+  return rows, left_out
 
 
 def table(rows: list[dict]) -> tuple[list[str], list[dict]]:
@@ -80,4 +90,3 @@ def plot(path: str, rows: list[dict], chance: dict | None = None) -> None:
   fig.tight_layout()
   wd.save_figure(path, fig)
   plt.close(fig)
-

@@ -40,6 +40,14 @@ def evaluate_retrieval(embed_images: Callable, embed_texts: Callable,
   return {"logits": logits, "labels": labels, "txt_to_img": txt_to_img, "txt_index": txt_index}
 
 
+def evaluate_task(embed_images: Callable, embed_texts: Callable, task: str, spec: dict,
+                  batches: Iterable, captions_per_image=None) -> dict[str, np.ndarray]:
+  """One CLIP on one task of either kind (retrieval needs its captions_per_image)."""
+  if spec.get("kind", "zeroshot") == "retrieval":
+    return evaluate_retrieval(embed_images, embed_texts, captions_per_image, batches)
+  return evaluate_zeroshot(embed_images, embed_texts, task, spec, batches)
+
+
 def metadata_embedding(embed_sentences: Callable, task: str, spec: dict,
                        captions_per_image: Sequence[Sequence[str]] | None = None) -> np.ndarray:
   """eval/meta_emb/<task>.npy: e_l of docs/method.md step 8 with the clustering's sentence encoder.

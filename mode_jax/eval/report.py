@@ -37,10 +37,11 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
+from mode_jax import provenance
 from mode_jax import workdir as wd
 from mode_jax.ensemble import ensemble, routing
-from mode_jax.eval import cluster_summary, curves, files, retrieval, significance
-from mode_jax.eval import specialisation
+from mode_jax.eval import (cluster_summary, curves, files, retrieval, significance,
+                           specialisation)
 from mode_jax.eval import zeroshot
 
 CLUSTER_STAGE = "cluster"
@@ -70,6 +71,12 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+# results.csv columns that a compared run's name must not take
+RESERVED_COLUMNS = ("dense", "seed", "uniform", "best_single", "prior", "task", "kind",
+                    "metric", "split", "n_classes", "best_single_expert", "prior_expert",
+                    "n_unlabelled")
+
+
 def compare_workdirs(cfg) -> dict[str, str]:
   """config report.compare -> {name: workdir}; names must not be a column already."""
   out = {}
@@ -86,6 +93,13 @@ def compare_workdirs(cfg) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- inputs ----
+def evaluated_tasks(workdir: str) -> dict[str, str]:
+  """{task: fingerprint} of the tasks eval/ was made from (its manifest's inputs)."""
+  inputs = (provenance.read(workdir, "eval") or {}).get("inputs", {})
+  return {k[len("task "):]: v["fingerprint"] for k, v in inputs.items()
+          if k.startswith("task ")}
+
+
 def list_tasks(cfg, workdir: str, skipped=()) -> list[str]:
   """The configured tasks (default: all with eval/meta_emb), less those the evaluate stage
   skipped (they are listed in results.md instead)."""
@@ -128,10 +142,6 @@ def task_kind_metric_split(workdir: str, task: str) -> tuple[str, str, str]:
     raise ValueError(f"task {task}: {e}") from None
 
 
-RESERVED_COLUMNS = ("dense", "seed", "uniform", "best_single", "prior", "task", "kind",
-                    "metric", "split", "n_classes")
-
-
 # --------------------------------------------------------------- scoring ----
 def score_zeroshot(logits, labels, metric: str = "top1") -> tuple[float, dict]:
   m = zeroshot.metrics(logits, labels)
@@ -143,6 +153,14 @@ def score_zeroshot(logits, labels, metric: str = "top1") -> tuple[float, dict]:
 def score_retrieval(i2t_logits, t2i_logits, txt_to_img) -> tuple[float, dict]:
   m = retrieval.recall(i2t_logits, txt_to_img, t2i_logits=t2i_logits)
   return 100.0 * (m["i2t_R@1"] + m["t2i_R@1"]) / 2, m
+
+
+def chance(row) -> float | None:
+  """A zero-shot task's score by chance, in % (None for retrieval)."""
+  n, metric = row.get("n_classes"), row.get("metric")
+  if row.get("kind") != "zeroshot" or not n:
+    return None
+  return {"roc_auc": 50.0, "top1_top5": min(100.0, 300.0 / n)}.get(metric, 100.0 / n)
 
 
 def routing_sharpness(weights) -> dict[str, float]:
@@ -277,7 +295,13 @@ def columns(rows, n, compared=()) -> list[str]:
 def add_compared(cfg, workdir, tasks, specs, results, others: dict[str, str]) -> None:
   """Scores each other run's MoDE on the same tasks (its own clustering and routing) into
   row[name] and, for the bootstrap, stats[name]; ValueError when its test images differ."""
+  mine = evaluated_tasks(workdir)
   for name, other in others.items():
+    theirs = evaluated_tasks(other)
+    for t in tasks:   # the same task data, by content, before any scoring
+      if t in mine and t in theirs and mine[t] != theirs[t]:
+        raise ValueError(f"config report.compare: {name}={other} evaluated other data for "
+                         f"task {t}: not a paired comparison")
     centers, f2e, order = load_cluster(other)
     for t, (kind, metric, _), r in zip(tasks, specs, results):
       o = evaluate_task(cfg, other, t, jnp.asarray(centers), jnp.asarray(f2e), order, kind,
@@ -546,17 +570,19 @@ def _report(cfg, workdir: str, models=None) -> dict:
     doc += ("\nSkipped (not evaluated, not in the average):\n"
             + "".join(f"- {t}: {why}\n" for t, why in sorted(skipped.items())))
 
-  curve_rows = curves.read(workdir, n)
+  curve_rows, stale_curves = curves.read(workdir, n, evaluated_tasks(workdir))
   if curve_rows:
     write_csv(wd.path(out, "validation_curves.csv"), list(curve_rows[0]), curve_rows)
     if cfg.get("plots", True):
       curves.plot(wd.path(out, "validation_curves.png"), curve_rows,
-                  {r["task"]: 100.0 / r["n_classes"] for r in val_rows
-                   if r["kind"] == "zeroshot" and r["n_classes"]})
+                  {r["task"]: c for r in val_rows if (c := chance(r)) is not None})
     doc += ("\n## Validation curves\n\nEach run scored on the validation tasks while it "
             "trained (every point: report/validation_curves.csv; the plot: "
             "validation_curves.png); each run's last point:\n\n"
             + markdown(*curves.table(curve_rows)) + "\n")
+  if stale_curves:
+    doc += ("\nCurves left out (scored on other task data than the evaluation's): "
+            + ", ".join(stale_curves) + "\n")
 
   leaks = leak_audit_section(workdir)
   if leaks:

@@ -4,8 +4,8 @@ Evaluators take `embed_images(np [B, H, W, 3]) -> [B, E]` and
 `embed_texts(list[str]) -> [N, E]` (both L2-normalised) rather than a model,
 so they work for any expert, the dense seed or a converted checkpoint.
 
-With a `mesh` (the model's parameters replicated on it), every forward pass
-is split over all its devices, on every host:
+With a `mesh` (the model's parameters on it, replicated or sharded as in
+training), every forward pass is split over all its devices, on every host:
   embed_images(rows)  this host's rows in, their features out (every host
                       passes the same number of rows: loader.eval_batches'
                       per-host blocks);
@@ -15,6 +15,8 @@ Without a mesh, everything runs on this process's default device.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 from flax import nnx
@@ -41,6 +43,12 @@ def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
   return np.concatenate([x, fill])
 
 
+@functools.lru_cache(maxsize=None)
+def _reshard(sharding):
+  import jax
+  return jax.jit(lambda a: a, out_shardings=sharding)
+
+
 def _on_mesh(fn, model, local_rows: np.ndarray, mesh) -> np.ndarray:
   """fn(model, global array of every host's rows) -> this host's rows of the output."""
   import jax
@@ -51,6 +59,9 @@ def _on_mesh(fn, model, local_rows: np.ndarray, mesh) -> np.ndarray:
   x = jax.make_array_from_process_local_data(
       NamedSharding(mesh, P(mesh.axis_names)), _pad_rows(local_rows, rows))
   out = fn(model, x)
+  rows_sharding = NamedSharding(mesh, P(mesh.axis_names))
+  if not out.sharding.is_equivalent_to(rows_sharding, out.ndim):
+    out = _reshard(rows_sharding)(out)   # e.g. parameters sharded over fsdp: rows as input
   shards = sorted(out.addressable_shards, key=lambda s: s.index[0].start or 0)
   return np.concatenate([np.asarray(s.data) for s in shards])[:n]
 

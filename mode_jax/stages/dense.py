@@ -26,4 +26,5 @@ def run(config, workdir: str):
       index_fn=lambda: loader.load_index(runs.input_config(config), workdir),
       num_steps=final, schedule_steps=p["total"],
       init=runs.fork(config, workdir, step, continue_data=True),
-      **validation.hooks(config, workdir, p["steps_per_epoch"]))
+      **(validation.hooks(config, workdir, p["steps_per_epoch"], runs.DENSE_DIR)
+         if decision.todo else {}))

@@ -100,10 +100,7 @@ def run(config, workdir: str):
     for n in todo:
       task = tasks[n]
       data = model_refs.batches(in_cfg, workdir, task.pattern, config.eval_batch_size)
-      if task.kind == "retrieval":
-        out = ev.evaluate_retrieval(embed_images, embed_texts, captions[n], data)
-      else:
-        out = ev.evaluate_zeroshot(embed_images, embed_texts, n, task.spec(), data)
+      out = ev.evaluate_task(embed_images, embed_texts, n, task.spec(), data, captions.get(n))
       done = {t: k for t, k in done.items() if t in tasks and t != n} | {n: keys[n]}
 
       def write(out=out, n=n, done=done):

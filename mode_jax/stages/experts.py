@@ -41,7 +41,6 @@ def run(config, workdir: str) -> dict:
   if not todo:
     return {}
   index = loader.load_index(runs.input_config(config), workdir)
-  hooks = validation.hooks(config, workdir, p["steps_per_epoch"])   # scored while training
   results = {}
   for c, decision in todo.items():
     es = ml_collections.ConfigDict(config.expert_stream.to_dict())
@@ -53,7 +52,8 @@ def run(config, workdir: str) -> dict:
     results[c] = runs.fit(config, workdir, runs.expert_rel(c), num_steps=final,
                           schedule_steps=p["total"], index=index, indices=stream.indices,
                           init=runs.fork(config, workdir, step), desc=f"expert {c}",
-                          **hooks)
+                          **validation.hooks(config, workdir, p["steps_per_epoch"],
+                                             runs.expert_rel(c)))
     runs.finish(workdir, runs.expert_rel(c), decision, step=final,
                 in_cluster=stream.num_in_cluster, out_of_cluster=stream.num_ooc)
   return results

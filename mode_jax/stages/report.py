@@ -2,8 +2,9 @@
 intervals, tables and plots in report/ (mode_jax/eval/report.py; process 0 writes).
 
 Provenance: report/manifest.json records the evaluation's and the
-clustering's fingerprints (and those of the evaluations of config.report.compare's runs), the linear probe's results of the evaluated
-models (probe/<task>.json of other models are left out) and config.report;
+clustering's fingerprints (and those of config.report.compare's runs), the
+linear probe's results of the evaluated models (probe/<task>.json of other
+models are left out) and config.report;
 a report of other inputs is moved to stale/ before the new one is written.
 """
 
@@ -21,6 +22,8 @@ def run(config, workdir: str):
   for name, other in report.compare_workdirs(config.report).items():   # by content, too
     inputs[f"compare {name}"] = provenance.upstream(other, "eval", "evaluate",
                                                     f"evaluation of {other}", ("models",))
+    inputs[f"compare {name} clustering"] = provenance.upstream(
+        other, "cluster", "cluster", f"clustering of {other}", ("m", "n"))
   models = _evaluated_models(workdir)
   probed = report.probe_results(workdir, models)
   if probed:   # the linear probe of these very models, when it ran: a new probe re-reports

@@ -26,4 +26,5 @@ def run(config, workdir: str):
                        f"training the seed to step {p['seed']}", index_fn=lambda: index,
                        files={runs.PLAN: dict(p, num_samples=len(index))},
                        num_steps=p["seed"], schedule_steps=p["total"], milestones=(p["seed"],),
-                       **validation.hooks(config, workdir, p["steps_per_epoch"]))
+                       **(validation.hooks(config, workdir, p["steps_per_epoch"],
+                                           runs.SEED_DIR) if decision.todo else {}))

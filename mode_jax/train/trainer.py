@@ -224,6 +224,7 @@ def train(config, run_dir: str, *, input_fn, evaluators=(), progress: bool = Tru
       if when.log(step):
         history.append(_log(step, window, ck, writer, bar))
       if evaluators and when.evaluate(step):
+        jax.block_until_ready(m["loss"])   # the queued steps finish inside the window
         t0 = time.perf_counter()
         history.append(_evaluate(evaluators, graphdef, state, step, writer, bar, desc))
         window.exclude(time.perf_counter() - t0)   # throughput counts training steps only
