@@ -497,6 +497,17 @@ def test_compare_pairs_another_runs_mode_on_the_same_images(workdir, tmp_path):
     assert r["lo"] <= r["diff"] <= r["hi"] or t == "average"
   assert sig[("toy", "MoDE - dense")]["diff"] == pytest.approx(
       float(res["toy"]["MoDE"]) - float(res["toy"]["dense"]), abs=1e-6)
+  # Each compared run's task data is checked by content (the eval manifests' task
+  # fingerprints), the second as the first.
+  other2 = str(tmp_path / "other2")
+  shutil.copytree(other, other2)
+  for w, toy in ((workdir, "a"), (other, "a"), (other2, "b")):
+    wd.write_json(f"{w}/eval/manifest.json", {"inputs": {
+        "task toy": {"fingerprint": toy}, "task caps": {"fingerprint": "c"}}})
+  cfg.compare = f"random={other},again={other2}"
+  with pytest.raises(ValueError, match=f"again={other2} evaluated other data for task toy"):
+    report.run_report(cfg, workdir)
+  cfg.compare = f"random={other}"
   a = load(other, "dense", "toy")
   a["labels"] = np.roll(a["labels"], 1)
   np.savez(f"{other}/eval/dense/toy.npz", **a)

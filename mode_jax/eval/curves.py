@@ -25,10 +25,11 @@ def read(workdir: str, n: int, evaluated: dict[str, str]) -> tuple[list[dict], l
   named = [("seed", runs.SEED_DIR)] + [(f"expert_{c}", runs.expert_rel(c)) for c in range(n)]
   rows, left_out = [], []
   for run, rel in named + [("dense", runs.DENSE_DIR)]:
-    path = wd.path(runs.run_dir(workdir, rel), "metrics.jsonl")
+    run_dir = runs.run_dir(workdir, rel)
+    path = wd.path(run_dir, "metrics.jsonl")
     if not wd.exists(path):
       continue
-    record = wd.path(runs.run_dir(workdir, rel), RECORD)
+    record = wd.path(run_dir, RECORD)
     scored_on = wd.read_json(record).get("tasks", {}) if wd.exists(record) else {}
     by_step = {}   # a resumed run's rows: the last one per step is the run's
     for row in metrics_lib.read_jsonl(path):

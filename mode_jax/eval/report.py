@@ -93,11 +93,12 @@ def compare_workdirs(cfg) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- inputs ----
-def evaluated_tasks(workdir: str) -> dict[str, str]:
-  """{task: fingerprint} of the tasks eval/ was made from (its manifest's inputs)."""
+def evaluated(workdir: str, kind: str) -> dict[str, str]:
+  """{name: fingerprint} of the models (kind "model") or tasks ("task") eval/ was made from
+  (its manifest's inputs); {} before the evaluate stage ran."""
   inputs = (provenance.read(workdir, "eval") or {}).get("inputs", {})
-  return {k[len("task "):]: v["fingerprint"] for k, v in inputs.items()
-          if k.startswith("task ")}
+  return {k[len(kind) + 1:]: v["fingerprint"] for k, v in inputs.items()
+          if k.startswith(kind + " ")}
 
 
 def list_tasks(cfg, workdir: str, skipped=()) -> list[str]:
@@ -295,22 +296,22 @@ def columns(rows, n, compared=()) -> list[str]:
 def add_compared(cfg, workdir, tasks, specs, results, others: dict[str, str]) -> None:
   """Scores each other run's MoDE on the same tasks (its own clustering and routing) into
   row[name] and, for the bootstrap, stats[name]; ValueError when its test images differ."""
-  mine = evaluated_tasks(workdir)
+  my_tasks = evaluated(workdir, "task")
   for name, other in others.items():
-    theirs = evaluated_tasks(other)
-    for t in tasks:   # the same task data, by content, before any scoring
-      if t in mine and t in theirs and mine[t] != theirs[t]:
+    their_tasks = evaluated(other, "task")
+    for t in tasks:   # the same test images, by content and by rows, before any scoring
+      if t in my_tasks and t in their_tasks and my_tasks[t] != their_tasks[t]:
         raise ValueError(f"config report.compare: {name}={other} evaluated other data for "
                          f"task {t}: not a paired comparison")
-    centers, f2e, order = load_cluster(other)
-    for t, (kind, metric, _), r in zip(tasks, specs, results):
-      o = evaluate_task(cfg, other, t, jnp.asarray(centers), jnp.asarray(f2e), order, kind,
-                        metric, specialisation.cluster_metric(other))
       mine, theirs = (files.read_task_logits(w, "dense", t) for w in (workdir, other))
       for key in ("labels", "txt_to_img"):
         if key in mine and not np.array_equal(mine[key], theirs.get(key)):
           raise ValueError(f"config report.compare: {name}={other} has other test images "
                            f"for task {t} ({key} differ): not a paired comparison")
+    centers, f2e, order = load_cluster(other)
+    for t, (kind, metric, _), r in zip(tasks, specs, results):
+      o = evaluate_task(cfg, other, t, jnp.asarray(centers), jnp.asarray(f2e), order, kind,
+                        metric, specialisation.cluster_metric(other))
       r["row"][name] = o["row"]["MoDE"]
       if "MoDE" in o["stats"]:
         r["stats"][name] = o["stats"]["MoDE"]
@@ -570,7 +571,7 @@ def _report(cfg, workdir: str, models=None) -> dict:
     doc += ("\nSkipped (not evaluated, not in the average):\n"
             + "".join(f"- {t}: {why}\n" for t, why in sorted(skipped.items())))
 
-  curve_rows, stale_curves = curves.read(workdir, n, evaluated_tasks(workdir))
+  curve_rows, stale_curves = curves.read(workdir, n, evaluated(workdir, "task"))
   if curve_rows:
     write_csv(wd.path(out, "validation_curves.csv"), list(curve_rows[0]), curve_rows)
     if cfg.get("plots", True):

@@ -31,7 +31,7 @@ from mode_jax.eval import evaluate as ev
 from mode_jax.eval import model_refs
 from mode_jax.eval import tasks as tasks_lib
 from mode_jax.models import embedders
-from mode_jax.train import text_inputs
+from mode_jax.train import runs, text_inputs
 
 
 def validation_tasks(config, workdir: str) -> dict:
@@ -81,14 +81,15 @@ def make_evaluator(config, workdir: str, tasks: dict, run_rel: str, step_every: 
   captions = {n: tasks_lib.captions_per_image(t, workdir) for n, t in tasks.items()
               if t.kind == "retrieval"}
   in_cfg = model_refs.input_config(config, config.model.image_size)
-  recorded = []
+  recorded = False
 
   def evaluator(model, step):
+    nonlocal recorded
     if not recorded and distributed.is_primary():
-      wd.write_json(wd.path(workdir, *run_rel.split("/"), curves.RECORD),
+      wd.write_json(wd.path(runs.run_dir(workdir, run_rel), curves.RECORD),
                     {"tasks": {n: tasks_lib.fingerprint(t, workdir) for n, t in tasks.items()},
                      "every": step_every})
-    recorded.append(step)
+    recorded = True
     embed_images, embed_texts = embedders.make_embedders(
         model, text_inputs.eval_tokenizer(config, config.model),
         context_length=config.model.context_length, batch_size=config.eval_batch_size,

@@ -24,7 +24,7 @@ def run(config, workdir: str):
                                                     f"evaluation of {other}", ("models",))
     inputs[f"compare {name} clustering"] = provenance.upstream(
         other, "cluster", "cluster", f"clustering of {other}", ("m", "n"))
-  models = _evaluated_models(workdir)
+  models = report.evaluated(workdir, "model")
   probed = report.probe_results(workdir, models)
   if probed:   # the linear probe of these very models, when it ran: a new probe re-reports
     inputs["probe"] = provenance.Input(provenance.digest(probed), {"tasks": sorted(probed)},
@@ -45,9 +45,3 @@ def run(config, workdir: str):
   distributed.on_primary("report finish", lambda: provenance.finish(workdir, "report", decision))
   return out
 
-
-def _evaluated_models(workdir: str) -> dict[str, str]:
-  """{model: fingerprint} that eval/ was made from (its manifest's inputs)."""
-  inputs = provenance.read(workdir, "eval").get("inputs", {})
-  return {k[len("model "):]: v["fingerprint"] for k, v in inputs.items()
-          if k.startswith("model ")}
